@@ -1,0 +1,134 @@
+//! Command-line configuration (clap) and its validation. No globals: `main`
+//! builds one [`Config`] and hands the parts to the reactor and the protocol.
+
+use crate::proto::server::Settings;
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What to do with a bare LF inside DATA (RFC 5321 2.3.8, 4.1.1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BareLf {
+    /// Keep it as an ordinary body byte (it never ends a line or the data).
+    Accept,
+    /// Refuse the message with 550 5.5.2 once it has been read.
+    Reject,
+}
+
+/// smtpsink: an SMTP sink that accepts mail as fast as the machine allows,
+/// discards it, and reports exactly what happened.
+///
+/// Example: `smtpsink --listen 127.0.0.1:2525 --listen [::1]:2525 --stats-interval 1`
+#[derive(Debug, Clone, Parser)]
+#[command(name = "smtpsink", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on, IP:PORT (repeat for several; IPv6 as [::1]:2525).
+    /// Never resolved through DNS.
+    #[arg(
+        long = "listen",
+        short = 'l',
+        value_name = "IP:PORT",
+        default_value = "127.0.0.1:2525"
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// Host name used in the greeting, HELO/EHLO and 421 replies.
+    #[arg(long, default_value = "localhost")]
+    pub hostname: String,
+
+    /// Most simultaneous connections; past it, new ones wait in the backlog.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Listen backlog (the kernel may cap it at net.core.somaxconn).
+    #[arg(long, default_value_t = 1024)]
+    pub backlog: i32,
+
+    /// Largest message body accepted, in octets; advertised by SIZE, larger ones get 552 5.3.4.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_size: u64,
+
+    /// Recipients per transaction; the next one gets 452 4.5.3 (RFC 5321 asks for at least 100).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub max_recipients: u32,
+
+    /// Longest command line in octets, CRLF included (RFC 5321: 512; MAIL/RCPT get 512 more
+    /// for their extension parameters). Longer lines get 500 5.5.2.
+    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = clap::value_parser!(u32).range(512..=65536))]
+    pub max_line_length: u32,
+
+    /// What to do with a bare LF inside message data.
+    #[arg(long, value_enum, default_value_t = BareLf::Accept)]
+    pub bare_lf: BareLf,
+
+    /// Idle timeout in seconds; then 421 4.4.2 and close (RFC 5321 4.5.3.2 suggests 300).
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
+    /// On SIGINT/SIGTERM, seconds a message in progress may take to finish before 421.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub grace: u64,
+
+    /// Print one statistics line to stderr every SECS seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+}
+
+impl Config {
+    /// The protocol settings this configuration implies.
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::new(
+            &self.hostname,
+            self.max_message_size,
+            self.max_recipients,
+            self.max_line_length as usize,
+        );
+        s.reject_bare_lf = self.bare_lf == BareLf::Reject;
+        s
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace)
+    }
+
+    pub fn stats_interval(&self) -> Option<Duration> {
+        (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval))
+    }
+
+    /// The defaults, for tests and embedding.
+    pub fn default_for(listen: SocketAddr) -> Self {
+        let mut c = Self::parse_from(["smtpsink"]);
+        c.listen = vec![listen];
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = Config::try_parse_from(["smtpsink"]).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.settings().max_line, 512);
+        assert!(Config::try_parse_from(["smtpsink", "--max-recipients", "99"]).is_err());
+        assert!(Config::try_parse_from(["smtpsink", "--listen", "localhost:25"]).is_err());
+        let c = Config::try_parse_from([
+            "smtpsink",
+            "-l",
+            "[::1]:0",
+            "-l",
+            "127.0.0.1:0",
+            "--bare-lf",
+            "reject",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.settings().reject_bare_lf);
+    }
+}

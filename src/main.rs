@@ -1,0 +1,58 @@
+//! The `smtpsink` binary: parse the configuration, bind, run the reactor,
+//! print the final statistics. Start-up errors are one line and exit code 1.
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use smtpsink::config::Config;
+use smtpsink::reactor::{Limits, Server};
+use smtpsink::sink::Discard;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("smtpsink: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<(), String> {
+    let server = Server::bind(
+        &config.listen,
+        config.backlog,
+        config.settings(),
+        Limits::from(config),
+        Discard::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    eprintln!(
+        "smtpsink: listening on {} (discarding mail)",
+        addrs.join(", ")
+    );
+
+    // Signals are turned into shutdown requests on a tiny thread, so the
+    // reactor only ever sees its own waker.
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let handle = server.shutdown_handle();
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            handle.request();
+        }
+    });
+
+    let report = server
+        .run()
+        .map_err(|e| format!("event loop failed: {e}"))?;
+    print!("{}", report.stats.summary(report.elapsed));
+    Ok(())
+}

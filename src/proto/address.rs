@@ -1,0 +1,240 @@
+//! Mailbox and path syntax (RFC 5321 4.1.2, 4.5.3.1; RFC 6531 3.3).
+//!
+//! Owns: deciding whether the text between `<` and `>` is a valid path.
+//! Source routes are accepted and dropped (RFC 5321 appendix C). Non-ASCII is
+//! allowed only when the transaction declared SMTPUTF8. Nothing is resolved.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrError {
+    Syntax,
+    NeedsUtf8,
+    TooLong,
+}
+
+const MAX_PATH: usize = 256; // RFC 5321 4.5.3.1.3, brackets included
+const MAX_LOCAL: usize = 64; // 4.5.3.1.1
+const MAX_DOMAIN: usize = 255; // 4.5.3.1.2
+
+/// Index of the `>` that closes a path whose `<` was just stripped, skipping
+/// quoted strings (a quoted local part may hold `>`).
+pub fn closing_bracket(s: &[u8]) -> Option<usize> {
+    let mut quoted = false;
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Validates a non-empty path; returns the mailbox without any source route.
+pub fn check_path(path: &[u8], utf8: bool) -> Result<&[u8], AddrError> {
+    if path.len() + 2 > MAX_PATH {
+        return Err(AddrError::TooLong);
+    }
+    let mailbox = match path.first() {
+        Some(b'@') => {
+            let colon = memchr::memchr(b':', path).ok_or(AddrError::Syntax)?;
+            let route = path.get(..colon).unwrap_or_default();
+            for hop in route.split(|b| *b == b',') {
+                let domain = hop.strip_prefix(b"@").ok_or(AddrError::Syntax)?;
+                check_domain(domain, false)?;
+            }
+            path.get(colon + 1..).unwrap_or_default()
+        }
+        _ => path,
+    };
+    let at = mailbox
+        .iter()
+        .rposition(|b| *b == b'@')
+        .ok_or(AddrError::Syntax)?;
+    let (local, domain) = (
+        mailbox.get(..at).unwrap_or_default(),
+        mailbox.get(at + 1..).unwrap_or_default(),
+    );
+    if local.len() > MAX_LOCAL || domain.len() > MAX_DOMAIN {
+        return Err(AddrError::TooLong);
+    }
+    check_local(local)?;
+    check_domain_or_literal(domain)?;
+    if !mailbox.is_ascii() {
+        if !utf8 {
+            return Err(AddrError::NeedsUtf8);
+        }
+        std::str::from_utf8(mailbox).map_err(|_| AddrError::Syntax)?;
+    }
+    Ok(mailbox)
+}
+
+/// atext (RFC 5322 3.2.3), plus any non-ASCII byte: UTF-8 validity and the
+/// SMTPUTF8 requirement are checked once for the whole mailbox.
+fn is_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
+}
+
+fn check_local(local: &[u8]) -> Result<(), AddrError> {
+    if let Some(inner) = local
+        .strip_prefix(b"\"")
+        .and_then(|l| l.strip_suffix(b"\""))
+    {
+        // Quoted-string: qtextSMTP or quoted-pairSMTP.
+        let mut i = 0;
+        while let Some(&b) = inner.get(i) {
+            match b {
+                b'\\' => {
+                    let next = inner.get(i + 1).ok_or(AddrError::Syntax)?;
+                    if !(32..=126).contains(next) {
+                        return Err(AddrError::Syntax);
+                    }
+                    i += 2;
+                }
+                b'"' => return Err(AddrError::Syntax),
+                32..=126 | 0x80..=0xff => i += 1,
+                _ => return Err(AddrError::Syntax),
+            }
+        }
+        return Ok(());
+    }
+    // Dot-string: atoms separated by single dots.
+    if local
+        .split(|b| *b == b'.')
+        .all(|atom| !atom.is_empty() && atom.iter().all(|b| is_atext(*b)))
+    {
+        Ok(())
+    } else {
+        Err(AddrError::Syntax)
+    }
+}
+
+fn check_domain_or_literal(domain: &[u8]) -> Result<(), AddrError> {
+    match domain.strip_prefix(b"[").and_then(|d| d.strip_suffix(b"]")) {
+        Some(lit) => check_address_literal(lit),
+        None => check_domain(domain, true),
+    }
+}
+
+/// Domain = sub-domain *("." sub-domain); sub-domain = Let-dig [Ldh-str].
+/// U-labels (non-ASCII) pass when `allow_utf8`; SMTPUTF8 is checked later.
+fn check_domain(domain: &[u8], allow_utf8: bool) -> Result<(), AddrError> {
+    let label_ok = |l: &[u8]| {
+        let alnum = |b: &u8| b.is_ascii_alphanumeric() || (allow_utf8 && *b >= 0x80);
+        l.len() <= 63
+            && l.first().is_some_and(alnum)
+            && l.last().is_some_and(alnum)
+            && l.iter().all(|b| alnum(b) || *b == b'-')
+    };
+    if !domain.is_empty() && domain.split(|b| *b == b'.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(AddrError::Syntax)
+    }
+}
+
+/// IPv4, `IPv6:` + IPv6, or General-address-literal (tag ":" dcontent).
+fn check_address_literal(lit: &[u8]) -> Result<(), AddrError> {
+    let text = std::str::from_utf8(lit).map_err(|_| AddrError::Syntax)?;
+    if text.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if let Some(v6) = text.get(..5).filter(|p| p.eq_ignore_ascii_case("IPv6:")) {
+        let rest = text.get(v6.len()..).unwrap_or_default();
+        return rest
+            .parse::<Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| AddrError::Syntax);
+    }
+    match text.split_once(':') {
+        Some((tag, content))
+            if !tag.is_empty()
+                && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !content.is_empty()
+                && content
+                    .bytes()
+                    .all(|b| (33..=90).contains(&b) || (94..=126).contains(&b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(AddrError::Syntax),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailboxes() {
+        let ok: &[&str] = &[
+            "a@b",
+            "first.last@sub.example.com",
+            "!#$%&'*+-/=?^_`{|}~@x.example",
+            "\"quoted local\"@x.example",
+            "\"q\\\"uote\"@x.example",
+            "a@[192.0.2.1]",
+            "a@[IPv6:2001:db8::1]",
+            "a@[x-tag:stuff]",
+            "@r1.example,@r2.example:a@b.example",
+        ];
+        for m in ok {
+            assert!(check_path(m.as_bytes(), false).is_ok(), "{m}");
+        }
+        let bad: &[&str] = &[
+            "a",
+            "@b",
+            "a@",
+            ".a@b",
+            "a.@b",
+            "a..b@c",
+            "a b@c",
+            "a@-b",
+            "a@b-",
+            "a@b..c",
+            "a@[1.2.3]",
+            "a@[IPv6:zz]",
+            "\"unterminated@b",
+            "a\x00b@c",
+            "@r1:",
+            "r1:a@b",
+        ];
+        for m in bad {
+            assert_eq!(
+                check_path(m.as_bytes(), false),
+                Err(AddrError::Syntax),
+                "{m:?}"
+            );
+        }
+        assert_eq!(check_path(b"@r.example:a@b", false), Ok(&b"a@b"[..]));
+        let long_local = format!("{}@b", "a".repeat(65));
+        assert_eq!(
+            check_path(long_local.as_bytes(), false),
+            Err(AddrError::TooLong)
+        );
+        let long_path = format!("a@{}", "b.".repeat(130));
+        assert_eq!(
+            check_path(long_path.as_bytes(), false),
+            Err(AddrError::TooLong)
+        );
+        assert_eq!(
+            check_path("ü@x".as_bytes(), false),
+            Err(AddrError::NeedsUtf8)
+        );
+        assert!(check_path("ü@bücher.example".as_bytes(), true).is_ok());
+        assert_eq!(check_path(b"\xff@x", true), Err(AddrError::Syntax));
+    }
+
+    #[test]
+    fn brackets() {
+        assert_eq!(closing_bracket(b"a@b>"), Some(3));
+        assert_eq!(closing_bracket(b"\"a>\"@b> X"), Some(6));
+        assert_eq!(closing_bracket(b"\"a\\\">\"@b>"), Some(8));
+        assert_eq!(closing_bracket(b"a@b"), None);
+    }
+}

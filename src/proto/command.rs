@@ -1,0 +1,529 @@
+//! One command line -> a [`Command`] borrowing its arguments (RFC 5321 4.1).
+//!
+//! Owns: verb recognition and the argument grammar of every command,
+//! including MAIL/RCPT paths and ESMTP parameters. Pure and allocation-free;
+//! protocol errors are values that name the reply to send.
+
+use super::address::{self, AddrError};
+use super::reply::{self, Reply};
+
+/// A parsed command line. Arguments borrow from the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    Helo(&'a [u8]),
+    Ehlo(&'a [u8]),
+    Mail(Mail<'a>),
+    Rcpt(Rcpt<'a>),
+    Data,
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    Rset,
+    Vrfy,
+    Expn,
+    Help,
+    Noop,
+    Quit,
+    /// RFC 821 commands withdrawn by RFC 5321 appendix F: SEND, SOML, SAML, TURN.
+    Obsolete,
+}
+
+/// `MAIL FROM:<reverse-path> [params]`, parameters already checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mail<'a> {
+    /// The path between the angle brackets (empty for the null path), with
+    /// any source route removed.
+    pub path: &'a [u8],
+    pub size: Option<u64>,
+    pub body: Body,
+    pub smtputf8: bool,
+}
+
+/// `RCPT TO:<forward-path> [params]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rcpt<'a> {
+    pub path: &'a [u8],
+}
+
+/// The BODY parameter (RFC 6152, RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Body {
+    #[default]
+    SevenBit,
+    EightBitMime,
+    BinaryMime,
+}
+
+/// What the session needs to know to parse an address-bearing command.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseCtx {
+    /// SMTPUTF8 was given on this transaction's MAIL (RCPT only).
+    pub smtputf8: bool,
+}
+
+/// Parses one line (without CRLF). Errors are the reply to send.
+pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
+    let (verb, args) = split_verb(line);
+    let v = |w: &[u8; 4]| verb.eq_ignore_ascii_case(w);
+    if verb.len() != 4 {
+        return Err(reply::UNRECOGNIZED);
+    }
+    if v(b"MAIL") {
+        parse_mail(args).map(Command::Mail)
+    } else if v(b"RCPT") {
+        parse_rcpt(args, ctx).map(Command::Rcpt)
+    } else if v(b"DATA") {
+        no_args(args, Command::Data, reply::SYNTAX_DATA)
+    } else if v(b"BDAT") {
+        parse_bdat(args)
+    } else if v(b"EHLO") {
+        domain_arg(args, reply::SYNTAX_EHLO).map(Command::Ehlo)
+    } else if v(b"HELO") {
+        domain_arg(args, reply::SYNTAX_HELO).map(Command::Helo)
+    } else if v(b"RSET") {
+        no_args(args, Command::Rset, reply::SYNTAX_RSET)
+    } else if v(b"NOOP") {
+        // NOOP may carry a string, which is ignored (RFC 5321 4.1.1.9).
+        Ok(Command::Noop)
+    } else if v(b"QUIT") {
+        no_args(args, Command::Quit, reply::SYNTAX_QUIT)
+    } else if v(b"VRFY") {
+        if args.is_empty() {
+            Err(reply::SYNTAX_VRFY)
+        } else {
+            Ok(Command::Vrfy)
+        }
+    } else if v(b"EXPN") {
+        Ok(Command::Expn)
+    } else if v(b"HELP") {
+        Ok(Command::Help)
+    } else if v(b"SEND") || v(b"SOML") || v(b"SAML") || v(b"TURN") {
+        Ok(Command::Obsolete)
+    } else {
+        Err(reply::UNRECOGNIZED)
+    }
+}
+
+/// Splits at the first space; trailing spaces are not part of the arguments.
+fn split_verb(line: &[u8]) -> (&[u8], &[u8]) {
+    let line = trim_end(line);
+    match memchr::memchr(b' ', line) {
+        Some(sp) => (
+            line.get(..sp).unwrap_or_default(),
+            trim_start(line.get(sp + 1..).unwrap_or_default()),
+        ),
+        None => (line, &[]),
+    }
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| **b == b' ').count();
+    s.get(n..).unwrap_or_default()
+}
+
+fn trim_end(s: &[u8]) -> &[u8] {
+    let n = s.iter().rev().take_while(|b| **b == b' ').count();
+    s.get(..s.len() - n).unwrap_or_default()
+}
+
+fn no_args<'a>(args: &[u8], cmd: Command<'a>, err: Reply) -> Result<Command<'a>, Reply> {
+    if args.is_empty() {
+        Ok(cmd)
+    } else {
+        Err(err)
+    }
+}
+
+/// HELO/EHLO take one domain or address literal. We check its shape loosely:
+/// one token, no spaces (clients send all sorts of names; none is looked up).
+fn domain_arg(args: &[u8], err: Reply) -> Result<&[u8], Reply> {
+    if args.is_empty() || args.contains(&b' ') {
+        Err(err)
+    } else {
+        Ok(args)
+    }
+}
+
+fn parse_bdat(args: &[u8]) -> Result<Command<'static>, Reply> {
+    let (size, rest) = match memchr::memchr(b' ', args) {
+        Some(sp) => (
+            args.get(..sp).unwrap_or_default(),
+            trim_start(args.get(sp + 1..).unwrap_or_default()),
+        ),
+        None => (args, &[][..]),
+    };
+    let size = parse_decimal(size).ok_or(reply::SYNTAX_BDAT)?;
+    let last = if rest.is_empty() {
+        false
+    } else if rest.eq_ignore_ascii_case(b"LAST") {
+        true
+    } else {
+        return Err(reply::SYNTAX_BDAT);
+    };
+    Ok(Command::Bdat { size, last })
+}
+
+/// 1*DIGIT that fits in u64.
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Strips `prefix` (case-insensitive, e.g. `FROM:`), then optional spaces
+/// (a common client habit RFC 5321 does not allow but every MTA accepts),
+/// then the bracketed path. Returns the text inside the brackets and the
+/// parameter string after it.
+fn path_and_params<'a>(args: &'a [u8], prefix: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let head = args.get(..prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = trim_start(args.get(prefix.len()..)?);
+    let inner = rest.strip_prefix(b"<")?;
+    let close = address::closing_bracket(inner)?;
+    let path = inner.get(..close)?;
+    let after = inner.get(close + 1..)?;
+    match after {
+        [] => Some((path, after)),
+        [b' ', params @ ..] => Some((path, trim_start(params))),
+        _ => None,
+    }
+}
+
+/// Iterates `KEYWORD[=VALUE]` parameters separated by spaces (RFC 5321 4.1.2).
+fn params(s: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), Reply>> {
+    s.split(|b| *b == b' ').filter(|p| !p.is_empty()).map(|p| {
+        let (key, value) = match memchr::memchr(b'=', p) {
+            Some(eq) => (p.get(..eq).unwrap_or_default(), p.get(eq + 1..)),
+            None => (p, None),
+        };
+        let key_ok = key.first().is_some_and(u8::is_ascii_alphanumeric)
+            && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        // esmtp-value: 1*(%d33-60 / %d62-126), UTF-8 allowed by RFC 6531.
+        let value_ok = value.is_none_or(|v| {
+            !v.is_empty()
+                && v.iter()
+                    .all(|b| (33..=126).contains(b) && *b != b'=' || *b >= 0x80)
+        });
+        if key_ok && value_ok {
+            Ok((key, value))
+        } else {
+            Err(reply::BAD_PARAM_SYNTAX)
+        }
+    })
+}
+
+fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
+    let (path, rest) = path_and_params(args, b"FROM:").ok_or(reply::SYNTAX_MAIL)?;
+    let mut mail = Mail::default();
+    let (mut seen_body, mut seen_ret, mut seen_envid) = (false, false, false);
+    for p in params(rest) {
+        let (key, value) = p?;
+        let dup = |seen: &mut bool| std::mem::replace(seen, true);
+        if key.eq_ignore_ascii_case(b"SIZE") {
+            if mail.size.is_some() {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
+            mail.size = Some(
+                value
+                    .and_then(parse_decimal)
+                    .ok_or(reply::BAD_PARAM_SYNTAX)?,
+            );
+        } else if key.eq_ignore_ascii_case(b"BODY") {
+            let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+            mail.body = if v.eq_ignore_ascii_case(b"7BIT") {
+                Body::SevenBit
+            } else if v.eq_ignore_ascii_case(b"8BITMIME") {
+                Body::EightBitMime
+            } else if v.eq_ignore_ascii_case(b"BINARYMIME") {
+                Body::BinaryMime
+            } else {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            };
+            if dup(&mut seen_body) {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
+        } else if key.eq_ignore_ascii_case(b"SMTPUTF8") {
+            if value.is_some() || mail.smtputf8 {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
+            mail.smtputf8 = true;
+        } else if key.eq_ignore_ascii_case(b"RET") {
+            // RFC 3461 4.3: RET=FULL / RET=HDRS.
+            let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+            if !(v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS"))
+                || dup(&mut seen_ret)
+            {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
+        } else if key.eq_ignore_ascii_case(b"ENVID") {
+            // RFC 3461 4.4: xtext, at most 100 characters.
+            let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+            if v.len() > 100 || !is_xtext(v) || dup(&mut seen_envid) {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
+        } else {
+            return Err(reply::UNSUPPORTED_MAIL_PARAM);
+        }
+    }
+    if !path.is_empty() {
+        mail.path = address::check_path(path, mail.smtputf8).map_err(|e| match e {
+            AddrError::Syntax => reply::BAD_SENDER,
+            AddrError::NeedsUtf8 => reply::NEEDS_SMTPUTF8,
+            AddrError::TooLong => reply::PATH_TOO_LONG,
+        })?;
+    }
+    Ok(mail)
+}
+
+fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
+    let (path, rest) = path_and_params(args, b"TO:").ok_or(reply::SYNTAX_RCPT)?;
+    let (mut seen_notify, mut seen_orcpt) = (false, false);
+    for p in params(rest) {
+        let (key, value) = p?;
+        let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+        if key.eq_ignore_ascii_case(b"NOTIFY") {
+            // RFC 3461 4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY.
+            let never = v.eq_ignore_ascii_case(b"NEVER");
+            let list_ok = v.split(|b| *b == b',').all(|w| {
+                w.eq_ignore_ascii_case(b"SUCCESS")
+                    || w.eq_ignore_ascii_case(b"FAILURE")
+                    || w.eq_ignore_ascii_case(b"DELAY")
+            });
+            if !(never || list_ok) || std::mem::replace(&mut seen_notify, true) {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
+        } else if key.eq_ignore_ascii_case(b"ORCPT") {
+            // RFC 3461 4.2: addr-type ";" xtext.
+            let ok = memchr::memchr(b';', v).is_some_and(|semi| {
+                let (ty, addr) = v.split_at(semi);
+                !ty.is_empty()
+                    && ty.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                    && addr.len() > 1
+                    && (is_xtext(addr.get(1..).unwrap_or_default()) || ctx.smtputf8)
+            });
+            if !ok || std::mem::replace(&mut seen_orcpt, true) {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
+        } else {
+            return Err(reply::UNSUPPORTED_RCPT_PARAM);
+        }
+    }
+    // RFC 5321 4.1.1.3: <Postmaster> needs no domain.
+    if path.eq_ignore_ascii_case(b"Postmaster") {
+        return Ok(Rcpt { path });
+    }
+    let path = address::check_path(path, ctx.smtputf8).map_err(|e| match e {
+        AddrError::Syntax => reply::BAD_RECIPIENT,
+        AddrError::NeedsUtf8 => reply::NEEDS_SMTPUTF8,
+        AddrError::TooLong => reply::PATH_TOO_LONG,
+    })?;
+    Ok(Rcpt { path })
+}
+
+/// xtext (RFC 3461 4): printable ASCII but `+` and `=`, or `+HH`.
+fn is_xtext(v: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = v.get(i) {
+        if b == b'+' {
+            let hex = |j: usize| {
+                v.get(j)
+                    .is_some_and(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h))
+            };
+            if !(hex(i + 1) && hex(i + 2)) {
+                return false;
+            }
+            i += 3;
+        } else if (33..=126).contains(&b) && b != b'=' {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CTX: ParseCtx = ParseCtx { smtputf8: false };
+
+    fn p(line: &str) -> Result<Command<'_>, Reply> {
+        parse(line.as_bytes(), CTX)
+    }
+
+    #[test]
+    fn verbs_are_case_insensitive() {
+        assert_eq!(p("noop"), Ok(Command::Noop));
+        assert_eq!(p("NoOp whatever"), Ok(Command::Noop));
+        assert_eq!(p("dAtA"), Ok(Command::Data));
+        assert_eq!(p("QUIT "), Ok(Command::Quit));
+        assert_eq!(
+            p("ehlo client.example"),
+            Ok(Command::Ehlo(b"client.example"))
+        );
+        for v in [
+            "SEND FROM:<a@b>",
+            "soml FROM:<a@b>",
+            "SAML FROM:<a@b>",
+            "TURN",
+        ] {
+            assert_eq!(p(v), Ok(Command::Obsolete), "{v}");
+        }
+        assert_eq!(p("FOO"), Err(reply::UNRECOGNIZED));
+        assert_eq!(p(""), Err(reply::UNRECOGNIZED));
+        assert_eq!(p("MAILX FROM:<>"), Err(reply::UNRECOGNIZED));
+    }
+
+    #[test]
+    fn argument_syntax() {
+        assert_eq!(p("DATA x"), Err(reply::SYNTAX_DATA));
+        assert_eq!(p("RSET x"), Err(reply::SYNTAX_RSET));
+        assert_eq!(p("EHLO"), Err(reply::SYNTAX_EHLO));
+        assert_eq!(p("HELO a b"), Err(reply::SYNTAX_HELO));
+        assert_eq!(p("VRFY"), Err(reply::SYNTAX_VRFY));
+        assert_eq!(
+            p("BDAT 10"),
+            Ok(Command::Bdat {
+                size: 10,
+                last: false
+            })
+        );
+        assert_eq!(
+            p("bdat 0 last"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        assert_eq!(p("BDAT"), Err(reply::SYNTAX_BDAT));
+        assert_eq!(p("BDAT -1"), Err(reply::SYNTAX_BDAT));
+        assert_eq!(p("BDAT 1 FIRST"), Err(reply::SYNTAX_BDAT));
+        assert_eq!(p("BDAT 99999999999999999999999"), Err(reply::SYNTAX_BDAT));
+    }
+
+    #[test]
+    fn mail_paths_and_params() {
+        let m = |s: &str| match p(s) {
+            Ok(Command::Mail(m)) => Ok((
+                String::from_utf8(m.path.to_vec()).unwrap(),
+                m.size,
+                m.body,
+                m.smtputf8,
+            )),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            m("MAIL FROM:<>"),
+            Ok((String::new(), None, Body::SevenBit, false))
+        );
+        assert_eq!(
+            m("mail from:<a@b.example>"),
+            Ok(("a@b.example".into(), None, Body::SevenBit, false))
+        );
+        assert_eq!(
+            m("MAIL FROM: <a@b>"),
+            Ok(("a@b".into(), None, Body::SevenBit, false))
+        );
+        assert_eq!(
+            m("MAIL FROM:<@r1,@r2:a@b>"),
+            Ok(("a@b".into(), None, Body::SevenBit, false))
+        );
+        assert_eq!(
+            m("MAIL FROM:<\"a b>c\"@d>"),
+            Ok(("\"a b>c\"@d".into(), None, Body::SevenBit, false))
+        );
+        assert_eq!(
+            m("MAIL FROM:<a@b> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=x+2By"),
+            Ok(("a@b".into(), Some(1000), Body::EightBitMime, false))
+        );
+        assert_eq!(
+            m("MAIL FROM:<ä@b> SMTPUTF8"),
+            Ok(("ä@b".into(), None, Body::SevenBit, true))
+        );
+        assert_eq!(m("MAIL FROM:<ä@b>"), Err(reply::NEEDS_SMTPUTF8));
+        assert_eq!(
+            m("MAIL FROM:<a@b> FOO=1"),
+            Err(reply::UNSUPPORTED_MAIL_PARAM)
+        );
+        assert_eq!(m("MAIL FROM:<a@b> SIZE=x"), Err(reply::BAD_PARAM_SYNTAX));
+        assert_eq!(
+            m("MAIL FROM:<a@b> SIZE=1 SIZE=2"),
+            Err(reply::BAD_PARAM_SYNTAX)
+        );
+        assert_eq!(m("MAIL FROM:<a@b> BODY=9BIT"), Err(reply::BAD_PARAM_SYNTAX));
+        assert_eq!(m("MAIL FROM:<a@b> RET=ALL"), Err(reply::BAD_PARAM_SYNTAX));
+        assert_eq!(
+            m("MAIL FROM:<a@b> SMTPUTF8=yes"),
+            Err(reply::BAD_PARAM_SYNTAX)
+        );
+        assert_eq!(m("MAIL FROM:a@b"), Err(reply::SYNTAX_MAIL));
+        assert_eq!(m("MAIL TO:<a@b>"), Err(reply::SYNTAX_MAIL));
+        assert_eq!(m("MAIL FROM:<a@b"), Err(reply::SYNTAX_MAIL));
+        assert_eq!(m("MAIL FROM:<a@b>x"), Err(reply::SYNTAX_MAIL));
+        assert_eq!(m("MAIL"), Err(reply::SYNTAX_MAIL));
+        assert_eq!(m("MAIL FROM:<a>"), Err(reply::BAD_SENDER));
+        assert_eq!(m("MAIL FROM:<a..b@c>"), Err(reply::BAD_SENDER));
+        assert_eq!(
+            m("MAIL FROM:<a@[127.0.0.1]>"),
+            Ok(("a@[127.0.0.1]".into(), None, Body::SevenBit, false))
+        );
+        assert_eq!(
+            m("MAIL FROM:<a@[IPv6:::1]>"),
+            Ok(("a@[IPv6:::1]".into(), None, Body::SevenBit, false))
+        );
+        assert_eq!(m("MAIL FROM:<a@[300.0.0.1]>"), Err(reply::BAD_SENDER));
+    }
+
+    #[test]
+    fn rcpt_paths_and_params() {
+        let r = |s: &str, utf8: bool| match parse(s.as_bytes(), ParseCtx { smtputf8: utf8 }) {
+            Ok(Command::Rcpt(r)) => Ok(String::from_utf8(r.path.to_vec()).unwrap()),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(r("RCPT TO:<postmaster>", false), Ok("postmaster".into()));
+        assert_eq!(
+            r("RCPT TO:<Postmaster@x.example>", false),
+            Ok("Postmaster@x.example".into())
+        );
+        assert_eq!(r("RCPT TO:<>", false), Err(reply::BAD_RECIPIENT));
+        assert_eq!(
+            r(
+                "RCPT TO:<a@b> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40b",
+                false
+            ),
+            Ok("a@b".into())
+        );
+        assert_eq!(r("RCPT TO:<a@b> NOTIFY=NEVER", false), Ok("a@b".into()));
+        assert_eq!(
+            r("RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS", false),
+            Err(reply::BAD_PARAM_SYNTAX)
+        );
+        assert_eq!(
+            r("RCPT TO:<a@b> ORCPT=rfc822", false),
+            Err(reply::BAD_PARAM_SYNTAX)
+        );
+        assert_eq!(
+            r("RCPT TO:<a@b> SIZE=1", false),
+            Err(reply::UNSUPPORTED_RCPT_PARAM)
+        );
+        assert_eq!(
+            r("RCPT TO:<δ@ε.example>", false),
+            Err(reply::NEEDS_SMTPUTF8)
+        );
+        assert_eq!(r("RCPT TO:<δ@ε.example>", true), Ok("δ@ε.example".into()));
+        assert_eq!(r("RCPT FROM:<a@b>", false), Err(reply::SYNTAX_RCPT));
+    }
+}

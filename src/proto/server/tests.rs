@@ -1,0 +1,472 @@
+//! Transcript tests: client bytes in, exact server bytes and sink events out.
+//! Every case also runs with the input split at every byte boundary, carrying
+//! unconsumed bytes over exactly as the reactor does.
+
+use super::*;
+use crate::sink::{SessionId, Sink, Verdict};
+
+/// Records every sink call as text, so tests assert the exact sequence.
+#[derive(Default)]
+struct Recorder {
+    events: Vec<String>,
+    body: Vec<u8>,
+    bodies: Vec<Vec<u8>>,
+    verdict: Option<Verdict>,
+}
+
+impl Sink for Recorder {
+    fn mail(&mut self, _: SessionId, p: &[u8]) {
+        self.events
+            .push(format!("mail <{}>", String::from_utf8_lossy(p)));
+    }
+    fn rcpt(&mut self, _: SessionId, p: &[u8]) {
+        self.events
+            .push(format!("rcpt <{}>", String::from_utf8_lossy(p)));
+    }
+    fn begin(&mut self, _: SessionId) {
+        self.events.push("begin".into());
+        self.body.clear();
+    }
+    fn body(&mut self, _: SessionId, chunk: &[u8]) {
+        self.body.extend_from_slice(chunk);
+    }
+    fn end(&mut self, _: SessionId) -> Verdict {
+        self.events.push("end".into());
+        self.bodies.push(std::mem::take(&mut self.body));
+        self.verdict.unwrap_or(Verdict::Accepted)
+    }
+    fn abort(&mut self, _: SessionId) {
+        self.events.push("abort".into());
+        self.body.clear();
+    }
+}
+
+fn settings() -> Settings {
+    Settings::new("sink.test", 1000, 3, 512)
+}
+
+struct Outcome {
+    out: Vec<u8>,
+    sink: Recorder,
+    stats: Stats,
+    consumed: usize,
+    state: State,
+}
+
+/// Runs `input` through a fresh session cut at `cuts` (sorted offsets).
+fn run_cuts(s: &Settings, input: &[u8], cuts: &[usize]) -> Outcome {
+    let mut session = Session::new(1);
+    let mut out = Vec::new();
+    let mut sink = Recorder::default();
+    let mut stats = Stats::new();
+    let now = Instant::now();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut consumed = 0;
+    let mut fed = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+        if cut < fed {
+            continue;
+        }
+        pending.extend_from_slice(&input[fed..cut]);
+        fed = cut;
+        let mut cx = Ctx {
+            out: &mut out,
+            sink: &mut sink,
+            stats: &mut stats,
+            now,
+        };
+        let n = session.handle_input(s, &pending, &mut cx);
+        assert!(n <= pending.len());
+        consumed += n;
+        pending.drain(..n);
+    }
+    Outcome {
+        out,
+        sink,
+        stats,
+        consumed,
+        state: session.state(),
+    }
+}
+
+/// Runs whole and at every split, asserting all agree; returns the whole run.
+fn transcript_with(s: &Settings, input: &[u8], want: &str) -> Outcome {
+    let whole = run_cuts(s, input, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&whole.out),
+        want,
+        "input: {:?}",
+        String::from_utf8_lossy(&input[..input.len().min(200)])
+    );
+    for cut in 1..input.len() {
+        let split = run_cuts(s, input, &[cut]);
+        assert_eq!(split.out, whole.out, "split at {cut}");
+        assert_eq!(split.sink.events, whole.sink.events, "split at {cut}");
+        assert_eq!(split.sink.bodies, whole.sink.bodies, "split at {cut}");
+        assert_eq!(split.consumed, whole.consumed, "split at {cut}");
+    }
+    if input.len() < 600 {
+        let every: Vec<usize> = (1..input.len()).collect();
+        let bytewise = run_cuts(s, input, &every);
+        assert_eq!(bytewise.out, whole.out, "byte at a time");
+        assert_eq!(bytewise.sink.bodies, whole.sink.bodies, "byte at a time");
+    }
+    whole
+}
+
+fn transcript(input: &str, want: &str) -> Outcome {
+    transcript_with(&settings(), input.as_bytes(), want)
+}
+
+const EHLO: &str = "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
+250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250-DSN\r\n250 HELP\r\n";
+
+#[test]
+fn greeting_and_quit() {
+    let s = settings();
+    let mut session = Session::new(7);
+    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
+    let mut cx = Ctx {
+        out: &mut out,
+        sink: &mut sink,
+        stats: &mut stats,
+        now: Instant::now(),
+    };
+    session.greet(&s, &mut cx);
+    let n = session.handle_input(&s, b"QUIT\r\nNOOP\r\n", &mut cx);
+    assert_eq!(n, 6, "nothing after QUIT is read");
+    assert!(session.is_closed());
+    assert_eq!(out, b"220 sink.test ESMTP smtpsink\r\n221 2.0.0 Bye\r\n");
+}
+
+#[test]
+fn full_transaction_pipelined() {
+    let o = transcript(
+        "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\nDATA\r\n\
+Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n",
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n"
+        ),
+    );
+    assert_eq!(
+        o.sink.events,
+        [
+            "mail <a@b.test>",
+            "rcpt <c@d.test>",
+            "rcpt <e@f.test>",
+            "begin",
+            "end"
+        ]
+    );
+    assert_eq!(
+        o.sink.bodies,
+        [b"Subject: x\r\n\r\n.dot\r\nbody\r\n".to_vec()]
+    );
+    let c = o.stats.counters;
+    assert_eq!(
+        (c.transactions, c.messages, c.recipients, c.body_bytes),
+        (1, 1, 2, 26)
+    );
+    assert_eq!(c.replies, [0, 0, 6, 1, 0, 0]);
+    assert_eq!(o.stats.latency.len(), 1);
+    assert_eq!(o.state, State::Closed);
+}
+
+#[test]
+fn every_command_has_an_answer() {
+    transcript(
+        "HELO c.test\r\nNOOP\r\nNOOP anything\r\nRSET\r\nVRFY bob\r\nEXPN list\r\nHELP\r\nHELP MAIL\r\n\
+SEND FROM:<a@b>\r\nSOML FROM:<a@b>\r\nSAML FROM:<a@b>\r\nTURN\r\nXYZZY\r\n\r\nquit\r\n",
+        "250 sink.test\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n\
+252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n\
+502 5.5.1 Error: command not implemented\r\n\
+214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET VRFY EXPN HELP NOOP QUIT\r\n\
+214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET VRFY EXPN HELP NOOP QUIT\r\n\
+502 5.5.1 Error: command not implemented\r\n502 5.5.1 Error: command not implemented\r\n\
+502 5.5.1 Error: command not implemented\r\n502 5.5.1 Error: command not implemented\r\n\
+500 5.5.2 Error: command not recognized\r\n500 5.5.2 Error: command not recognized\r\n221 2.0.0 Bye\r\n",
+    );
+}
+
+#[test]
+fn sequence_errors() {
+    let o = transcript(
+        "MAIL FROM:<a@b>\r\nEHLO c\r\nRCPT TO:<a@b>\r\nDATA\r\nBDAT 3\r\nxyzMAIL FROM:<a@b>\r\n\
+MAIL FROM:<c@d>\r\nDATA\r\nBDAT 2 LAST\r\nxyRCPT TO:<x@y>\r\nDATA\r\n.\r\n",
+        &format!(
+            "503 5.5.1 Error: send HELO/EHLO first\r\n{EHLO}503 5.5.1 Error: need MAIL command\r\n\
+503 5.5.1 Error: need MAIL command\r\n503 5.5.1 Error: need MAIL command\r\n250 2.1.0 Ok\r\n\
+503 5.5.1 Error: nested MAIL command\r\n503 5.5.1 Error: need RCPT command\r\n\
+503 5.5.1 Error: need RCPT command\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+250 2.0.0 Ok: queued\r\n"
+        ),
+    );
+    assert_eq!(
+        o.sink.bodies,
+        [Vec::<u8>::new()],
+        "'.' right after 354 is an empty message"
+    );
+}
+
+#[test]
+fn helo_and_rset_reset_the_transaction() {
+    let o = transcript(
+        "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRSET\r\nRCPT TO:<c@d>\r\n\
+MAIL FROM:<a@b>\r\nHELO c\r\nDATA\r\n",
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok\r\n503 5.5.1 Error: need MAIL command\r\n\
+250 2.1.0 Ok\r\n250 sink.test\r\n503 5.5.1 Error: need MAIL command\r\n"
+        ),
+    );
+    assert_eq!(
+        o.sink.events,
+        ["mail <a@b>", "rcpt <c@d>", "abort", "mail <a@b>", "abort"]
+    );
+}
+
+#[test]
+fn syntax_errors_and_params() {
+    transcript(
+        "EHLO\r\nEHLO c\r\nMAIL FROM:a@b\r\nMAIL FROM:<a@b> FOO=BAR\r\nMAIL FROM:<ü@b>\r\n\
+MAIL FROM:<a@b> SIZE=1001\r\nMAIL FROM:<a@b> SIZE=999 BODY=8BITMIME\r\nRCPT TO:<ü@b>\r\n\
+RCPT TO:<c@d> NOTIFY=BOGUS\r\nRCPT TO:<c@d> XYZ=1\r\nRCPT TO:c@d\r\nRCPT TO:<c>\r\nDATA now\r\nRSET x\r\n\
+QUIT now\r\nVRFY\r\n",
+        &format!(
+            "501 5.5.4 Syntax: EHLO hostname\r\n{EHLO}501 5.5.4 Syntax: MAIL FROM:<address>\r\n\
+555 5.5.4 Error: unsupported MAIL parameter\r\n\
+553 5.6.7 Error: non-ASCII address requires SMTPUTF8\r\n\
+552 5.3.4 Error: message size exceeds fixed limit\r\n250 2.1.0 Ok\r\n\
+553 5.6.7 Error: non-ASCII address requires SMTPUTF8\r\n501 5.5.4 Error: bad parameter syntax\r\n\
+555 5.5.4 Error: unsupported RCPT parameter\r\n501 5.5.4 Syntax: RCPT TO:<address>\r\n\
+501 5.1.3 Bad recipient address syntax\r\n501 5.5.4 Syntax: DATA\r\n501 5.5.4 Syntax: RSET\r\n\
+501 5.5.4 Syntax: QUIT\r\n501 5.5.4 Syntax: VRFY address\r\n"
+        ),
+    );
+}
+
+#[test]
+fn smtputf8_transaction() {
+    let o = transcript(
+        "EHLO c\r\nMAIL FROM:<ü@b.test> SMTPUTF8\r\nRCPT TO:<δ@ε.test>\r\nRCPT TO:<Postmaster>\r\n",
+        &format!("{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"),
+    );
+    assert_eq!(o.sink.events[1], "rcpt <δ@ε.test>");
+}
+
+#[test]
+fn too_many_recipients() {
+    let o = transcript(
+        "HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<a@b>\r\nRCPT TO:<a@b>\r\nRCPT TO:<a@b>\r\n\
+DATA\r\nx\r\n.\r\n",
+        "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n\
+452 4.5.3 Error: too many recipients\r\n354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued\r\n",
+    );
+    assert_eq!(o.stats.counters.recipients, 3);
+}
+
+#[test]
+fn message_too_big_is_consumed_then_refused() {
+    let body = "x".repeat(998) + "\r\n"; // 1000 bytes: at the limit
+    let big = "y".repeat(999) + "\r\n"; // 1001 bytes: one over
+    let o = transcript(
+        &format!(
+            "HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n{body}.\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n{big}.\r\nNOOP\r\n"
+        ),
+        "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+250 2.0.0 Ok: queued\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+552 5.3.4 Error: message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n",
+    );
+    assert_eq!(o.sink.bodies.len(), 1);
+    assert_eq!(o.sink.events.last().map(String::as_str), Some("abort"));
+    assert_eq!(
+        (
+            o.stats.counters.messages,
+            o.stats.counters.messages_rejected
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn bdat_chunks() {
+    let o = transcript(
+        "EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<c@d>\r\nDATA\r\nBDAT 5\r\n.\r\n\r\nBDAT 0\r\n\
+BDAT 3 LAST\r\n\x00\r\x01NOOP\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 0 LAST\r\n",
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n503 5.5.1 Error: BODY=BINARYMIME requires BDAT\r\n\
+250 2.0.0 5 octets received\r\n250 2.0.0 0 octets received\r\n250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n\
+250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued\r\n"
+        ),
+    );
+    assert_eq!(o.sink.bodies, [b".\r\n\r\n\x00\r\x01".to_vec(), Vec::new()]);
+    assert_eq!(o.stats.counters.body_bytes, 8);
+}
+
+#[test]
+fn bdat_data_after_bdat_and_size_limit() {
+    let chunk = "z".repeat(600);
+    transcript(
+        &format!(
+            "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\naDATA\r\nBDAT 600\r\n{chunk}BDAT 600 LAST\r\n{chunk}NOOP\r\n"
+        ),
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 1 octets received\r\n\
+503 5.5.1 Error: DATA not allowed after BDAT\r\n250 2.0.0 600 octets received\r\n\
+552 5.3.4 Error: message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n"
+        ),
+    );
+}
+
+#[test]
+fn smuggling_vectors_do_not_end_data() {
+    // Each vector hides "MAIL FROM" behind a fake end of data. Only the real
+    // CRLF.CRLF ends the message, so exactly one 250 follows the 354 and the
+    // smuggled lines stay in the body.
+    for fake in [
+        "\n.\n",
+        "\n.\r\n",
+        "\r\n.\n",
+        "\r.\r\n",
+        "\r\n.\r\r\n",
+        "\r\n\x00.\r\n",
+    ] {
+        let input = format!(
+            "HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhello{fake}MAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\nDATA\r\nsmuggled\r\n.\r\nNOOP\r\n"
+        );
+        let o = transcript(
+            &input,
+            "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n",
+        );
+        let body = String::from_utf8(o.sink.bodies[0].clone()).unwrap();
+        assert!(
+            body.starts_with("hello") && body.contains("MAIL FROM:<evil@x>"),
+            "{fake:?}: {body:?}"
+        );
+        assert_eq!(
+            o.sink
+                .events
+                .iter()
+                .filter(|e| e.starts_with("mail"))
+                .count(),
+            1
+        );
+    }
+}
+
+#[test]
+fn bare_lf_policy() {
+    // Commands: a line ended by LF alone is answered 500 and not executed.
+    transcript(
+        "NOOP\nHELO c\r\nQUIT\n",
+        "500 5.5.2 Error: bare <LF> received; end lines with <CR><LF>\r\n250 sink.test\r\n\
+500 5.5.2 Error: bare <LF> received; end lines with <CR><LF>\r\n",
+    );
+    // Data: passed through by default; refused with the strict setting.
+    let input = "HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\na\nb\r\n.\r\n";
+    let o = transcript(
+        input,
+        "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued\r\n",
+    );
+    assert_eq!(o.sink.bodies, [b"a\nb\r\n".to_vec()]);
+    let mut strict = settings();
+    strict.reject_bare_lf = true;
+    for body in ["a\nb\r\n", "\r\n.\nb\r\n", "\n\r\n"] {
+        let input = format!("HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n{body}.\r\n");
+        let o = transcript_with(
+            &strict,
+            input.as_bytes(),
+            "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+550 5.5.2 Error: bare <LF> received in message data\r\n",
+        );
+        assert!(o.sink.bodies.is_empty());
+    }
+}
+
+#[test]
+fn control_characters_in_commands() {
+    transcript_with(
+        &settings(),
+        b"NO\x00OP\r\nNOOP\rX\r\nHELO\tc\r\nNOOP\r\n",
+        "500 5.5.2 Error: control character in command\r\n500 5.5.2 Error: control character in command\r\n\
+500 5.5.2 Error: control character in command\r\n250 2.0.0 Ok\r\n",
+    );
+}
+
+#[test]
+fn long_lines() {
+    let ok = format!("NOOP {}", "a".repeat(505)); // 510 + CRLF = 512
+    let over = format!("NOOP {}", "a".repeat(506)); // 513
+    let huge = "x".repeat(5000);
+    let long_rcpt = format!("RCPT TO:<a@b> ORCPT=rfc822;{}", "c".repeat(200)); // > 512, allowed
+    transcript(
+        &format!("{ok}\r\n{over}\r\n{huge}\r\nHELO c\r\nMAIL FROM:<a@b>\r\n{long_rcpt}\r\n{huge}\nNOOP\r\n"),
+        "250 2.0.0 Ok\r\n500 5.5.2 Error: line too long\r\n500 5.5.2 Error: line too long\r\n250 sink.test\r\n\
+250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n",
+    );
+}
+
+#[test]
+fn overflowing_line_is_not_buffered() {
+    let s = settings();
+    let mut session = Session::new(1);
+    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
+    let mut cx = Ctx {
+        out: &mut out,
+        sink: &mut sink,
+        stats: &mut stats,
+        now: Instant::now(),
+    };
+    let junk = vec![b'j'; 4096];
+    assert_eq!(session.handle_input(&s, &junk, &mut cx), 4096);
+    assert_eq!(session.handle_input(&s, &junk, &mut cx), 4096);
+    assert_eq!(session.handle_input(&s, b"jj\r\nNOOP\r\n", &mut cx), 10);
+    assert_eq!(out, b"500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n");
+}
+
+#[test]
+fn pending_verdict_holds_input() {
+    let s = settings();
+    let mut session = Session::new(1);
+    let mut sink = Recorder {
+        verdict: Some(Verdict::Pending),
+        ..Recorder::default()
+    };
+    let (mut out, mut stats) = (Vec::new(), Stats::new());
+    let mut cx = Ctx {
+        out: &mut out,
+        sink: &mut sink,
+        stats: &mut stats,
+        now: Instant::now(),
+    };
+    let input = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
+    let n = session.handle_input(&s, input, &mut cx);
+    assert_eq!(&input[n..], b"NOOP\r\n", "nothing read past the message");
+    assert_eq!(session.state(), State::AwaitVerdict);
+    assert!(session.in_message());
+    assert_eq!(session.handle_input(&s, &input[n..], &mut cx), 0);
+    session.resolve(Verdict::Rejected(reply::TOO_BIG), &mut cx);
+    assert_eq!(session.handle_input(&s, &input[n..], &mut cx), 6);
+    assert!(String::from_utf8_lossy(&out).ends_with("354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n"));
+}
+
+#[test]
+fn shutdown_and_disconnect_abort_the_transaction() {
+    let s = settings();
+    let mut session = Session::new(1);
+    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
+    let mut cx = Ctx {
+        out: &mut out,
+        sink: &mut sink,
+        stats: &mut stats,
+        now: Instant::now(),
+    };
+    session.handle_input(&s, b"HELO c\r\nMAIL FROM:<a@b>\r\n", &mut cx);
+    session.close_with(&s.rendered.shutdown, &mut cx);
+    assert!(session.is_closed());
+    assert_eq!(session.handle_input(&s, b"NOOP\r\n", &mut cx), 0);
+    assert!(String::from_utf8_lossy(&out)
+        .ends_with("421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"));
+    assert_eq!(sink.events, ["mail <a@b>", "abort"]);
+}

@@ -1,0 +1,486 @@
+//! The event loop: the only code that touches sockets.
+//!
+//! One mio `Poll`, a `Slab` of [`Conn`]s whose keys are their tokens, the
+//! listeners and a waker (for shutdown) on reserved tokens at the top of the
+//! token space. mio is edge-triggered, so each ready connection is served
+//! until its input runs dry, but at most [`READ_BUDGET`] bytes per turn: a
+//! connection that still has input goes to a still-ready queue served before
+//! the next sleep, so one fast client cannot starve the others.
+//!
+//! Replies produced while serving one connection's batch are written in one
+//! `write` when its input runs dry (RFC 2920: never hold a reply waiting for
+//! more input). WRITABLE interest exists only while output is pending.
+//! Protocol problems never reach this layer as errors; an I/O error closes
+//! that one connection. Only set-up errors are returned to `main`.
+
+pub mod conn;
+pub mod listener;
+
+use crate::config::Config;
+use crate::proto::server::{Ctx, Session, Settings, State};
+use crate::sink::Sink;
+use crate::stats::Stats;
+use conn::{Conn, Flush, OUTPUT_HIGH_WATER};
+pub use listener::ListenError;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes read from one connection per turn before others get theirs.
+pub const READ_BUDGET: usize = 256 * 1024;
+/// Size of the shared read buffer: large reads make 1 MiB messages cheap.
+const SCRATCH: usize = 64 * 1024;
+const WAKER: Token = Token(usize::MAX);
+/// Listener i has token `LISTENER_BASE - i`.
+const LISTENER_BASE: usize = usize::MAX - 1;
+/// How often idle deadlines are checked.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Asks a running server to stop, from any thread (a signal handler thread,
+/// a test). The first request drains gracefully; the second stops at once.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    waker: Arc<Waker>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl ShutdownHandle {
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        // A failed wake means the loop is gone already; nothing left to stop.
+        let _ = self.waker.wake();
+    }
+}
+
+/// What a finished run leaves behind.
+pub struct Report<S> {
+    pub stats: Stats,
+    pub sink: S,
+    pub elapsed: Duration,
+}
+
+/// Reactor knobs that are not protocol settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub stats_interval: Option<Duration>,
+}
+
+impl From<&Config> for Limits {
+    fn from(c: &Config) -> Self {
+        Self {
+            max_connections: c.max_connections as usize,
+            timeout: c.timeout(),
+            grace: c.grace(),
+            stats_interval: c.stats_interval(),
+        }
+    }
+}
+
+pub struct Server<S: Sink> {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+    conns: Slab<Conn>,
+    settings: Settings,
+    limits: Limits,
+    sink: S,
+    stats: Stats,
+    scratch: Vec<u8>,
+    still_ready: VecDeque<usize>,
+    next_session: u64,
+    accept_paused: bool,
+    requests: Arc<AtomicUsize>,
+    waker: Arc<Waker>,
+    /// Set once a graceful shutdown began: the moment the grace period ends.
+    draining_until: Option<Instant>,
+}
+
+impl<S: Sink> Server<S> {
+    /// Binds every listen address. Nothing is accepted until [`Server::run`].
+    pub fn bind(
+        addrs: &[SocketAddr],
+        backlog: i32,
+        settings: Settings,
+        limits: Limits,
+        sink: S,
+    ) -> Result<Self, ListenError> {
+        let setup_err = |source: io::Error| ListenError {
+            addr: addrs
+                .first()
+                .copied()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
+        };
+        let poll = Poll::new().map_err(setup_err)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup_err)?);
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut l = listener::bind(*addr, backlog)?;
+            poll.registry()
+                .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
+                .map_err(|source| ListenError {
+                    addr: *addr,
+                    source,
+                })?;
+            local_addrs.push(l.local_addr().unwrap_or(*addr));
+            listeners.push(l);
+        }
+        Ok(Self {
+            poll,
+            listeners,
+            local_addrs,
+            conns: Slab::new(),
+            settings,
+            limits,
+            sink,
+            stats: Stats::new(),
+            scratch: vec![0; SCRATCH],
+            still_ready: VecDeque::new(),
+            next_session: 0,
+            accept_paused: false,
+            requests: Arc::new(AtomicUsize::new(0)),
+            waker,
+            draining_until: None,
+        })
+    }
+
+    /// The bound addresses (with the real port when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            waker: Arc::clone(&self.waker),
+            requests: Arc::clone(&self.requests),
+        }
+    }
+
+    /// Runs until shut down; returns the statistics and the sink.
+    pub fn run(mut self) -> io::Result<Report<S>> {
+        let started = Instant::now();
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = started + TICK;
+        let mut next_report = self
+            .limits
+            .stats_interval
+            .map(|i| (started + i, self.stats.counters));
+        loop {
+            let timeout = if self.still_ready.is_empty() {
+                Some(next_tick.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            let now = Instant::now();
+            for ev in &events {
+                match ev.token() {
+                    WAKER => {}
+                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
+                        self.accept(LISTENER_BASE - t, now);
+                    }
+                    Token(key) => self.serve(key, now),
+                }
+            }
+            // Connections left with input after their budget, in arrival order.
+            for _ in 0..self.still_ready.len() {
+                if let Some(key) = self.still_ready.pop_front() {
+                    self.serve(key, now);
+                }
+            }
+            match self.requests.load(Ordering::SeqCst) {
+                0 => {}
+                1 if self.draining_until.is_none() => self.begin_drain(now),
+                1 => {}
+                _ => {
+                    self.close_all(now);
+                    break;
+                }
+            }
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.expire(now);
+                if self.accept_paused {
+                    self.resume_accepting(now);
+                }
+                if let Some((at, prev)) = next_report {
+                    if now >= at {
+                        let interval = self.limits.stats_interval.unwrap_or(TICK);
+                        eprintln!(
+                            "{}",
+                            self.stats.interval_line(&prev, now - started, interval)
+                        );
+                        next_report = Some((at + interval, self.stats.counters));
+                    }
+                }
+            }
+            if let Some(until) = self.draining_until {
+                if self.conns.is_empty() {
+                    break;
+                }
+                if now >= until {
+                    self.close_all(now);
+                    break;
+                }
+            }
+        }
+        Ok(Report {
+            stats: self.stats,
+            sink: self.sink,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        loop {
+            if self.conns.len() >= self.limits.max_connections {
+                // The rest wait in the kernel's backlog until one closes.
+                self.accept_paused = true;
+                return;
+            }
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let (mut sock, _peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(_) => {
+                    // EMFILE, ENFILE, ENOBUFS: retry on the next tick.
+                    self.accept_paused = true;
+                    return;
+                }
+            };
+            // Small replies must leave at once; Nagle would hold them.
+            let _ = sock.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if self
+                .poll
+                .registry()
+                .register(&mut sock, Token(key), Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.next_session += 1;
+            let mut conn = Conn::new(sock, Session::new(self.next_session), now);
+            let mut cx = Ctx {
+                out: &mut conn.out,
+                sink: &mut self.sink,
+                stats: &mut self.stats,
+                now,
+            };
+            conn.session.greet(&self.settings, &mut cx);
+            entry.insert(conn);
+            self.stats.counters.connections += 1;
+            self.stats.counters.connections_open += 1;
+            // The client may already have sent something; serve() reads it
+            // and writes the greeting first.
+            self.serve(key, now);
+        }
+    }
+
+    fn resume_accepting(&mut self, now: Instant) {
+        if self.draining_until.is_some() {
+            return;
+        }
+        self.accept_paused = false;
+        for i in 0..self.listeners.len() {
+            self.accept(i, now);
+        }
+    }
+
+    /// Serves one connection: flush, read and process up to the budget,
+    /// flush the replies, then close or adjust interest.
+    fn serve(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let c = &mut self.stats.counters;
+        if conn.has_output() && conn.flush(&mut c.write_calls, &mut c.bytes_out) == Flush::Failed {
+            return self.close(key, now);
+        }
+        let mut budget = READ_BUDGET;
+        let mut eof = false;
+        while !conn.has_output() || conn.out.len() - conn.out_pos < OUTPUT_HIGH_WATER {
+            if matches!(conn.session.state(), State::Closed | State::AwaitVerdict) {
+                break;
+            }
+            if budget == 0 {
+                self.still_ready.push_back(key);
+                break;
+            }
+            // Carried-over bytes go first, then as much as the socket has.
+            let carried = conn.carry.len();
+            let Some(space) = self.scratch.get_mut(carried..).filter(|s| !s.is_empty()) else {
+                break;
+            };
+            let n = match conn.read(space) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            };
+            let filled = space.len() == n;
+            self.stats.counters.read_calls += 1;
+            self.stats.counters.bytes_in += n as u64;
+            budget = budget.saturating_sub(n);
+            conn.last_active = now;
+            if let Some(head) = self.scratch.get_mut(..carried) {
+                head.copy_from_slice(&conn.carry);
+            }
+            let input = self.scratch.get(..carried + n).unwrap_or_default();
+            let mut cx = Ctx {
+                out: &mut conn.out,
+                sink: &mut self.sink,
+                stats: &mut self.stats,
+                now,
+            };
+            let used = conn.session.handle_input(&self.settings, input, &mut cx);
+            conn.carry.clear();
+            conn.carry
+                .extend_from_slice(input.get(used..).unwrap_or_default());
+            // A read that did not fill the buffer drained the socket: on Linux,
+            // edge-triggered epoll reports every later arrival, so the read
+            // that would only say WouldBlock is skipped.
+            if !filled && cfg!(target_os = "linux") {
+                break;
+            }
+        }
+        if eof {
+            return self.close(key, now);
+        }
+        if self.draining_until.is_some() && !conn.session.in_message() {
+            let mut cx = Ctx {
+                out: &mut conn.out,
+                sink: &mut self.sink,
+                stats: &mut self.stats,
+                now,
+            };
+            conn.session
+                .close_with(&self.settings.rendered.shutdown, &mut cx);
+        }
+        let c = &mut self.stats.counters;
+        match conn.flush(&mut c.write_calls, &mut c.bytes_out) {
+            Flush::Failed => return self.close(key, now),
+            Flush::Done if conn.session.is_closed() => return self.close(key, now),
+            Flush::Done if conn.want_write => {
+                conn.want_write = false;
+                let _ =
+                    self.poll
+                        .registry()
+                        .reregister(&mut conn.sock, Token(key), Interest::READABLE);
+            }
+            Flush::Blocked if !conn.want_write => {
+                conn.want_write = true;
+                let _ = self.poll.registry().reregister(
+                    &mut conn.sock,
+                    Token(key),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+            }
+            Flush::Done | Flush::Blocked => {}
+        }
+    }
+
+    fn close(&mut self, key: usize, now: Instant) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let mut cx = Ctx {
+            out: &mut conn.out,
+            sink: &mut self.sink,
+            stats: &mut self.stats,
+            now,
+        };
+        conn.session.disconnected(&mut cx);
+        conn.discard_input(&mut self.scratch);
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        self.stats.counters.connections_open -= 1;
+        if self.accept_paused {
+            self.resume_accepting(now);
+        }
+    }
+
+    /// Sends `421` with `reply` to `key`, flushes what the socket takes, closes.
+    fn close_with(&mut self, key: usize, reply: &[u8], now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let mut cx = Ctx {
+                out: &mut conn.out,
+                sink: &mut self.sink,
+                stats: &mut self.stats,
+                now,
+            };
+            conn.session.close_with(reply, &mut cx);
+            let c = &mut self.stats.counters;
+            conn.flush(&mut c.write_calls, &mut c.bytes_out);
+        }
+        self.close(key, now);
+    }
+
+    /// Idle connections past the timeout get 421 4.4.2.
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.limits.timeout;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.last_active) >= timeout)
+            .map(|(k, _)| k)
+            .collect();
+        let reply = self.settings.rendered.timeout.clone();
+        for key in expired {
+            self.stats.counters.timeouts += 1;
+            self.close_with(key, &reply, now);
+        }
+    }
+
+    /// First shutdown request: stop accepting; 421 to every session not in
+    /// the middle of a message; the others finish within the grace period.
+    fn begin_drain(&mut self, now: Instant) {
+        self.draining_until = Some(now + self.limits.grace);
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.session.in_message())
+            .map(|(k, _)| k)
+            .collect();
+        let reply = self.settings.rendered.shutdown.clone();
+        for key in idle {
+            self.close_with(key, &reply, now);
+        }
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let reply = self.settings.rendered.shutdown.clone();
+        for key in keys {
+            self.close_with(key, &reply, now);
+        }
+    }
+}
