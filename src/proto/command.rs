@@ -225,14 +225,12 @@ fn params(s: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), Reply
 fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
     let (path, rest) = path_and_params(args, b"FROM:").ok_or(reply::SYNTAX_MAIL)?;
     let mut mail = Mail::default();
-    let (mut seen_body, mut seen_ret, mut seen_envid) = (false, false, false);
+    // A repeated parameter is not refused: the last one counts. Real clients
+    // repeat them (Python's send_message adds SMTPUTF8 and BODY=8BITMIME
+    // again when the caller already gave them).
     for p in params(rest) {
         let (key, value) = p?;
-        let dup = |seen: &mut bool| std::mem::replace(seen, true);
         if key.eq_ignore_ascii_case(b"SIZE") {
-            if mail.size.is_some() {
-                return Err(reply::BAD_PARAM_SYNTAX);
-            }
             mail.size = Some(
                 value
                     .and_then(parse_decimal)
@@ -249,26 +247,21 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
             } else {
                 return Err(reply::BAD_PARAM_SYNTAX);
             };
-            if dup(&mut seen_body) {
-                return Err(reply::BAD_PARAM_SYNTAX);
-            }
         } else if key.eq_ignore_ascii_case(b"SMTPUTF8") {
-            if value.is_some() || mail.smtputf8 {
+            if value.is_some() {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
             mail.smtputf8 = true;
         } else if key.eq_ignore_ascii_case(b"RET") {
             // RFC 3461 4.3: RET=FULL / RET=HDRS.
             let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
-            if !(v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS"))
-                || dup(&mut seen_ret)
-            {
+            if !(v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS")) {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
         } else if key.eq_ignore_ascii_case(b"ENVID") {
             // RFC 3461 4.4: xtext, at most 100 characters.
             let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
-            if v.len() > 100 || !is_xtext(v) || dup(&mut seen_envid) {
+            if v.len() > 100 || !is_xtext(v) {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
         } else {
@@ -287,7 +280,6 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
 
 fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
     let (path, rest) = path_and_params(args, b"TO:").ok_or(reply::SYNTAX_RCPT)?;
-    let (mut seen_notify, mut seen_orcpt) = (false, false);
     for p in params(rest) {
         let (key, value) = p?;
         let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
@@ -299,7 +291,7 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
                     || w.eq_ignore_ascii_case(b"FAILURE")
                     || w.eq_ignore_ascii_case(b"DELAY")
             });
-            if !(never || list_ok) || std::mem::replace(&mut seen_notify, true) {
+            if !(never || list_ok) {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
         } else if key.eq_ignore_ascii_case(b"ORCPT") {
@@ -311,7 +303,7 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
                     && addr.len() > 1
                     && (is_xtext(addr.get(1..).unwrap_or_default()) || ctx.smtputf8)
             });
-            if !ok || std::mem::replace(&mut seen_orcpt, true) {
+            if !ok {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
         } else {
@@ -460,7 +452,7 @@ mod tests {
         assert_eq!(m("MAIL FROM:<a@b> SIZE=x"), Err(reply::BAD_PARAM_SYNTAX));
         assert_eq!(
             m("MAIL FROM:<a@b> SIZE=1 SIZE=2"),
-            Err(reply::BAD_PARAM_SYNTAX)
+            Ok(("a@b".into(), Some(2), Body::SevenBit, false))
         );
         assert_eq!(m("MAIL FROM:<a@b> BODY=9BIT"), Err(reply::BAD_PARAM_SYNTAX));
         assert_eq!(m("MAIL FROM:<a@b> RET=ALL"), Err(reply::BAD_PARAM_SYNTAX));

@@ -384,8 +384,8 @@ impl<S: Sink> Server<S> {
         }
         let c = &mut self.stats.counters;
         match conn.flush(&mut c.write_calls, &mut c.bytes_out) {
-            Flush::Failed => return self.close(key, now),
-            Flush::Done if conn.session.is_closed() => return self.close(key, now),
+            Flush::Failed => self.close(key, now),
+            Flush::Done if conn.session.is_closed() => self.close(key, now),
             Flush::Done if conn.want_write => {
                 conn.want_write = false;
                 let _ =

@@ -1,0 +1,457 @@
+//! Integration tests: the real reactor on an ephemeral loopback port, driven
+//! by real clients (lettre, Python's smtplib) and by raw scripted sessions.
+//! Every test asserts exact replies and the sink's and server's counts, and
+//! every read has a deadline, so a hang fails instead of blocking CI.
+
+use smtpsink::config::Config;
+use smtpsink::reactor::{Limits, Report, Server, ShutdownHandle};
+use smtpsink::sink::Discard;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Running {
+    addr: SocketAddr,
+    handle: ShutdownHandle,
+    thread: JoinHandle<Report<Discard>>,
+}
+
+fn start_with(tune: impl FnOnce(&mut Config)) -> Running {
+    let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
+    config.hostname = "sink.test".into();
+    tune(&mut config);
+    let server = Server::bind(
+        &config.listen,
+        config.backlog,
+        config.settings(),
+        Limits::from(&config),
+        Discard::default(),
+    )
+    .expect("bind");
+    let addr = server.local_addrs()[0];
+    let handle = server.shutdown_handle();
+    let thread = std::thread::spawn(move || server.run().expect("run"));
+    Running {
+        addr,
+        handle,
+        thread,
+    }
+}
+
+fn start() -> Running {
+    start_with(|_| {})
+}
+
+impl Running {
+    fn stop(self) -> Report<Discard> {
+        self.handle.request();
+        self.thread.join().expect("server thread")
+    }
+}
+
+/// A raw client: writes bytes, reads whole replies with a deadline.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and checks the greeting.
+    fn greeted(addr: SocketAddr) -> Self {
+        let mut c = Self::connect(addr);
+        assert_eq!(c.replies(1), "220 sink.test ESMTP smtpsink\r\n");
+        c
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads until `n` complete replies (multi-line replies count once) have
+    /// arrived and returns exactly their text.
+    fn replies(&mut self, n: usize) -> String {
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some(end) = reply_boundary(&self.buf, n) {
+                let text: Vec<u8> = self.buf.drain(..end).collect();
+                return String::from_utf8(text).expect("utf-8 replies");
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!(
+                    "closed early; have {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+                Err(e) => panic!("read: {e}; have {:?}", String::from_utf8_lossy(&self.buf)),
+            }
+        }
+    }
+
+    fn send_expect(&mut self, bytes: &str, want: &str) {
+        self.send(bytes.as_bytes());
+        let n = want
+            .split_terminator("\r\n")
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .count();
+        assert_eq!(self.replies(n), want, "after sending {bytes:?}");
+    }
+
+    /// Asserts the server closes the connection with nothing more to say.
+    fn expect_closed(&mut self) {
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Ok(k) => panic!(
+                "unexpected bytes: {:?}",
+                String::from_utf8_lossy(&chunk[..k])
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected close, got {e}"),
+        }
+    }
+}
+
+/// Offset just past the `n`th complete reply in `buf`, if all are there.
+fn reply_boundary(buf: &[u8], n: usize) -> Option<usize> {
+    let mut pos = 0;
+    let mut done = 0;
+    while done < n {
+        let lf = buf[pos..].iter().position(|b| *b == b'\n')?;
+        let line = &buf[pos..pos + lf + 1];
+        pos += lf + 1;
+        if line.get(3) != Some(&b'-') {
+            done += 1;
+        }
+    }
+    Some(pos)
+}
+
+const EHLO: &str = "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 67108864\r\n250-8BITMIME\r\n\
+250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250-DSN\r\n250 HELP\r\n";
+
+#[test]
+fn lettre_delivers_messages() {
+    use lettre::message::header::ContentType;
+    use lettre::{Message, SmtpTransport, Transport};
+    let server = start();
+    let mailer = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(server.addr.port())
+        .timeout(Some(DEADLINE))
+        .build();
+    let body = ".starts with a dot\r\n..two dots\r\nplain line\r\n";
+    for i in 0..3 {
+        let email = Message::builder()
+            .from("Sender <sender@example.test>".parse().unwrap())
+            .to("one@example.test".parse().unwrap())
+            .to("two@example.test".parse().unwrap())
+            .subject(format!("message {i}"))
+            .header(ContentType::TEXT_PLAIN)
+            .body(body.to_string())
+            .unwrap();
+        let formatted_len = email.formatted().len() as u64;
+        let response = mailer.send(&email).expect("lettre send");
+        assert_eq!(response.code().to_string(), "250");
+        assert_eq!(response.message().collect::<Vec<_>>(), ["2.0.0 Ok: queued"]);
+        assert!(formatted_len > body.len() as u64);
+    }
+    let report = server.stop();
+    assert_eq!(report.sink.messages, 3);
+    assert_eq!(report.sink.recipients, 6);
+    assert_eq!(report.stats.counters.messages, 3);
+    assert_eq!(report.stats.counters.recipients, 6);
+    assert_eq!(
+        report.stats.counters.replies[4] + report.stats.counters.replies[5],
+        0
+    );
+    assert_eq!(report.stats.latency.len(), 3);
+}
+
+#[test]
+fn python_smtplib_delivers_utf8_and_8bit() {
+    let Ok(python) = which_python() else {
+        eprintln!("python3 not found; CI installs it, skipping locally");
+        return;
+    };
+    let server = start();
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+port = int(sys.argv[1])
+with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+    s.ehlo("client.test")
+    assert s.has_extn("smtputf8") and s.has_extn("pipelining") and s.has_extn("chunking")
+    m = EmailMessage()
+    m["From"] = "jörg@bücher.test"
+    m["To"] = "δοκιμή@παράδειγμα.test"
+    m["Subject"] = "Grüße"
+    m.set_content("Straße\n.leading dot\n")
+    refused = s.send_message(m, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert refused == {}, refused
+    code, text = s.noop()
+    assert code == 250, (code, text)
+    try:
+        s.sendmail("a@b.test", ["ü@x.test"], "Subject: x\r\n\r\nhi\r\n")
+        raise SystemExit("non-ASCII recipient without SMTPUTF8 was accepted")
+    except smtplib.SMTPRecipientsRefused as e:
+        assert e.recipients["ü@x.test"][0] == 553, e.recipients
+print("ok")
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &server.addr.port().to_string()])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    let report = server.stop();
+    assert_eq!(report.sink.messages, 1);
+    assert_eq!(report.stats.counters.replies[5], 1, "exactly the one 553");
+}
+
+fn which_python() -> Result<&'static str, ()> {
+    for p in ["python3", "python"] {
+        if std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            return Ok(p);
+        }
+    }
+    Err(())
+}
+
+#[test]
+fn pipelined_group_is_answered_in_one_write() {
+    let server = start();
+    let mut c = Client::greeted(server.addr);
+    c.send_expect("EHLO client.test\r\n", EHLO);
+    c.send_expect(
+        "MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\nDATA\r\n",
+        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+    );
+    c.send_expect(
+        "Subject: t\r\n\r\n..x\r\n.\r\nQUIT\r\n",
+        "250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n",
+    );
+    c.expect_closed();
+    let report = server.stop();
+    let s = report.stats.counters;
+    // greeting, EHLO, the MAIL..DATA group, the end of data + QUIT: 4 writes.
+    assert_eq!(s.write_calls, 4, "{s:?}");
+    assert_eq!(
+        (
+            report.sink.messages,
+            report.sink.recipients,
+            report.sink.bytes
+        ),
+        (1, 2, 18)
+    );
+}
+
+#[test]
+fn bdat_over_the_wire() {
+    let server = start();
+    let mut c = Client::greeted(server.addr);
+    c.send_expect("EHLO c\r\n", EHLO);
+    let chunk = vec![0u8; 100_000];
+    let mut wire = b"MAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<c@d>\r\nBDAT 100000\r\n".to_vec();
+    wire.extend_from_slice(&chunk);
+    wire.extend_from_slice(b"BDAT 5 LAST\r\n\r\n.\r\nNOOP\r\n");
+    c.send(&wire);
+    assert_eq!(
+        c.replies(5),
+        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 100000 octets received\r\n250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n"
+    );
+    let report = server.stop();
+    assert_eq!((report.sink.messages, report.sink.bytes), (1, 100_005));
+}
+
+#[test]
+fn smuggling_attempt_stays_in_the_body() {
+    let server = start();
+    let mut c = Client::greeted(server.addr);
+    c.send_expect(
+        "HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+        "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+    );
+    c.send(b"hi\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\nspoof\r\n\r.\r\nx\r\n.\r\nNOOP\r\n");
+    assert_eq!(c.replies(2), "250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n");
+    let report = server.stop();
+    assert_eq!((report.sink.messages, report.sink.recipients), (1, 1));
+    assert_eq!(report.stats.counters.transactions, 1);
+}
+
+#[test]
+fn garbage_long_lines_and_nul_bytes_then_a_new_client() {
+    let server = start();
+    let mut c = Client::greeted(server.addr);
+    c.send(&vec![b'A'; 200_000]);
+    c.send(b"\r\nNO\0OP\r\n\xff\xfe\r\nNOOP\n\r\nNOOP\r\n");
+    assert_eq!(
+        c.replies(5),
+        "500 5.5.2 Error: line too long\r\n500 5.5.2 Error: control character in command\r\n\
+500 5.5.2 Error: command not recognized\r\n500 5.5.2 Error: bare <LF> received; end lines with <CR><LF>\r\n\
+500 5.5.2 Error: command not recognized\r\n"
+    );
+    c.send_expect("NOOP\r\n", "250 2.0.0 Ok\r\n");
+    // Random binary junk, then a hard close: the server must shrug it off.
+    let junk: Vec<u8> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut rude = Client::greeted(server.addr);
+    rude.send(&junk);
+    drop(rude);
+    let mut next = Client::greeted(server.addr);
+    next.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+    next.expect_closed();
+    let report = server.stop();
+    assert!(report.stats.counters.connections >= 3);
+}
+
+#[test]
+fn max_connections_pauses_accepting() {
+    let server = start_with(|c| c.max_connections = 1);
+    let mut first = Client::greeted(server.addr);
+    let mut second = Client::connect(server.addr); // waits in the backlog
+    second
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    let err = second
+        .stream
+        .read(&mut b)
+        .expect_err("no greeting while at the limit");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    second.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    first.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+    assert_eq!(second.replies(1), "220 sink.test ESMTP smtpsink\r\n");
+    let report = server.stop();
+    assert_eq!(report.stats.counters.connections, 2);
+}
+
+#[test]
+fn idle_timeout_sends_421() {
+    let server = start_with(|c| c.timeout = 1);
+    let mut c = Client::greeted(server.addr);
+    let t0 = Instant::now();
+    assert_eq!(
+        c.replies(1),
+        "421 4.4.2 sink.test Error: timeout exceeded, closing transmission channel\r\n"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+    c.expect_closed();
+    let report = server.stop();
+    assert_eq!(report.stats.counters.timeouts, 1);
+}
+
+#[test]
+fn graceful_shutdown_lets_data_finish() {
+    let server = start_with(|c| c.grace = 10);
+    let mut idle = Client::greeted(server.addr);
+    idle.send_expect("HELO c\r\n", "250 sink.test\r\n");
+    let mut busy = Client::greeted(server.addr);
+    busy.send_expect(
+        "HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+        "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+    );
+    busy.send(b"first half\r\n");
+    server.handle.request();
+    let shutdown = "421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n";
+    assert_eq!(idle.replies(1), shutdown);
+    idle.expect_closed();
+    busy.send(b"second half\r\n.\r\n");
+    assert_eq!(
+        busy.replies(2),
+        format!("250 2.0.0 Ok: queued\r\n{shutdown}")
+    );
+    busy.expect_closed();
+    let report = server.thread.join().expect("server thread");
+    assert_eq!((report.sink.messages, report.sink.bytes), (1, 25));
+    // No longer listening.
+    assert!(TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn second_shutdown_request_stops_at_once() {
+    let server = start_with(|c| c.grace = 60);
+    let mut busy = Client::greeted(server.addr);
+    busy.send_expect(
+        "HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+        "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+    );
+    server.handle.request();
+    server.handle.request();
+    let report = server.thread.join().expect("server thread");
+    assert_eq!(
+        busy.replies(1),
+        "421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"
+    );
+    assert_eq!(report.sink.messages, 0);
+}
+
+#[test]
+fn many_clients_interleaved() {
+    let server = start();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::greeted(addr);
+                c.send_expect("EHLO c\r\n", EHLO);
+                for i in 0..50 {
+                    let msg = format!(
+                        "MAIL FROM:<t{t}@x>\r\nRCPT TO:<m{i}@y>\r\nDATA\r\nline {i}\r\n.\r\n"
+                    );
+                    // Pipelined up to DATA, then the body: 4 replies.
+                    c.send_expect(
+                        &msg,
+                        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued\r\n",
+                    );
+                }
+                c.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let report = server.stop();
+    assert_eq!(report.sink.messages, 400);
+    assert_eq!(report.stats.counters.messages, 400);
+    assert_eq!(report.stats.latency.len(), 400);
+}
+
+#[test]
+fn ipv6_loopback() {
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    };
+    drop(probe);
+    let server =
+        start_with(|c| c.listen = vec!["[::1]:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()]);
+    assert!(server.addr.is_ipv6());
+    let mut c = Client::greeted(server.addr);
+    c.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+    server.stop();
+}
