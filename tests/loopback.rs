@@ -455,3 +455,14 @@ fn ipv6_loopback() {
     c.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
     server.stop();
 }
+
+#[test]
+fn half_closed_client_still_gets_its_replies() {
+    let server = start();
+    let mut c = Client::greeted(server.addr);
+    c.send(b"HELO c\r\nNOOP\r\n");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(c.replies(2), "250 sink.test\r\n250 2.0.0 Ok\r\n");
+    c.expect_closed();
+    server.stop();
+}

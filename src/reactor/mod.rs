@@ -370,6 +370,10 @@ impl<S: Sink> Server<S> {
             }
         }
         if eof {
+            // A client may half-close after its last command: it still gets
+            // the replies to what it sent.
+            let c = &mut self.stats.counters;
+            conn.flush(&mut c.write_calls, &mut c.bytes_out);
             return self.close(key, now);
         }
         if self.draining_until.is_some() && !conn.session.in_message() {

@@ -470,3 +470,71 @@ fn shutdown_and_disconnect_abort_the_transaction() {
         .ends_with("421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"));
     assert_eq!(sink.events, ["mail <a@b>", "abort"]);
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Random sessions over SMTP's alphabet: command words, line ends in
+    /// every spelling, dots and raw bytes, so deep states are reached.
+    fn token() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"EHLO x\r\n".to_vec()),
+            Just(b"HELO x\r\n".to_vec()),
+            Just(b"MAIL FROM:<a@b>\r\n".to_vec()),
+            Just(b"MAIL FROM:<> BODY=BINARYMIME SIZE=10\r\n".to_vec()),
+            Just(b"RCPT TO:<c@d>\r\n".to_vec()),
+            Just(b"DATA\r\n".to_vec()),
+            Just(b"BDAT 3\r\n".to_vec()),
+            Just(b"BDAT 0 LAST\r\n".to_vec()),
+            Just(b"BDAT 2 LAST\r\n".to_vec()),
+            Just(b"RSET\r\n".to_vec()),
+            Just(b"NOOP\r\n".to_vec()),
+            Just(b"QUIT\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b".".to_vec()),
+            Just(b".\r\n".to_vec()),
+            Just(b"\r\n.\r\n".to_vec()),
+            Just(vec![b'x'; 700]),
+            prop::collection::vec(any::<u8>(), 1..8),
+        ]
+    }
+
+    fn assert_well_formed(out: &[u8]) {
+        let text = String::from_utf8(out.to_vec()).expect("replies are UTF-8");
+        assert!(text.is_empty() || text.ends_with("\r\n"), "{text:?}");
+        for line in text.split_terminator("\r\n") {
+            let b = line.as_bytes();
+            assert!(
+                b.len() >= 4
+                    && b[..3].iter().all(u8::is_ascii_digit)
+                    && (b[3] == b' ' || b[3] == b'-'),
+                "malformed reply line {line:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn never_panics_and_splits_do_not_matter(
+            tokens in prop::collection::vec(token(), 0..40),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let input: Vec<u8> = tokens.concat();
+            let s = Settings::new("sink.test", 64, 3, 512);
+            let whole = run_cuts(&s, &input, &[]);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.sort_unstable();
+            let split = run_cuts(&s, &input, &points);
+            prop_assert_eq!(&split.out, &whole.out);
+            prop_assert_eq!(&split.sink.bodies, &whole.sink.bodies);
+            assert_well_formed(&whole.out);
+            let c = whole.stats.counters;
+            prop_assert!(c.messages + c.messages_rejected <= c.transactions);
+            prop_assert!(whole.sink.bodies.iter().all(|b| b.len() <= 64));
+        }
+    }
+}
