@@ -26,6 +26,8 @@ pub struct Conn {
     pub last_active: Instant,
     /// WRITABLE interest is registered (only while output is pending).
     pub want_write: bool,
+    /// Listed in the reactor's flush queue for this turn.
+    pub flush_queued: bool,
 }
 
 /// Result of trying to write pending output.
@@ -46,6 +48,7 @@ impl Conn {
             out_pos: 0,
             last_active: now,
             want_write: false,
+            flush_queued: false,
         }
     }
 

@@ -7,9 +7,10 @@
 //! connection that still has input goes to a still-ready queue served before
 //! the next sleep, so one fast client cannot starve the others.
 //!
-//! Replies produced while serving one connection's batch are written in one
-//! `write` when its input runs dry (RFC 2920: never hold a reply waiting for
-//! more input). WRITABLE interest exists only while output is pending.
+//! Replies are queued while the ready connections are served and written
+//! just before the loop sleeps, when all ready input has run dry: one `write`
+//! per connection per turn, and never a reply held waiting for more input
+//! (RFC 2920). WRITABLE interest exists only while output is pending.
 //! Protocol problems never reach this layer as errors; an I/O error closes
 //! that one connection. Only set-up errors are returned to `main`.
 
@@ -96,6 +97,8 @@ pub struct Server<S: Sink> {
     stats: Stats,
     scratch: Vec<u8>,
     still_ready: VecDeque<usize>,
+    /// Connections with replies to write before the loop sleeps.
+    to_flush: Vec<usize>,
     next_session: u64,
     accept_paused: bool,
     requests: Arc<AtomicUsize>,
@@ -146,6 +149,7 @@ impl<S: Sink> Server<S> {
             stats: Stats::new(),
             scratch: vec![0; SCRATCH],
             still_ready: VecDeque::new(),
+            to_flush: Vec::new(),
             next_session: 0,
             accept_paused: false,
             requests: Arc::new(AtomicUsize::new(0)),
@@ -176,6 +180,7 @@ impl<S: Sink> Server<S> {
             .stats_interval
             .map(|i| (started + i, self.stats.counters));
         loop {
+            self.flush_queued(Instant::now());
             let timeout = if self.still_ready.is_empty() {
                 Some(next_tick.saturating_duration_since(Instant::now()))
             } else {
@@ -202,6 +207,7 @@ impl<S: Sink> Server<S> {
                     self.serve(key, now);
                 }
             }
+
             match self.requests.load(Ordering::SeqCst) {
                 0 => {}
                 1 if self.draining_until.is_none() => self.begin_drain(now),
@@ -386,26 +392,59 @@ impl<S: Sink> Server<S> {
             conn.session
                 .close_with(&self.settings.rendered.shutdown, &mut cx);
         }
-        let c = &mut self.stats.counters;
-        match conn.flush(&mut c.write_calls, &mut c.bytes_out) {
-            Flush::Failed => self.close(key, now),
-            Flush::Done if conn.session.is_closed() => self.close(key, now),
-            Flush::Done if conn.want_write => {
-                conn.want_write = false;
-                let _ =
-                    self.poll
-                        .registry()
-                        .reregister(&mut conn.sock, Token(key), Interest::READABLE);
+        // Replies wait for the end of this turn of the loop, when every ready
+        // connection's input has run dry (flush before sleep, as Redis does).
+        if !conn.flush_queued && (conn.has_output() || conn.session.is_closed()) {
+            conn.flush_queued = true;
+            self.to_flush.push(key);
+        }
+    }
+
+    /// Writes every queued connection's replies: one write per connection per
+    /// turn, after all ready input was processed. Closes finished sessions and
+    /// keeps WRITABLE interest only where output is left.
+    fn flush_queued(&mut self, now: Instant) {
+        // Closing a connection may accept a waiting one, whose greeting
+        // queues a new flush: repeat until nothing is left.
+        while !self.to_flush.is_empty() {
+            self.flush_batch(now);
+        }
+    }
+
+    fn flush_batch(&mut self, now: Instant) {
+        let mut keys = std::mem::take(&mut self.to_flush);
+        for &key in &keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.flush_queued = false;
+            let c = &mut self.stats.counters;
+            match conn.flush(&mut c.write_calls, &mut c.bytes_out) {
+                Flush::Failed => self.close(key, now),
+                Flush::Done if conn.session.is_closed() => self.close(key, now),
+                Flush::Done if conn.want_write => {
+                    conn.want_write = false;
+                    let _ = self.poll.registry().reregister(
+                        &mut conn.sock,
+                        Token(key),
+                        Interest::READABLE,
+                    );
+                }
+                Flush::Blocked if !conn.want_write => {
+                    conn.want_write = true;
+                    let _ = self.poll.registry().reregister(
+                        &mut conn.sock,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                }
+                Flush::Done | Flush::Blocked => {}
             }
-            Flush::Blocked if !conn.want_write => {
-                conn.want_write = true;
-                let _ = self.poll.registry().reregister(
-                    &mut conn.sock,
-                    Token(key),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-            }
-            Flush::Done | Flush::Blocked => {}
+        }
+        // Keep the allocation for the next turn.
+        keys.clear();
+        if self.to_flush.is_empty() {
+            self.to_flush = keys;
         }
     }
 
