@@ -466,3 +466,56 @@ fn half_closed_client_still_gets_its_replies() {
     c.expect_closed();
     server.stop();
 }
+
+#[test]
+fn pipelined_flood_is_answered_in_full() {
+    // Far more replies than the output high-water mark: reading must resume
+    // once the client has taken them, with no new input event to prompt it.
+    let server = start();
+    let mut c = Client::greeted(server.addr);
+    let mut writer = c.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut burst = b"EHLO c\r\n".to_vec();
+        burst.extend(b"NOOP\r\n".repeat(100_000));
+        burst.extend_from_slice(b"QUIT\r\n");
+        writer.write_all(&burst).unwrap();
+    });
+    let mut all = String::new();
+    c.stream.read_to_string(&mut all).unwrap();
+    sender.join().unwrap();
+    assert_eq!(all.matches("250 2.0.0 Ok\r\n").count(), 100_000);
+    assert!(
+        all.ends_with("250 HELP\r\n250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n")
+            || all.ends_with("250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n")
+    );
+    let report = server.stop();
+    assert_eq!(report.stats.counters.replies[2], 100_003);
+}
+
+#[test]
+fn data_and_fin_together_close_promptly() {
+    // Each client's last command and its FIN arrive together; the server must
+    // notice the FIN, abort the transaction and close, not wait for a timeout.
+    let server = start();
+    let clients: Vec<Client> = (0..50)
+        .map(|_| {
+            let mut c = Client::greeted(server.addr);
+            c.send(b"HELO c\r\nMAIL FROM:<a@b>\r\n");
+            c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            c
+        })
+        .collect();
+    for mut c in clients {
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = String::new();
+        c.stream
+            .read_to_string(&mut rest)
+            .expect("closed by the server, not timed out");
+        assert_eq!(rest, "250 sink.test\r\n250 2.1.0 Ok\r\n");
+    }
+    let report = server.stop();
+    assert_eq!(report.stats.counters.transactions, 50);
+    assert_eq!(report.stats.counters.timeouts, 0);
+}

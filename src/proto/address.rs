@@ -4,7 +4,7 @@
 //! Source routes are accepted and dropped (RFC 5321 appendix C). Non-ASCII is
 //! allowed only when the transaction declared SMTPUTF8. Nothing is resolved.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,10 +138,23 @@ fn check_domain(domain: &[u8], allow_utf8: bool) -> Result<(), AddrError> {
     }
 }
 
+/// IPv4-address-literal = Snum 3("." Snum); Snum = 1*3DIGIT, 0..=255
+/// (RFC 5321 4.1.3; leading zeros allowed, unlike `Ipv4Addr::from_str`).
+fn is_ipv4_literal(lit: &[u8]) -> bool {
+    let mut parts = 0;
+    let ok = lit.split(|b| *b == b'.').all(|snum| {
+        parts += 1;
+        (1..=3).contains(&snum.len())
+            && snum.iter().all(u8::is_ascii_digit)
+            && snum.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 255
+    });
+    ok && parts == 4
+}
+
 /// IPv4, `IPv6:` + IPv6, or General-address-literal (tag ":" dcontent).
 fn check_address_literal(lit: &[u8]) -> Result<(), AddrError> {
     let text = std::str::from_utf8(lit).map_err(|_| AddrError::Syntax)?;
-    if text.parse::<Ipv4Addr>().is_ok() {
+    if is_ipv4_literal(lit) {
         return Ok(());
     }
     if let Some(v6) = text.get(..5).filter(|p| p.eq_ignore_ascii_case("IPv6:")) {
@@ -179,6 +192,7 @@ mod tests {
             "\"quoted local\"@x.example",
             "\"q\\\"uote\"@x.example",
             "a@[192.0.2.1]",
+            "a@[01.2.3.004]",
             "a@[IPv6:2001:db8::1]",
             "a@[x-tag:stuff]",
             "@r1.example,@r2.example:a@b.example",
@@ -198,6 +212,9 @@ mod tests {
             "a@b-",
             "a@b..c",
             "a@[1.2.3]",
+            "a@[1.2.3.256]",
+            "a@[1.2.3.4.5]",
+            "a@[1..3.4]",
             "a@[IPv6:zz]",
             "\"unterminated@b",
             "a\x00b@c",

@@ -19,6 +19,12 @@ pub enum Command<'a> {
         size: u64,
         last: bool,
     },
+    /// A BDAT line with a usable size but a bad rest: the chunk is consumed,
+    /// then refused. Without a usable size the session cannot find the next
+    /// command and must close (`size: None`).
+    BadBdat {
+        size: Option<u64>,
+    },
     Rset,
     Vrfy,
     Expn,
@@ -76,7 +82,7 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
     } else if v(b"DATA") {
         no_args(args, Command::Data, reply::SYNTAX_DATA)
     } else if v(b"BDAT") {
-        parse_bdat(args)
+        Ok(parse_bdat(args))
     } else if v(b"EHLO") {
         domain_arg(args, reply::SYNTAX_EHLO).map(Command::Ehlo)
     } else if v(b"HELO") {
@@ -145,7 +151,7 @@ fn domain_arg(args: &[u8], err: Reply) -> Result<&[u8], Reply> {
     }
 }
 
-fn parse_bdat(args: &[u8]) -> Result<Command<'static>, Reply> {
+fn parse_bdat(args: &[u8]) -> Command<'static> {
     let (size, rest) = match memchr::memchr(b' ', args) {
         Some(sp) => (
             args.get(..sp).unwrap_or_default(),
@@ -153,15 +159,33 @@ fn parse_bdat(args: &[u8]) -> Result<Command<'static>, Reply> {
         ),
         None => (args, &[][..]),
     };
-    let size = parse_decimal(size).ok_or(reply::SYNTAX_BDAT)?;
-    let last = if rest.is_empty() {
-        false
-    } else if rest.eq_ignore_ascii_case(b"LAST") {
-        true
-    } else {
-        return Err(reply::SYNTAX_BDAT);
+    let Some(size) = parse_decimal(size) else {
+        return Command::BadBdat { size: None };
     };
-    Ok(Command::Bdat { size, last })
+    if rest.is_empty() {
+        Command::Bdat { size, last: false }
+    } else if rest.eq_ignore_ascii_case(b"LAST") {
+        Command::Bdat { size, last: true }
+    } else {
+        Command::BadBdat { size: Some(size) }
+    }
+}
+
+/// True for a line whose verb is BDAT: its chunk follows whatever we answer,
+/// so a line we cannot execute means the connection has lost sync.
+pub fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && matches!(line.get(4), None | Some(b' ' | b'\r' | b'\n'))
+}
+
+/// RFC 1870 size-value = 1*20DIGIT; a valid value too big for u64 is
+/// simply too big (552), not bad syntax.
+fn parse_size(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(parse_decimal(s).unwrap_or(u64::MAX))
 }
 
 /// 1*DIGIT that fits in u64.
@@ -225,17 +249,15 @@ fn params(s: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), Reply
 fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
     let (path, rest) = path_and_params(args, b"FROM:").ok_or(reply::SYNTAX_MAIL)?;
     let mut mail = Mail::default();
-    // A repeated parameter is not refused: the last one counts. Real clients
-    // repeat them (Python's send_message adds SMTPUTF8 and BODY=8BITMIME
-    // again when the caller already gave them).
+    // SIZE, BODY and SMTPUTF8 may be repeated, the last one counting: real
+    // clients repeat them (Python's send_message adds SMTPUTF8 and
+    // BODY=8BITMIME again when the caller already gave them). RFC 3461 4
+    // allows RET and ENVID once each.
+    let (mut ret, mut envid) = (false, false);
     for p in params(rest) {
         let (key, value) = p?;
         if key.eq_ignore_ascii_case(b"SIZE") {
-            mail.size = Some(
-                value
-                    .and_then(parse_decimal)
-                    .ok_or(reply::BAD_PARAM_SYNTAX)?,
-            );
+            mail.size = Some(value.and_then(parse_size).ok_or(reply::BAD_PARAM_SYNTAX)?);
         } else if key.eq_ignore_ascii_case(b"BODY") {
             let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
             mail.body = if v.eq_ignore_ascii_case(b"7BIT") {
@@ -255,13 +277,15 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
         } else if key.eq_ignore_ascii_case(b"RET") {
             // RFC 3461 4.3: RET=FULL / RET=HDRS.
             let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
-            if !(v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS")) {
+            if !(v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS"))
+                || std::mem::replace(&mut ret, true)
+            {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
         } else if key.eq_ignore_ascii_case(b"ENVID") {
             // RFC 3461 4.4: xtext, at most 100 characters.
             let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
-            if v.len() > 100 || !is_xtext(v) {
+            if v.len() > 100 || !is_xtext(v) || std::mem::replace(&mut envid, true) {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
         } else {
@@ -272,7 +296,7 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
         mail.path = address::check_path(path, mail.smtputf8).map_err(|e| match e {
             AddrError::Syntax => reply::BAD_SENDER,
             AddrError::NeedsUtf8 => reply::NEEDS_SMTPUTF8,
-            AddrError::TooLong => reply::PATH_TOO_LONG,
+            AddrError::TooLong => reply::SENDER_TOO_LONG,
         })?;
     }
     Ok(mail)
@@ -280,10 +304,19 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
 
 fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
     let (path, rest) = path_and_params(args, b"TO:").ok_or(reply::SYNTAX_RCPT)?;
+    // RFC 3461 4: NOTIFY and ORCPT may each appear once.
+    let (mut notify, mut orcpt) = (false, false);
     for p in params(rest) {
         let (key, value) = p?;
+        let known = key.eq_ignore_ascii_case(b"NOTIFY") || key.eq_ignore_ascii_case(b"ORCPT");
+        if !known {
+            return Err(reply::UNSUPPORTED_RCPT_PARAM);
+        }
         let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
         if key.eq_ignore_ascii_case(b"NOTIFY") {
+            if std::mem::replace(&mut notify, true) {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
             // RFC 3461 4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY.
             let never = v.eq_ignore_ascii_case(b"NEVER");
             let list_ok = v.split(|b| *b == b',').all(|w| {
@@ -294,7 +327,10 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
             if !(never || list_ok) {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
-        } else if key.eq_ignore_ascii_case(b"ORCPT") {
+        } else {
+            if std::mem::replace(&mut orcpt, true) {
+                return Err(reply::BAD_PARAM_SYNTAX);
+            }
             // RFC 3461 4.2: addr-type ";" xtext.
             let ok = memchr::memchr(b';', v).is_some_and(|semi| {
                 let (ty, addr) = v.split_at(semi);
@@ -306,8 +342,6 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
             if !ok {
                 return Err(reply::BAD_PARAM_SYNTAX);
             }
-        } else {
-            return Err(reply::UNSUPPORTED_RCPT_PARAM);
         }
     }
     // RFC 5321 4.1.1.3: <Postmaster> needs no domain.
@@ -317,20 +351,18 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
     let path = address::check_path(path, ctx.smtputf8).map_err(|e| match e {
         AddrError::Syntax => reply::BAD_RECIPIENT,
         AddrError::NeedsUtf8 => reply::NEEDS_SMTPUTF8,
-        AddrError::TooLong => reply::PATH_TOO_LONG,
+        AddrError::TooLong => reply::RECIPIENT_TOO_LONG,
     })?;
     Ok(Rcpt { path })
 }
 
-/// xtext (RFC 3461 4): printable ASCII but `+` and `=`, or `+HH`.
+/// xtext (RFC 3461 4): printable ASCII but `+` and `=`, or `+HH`. RFC 3461
+/// asks for upper-case hex; lower case is accepted, as Postfix does.
 fn is_xtext(v: &[u8]) -> bool {
     let mut i = 0;
     while let Some(&b) = v.get(i) {
         if b == b'+' {
-            let hex = |j: usize| {
-                v.get(j)
-                    .is_some_and(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h))
-            };
+            let hex = |j: usize| v.get(j).is_some_and(u8::is_ascii_hexdigit);
             if !(hex(i + 1) && hex(i + 2)) {
                 return false;
             }
@@ -398,10 +430,14 @@ mod tests {
                 last: true
             })
         );
-        assert_eq!(p("BDAT"), Err(reply::SYNTAX_BDAT));
-        assert_eq!(p("BDAT -1"), Err(reply::SYNTAX_BDAT));
-        assert_eq!(p("BDAT 1 FIRST"), Err(reply::SYNTAX_BDAT));
-        assert_eq!(p("BDAT 99999999999999999999999"), Err(reply::SYNTAX_BDAT));
+        assert_eq!(p("BDAT"), Ok(Command::BadBdat { size: None }));
+        assert_eq!(p("BDAT -1"), Ok(Command::BadBdat { size: None }));
+        assert_eq!(p("BDAT 1 FIRST"), Ok(Command::BadBdat { size: Some(1) }));
+        assert_eq!(
+            p("BDAT 99999999999999999999999"),
+            Ok(Command::BadBdat { size: None })
+        );
+        assert!(is_bdat(b"BDAT 5") && is_bdat(b"bdat") && !is_bdat(b"BDATX 5"));
     }
 
     #[test]
@@ -450,6 +486,23 @@ mod tests {
             Err(reply::UNSUPPORTED_MAIL_PARAM)
         );
         assert_eq!(m("MAIL FROM:<a@b> SIZE=x"), Err(reply::BAD_PARAM_SYNTAX));
+        // 1*20DIGIT is valid syntax even past u64: merely too big (RFC 1870 3).
+        assert_eq!(
+            m("MAIL FROM:<a@b> SIZE=99999999999999999999"),
+            Ok(("a@b".into(), Some(u64::MAX), Body::SevenBit, false))
+        );
+        assert_eq!(
+            m("MAIL FROM:<a@b> SIZE=999999999999999999999"),
+            Err(reply::BAD_PARAM_SYNTAX)
+        );
+        assert_eq!(
+            m("MAIL FROM:<a@b> RET=FULL RET=HDRS"),
+            Err(reply::BAD_PARAM_SYNTAX)
+        );
+        assert_eq!(
+            m(&format!("MAIL FROM:<{}@b>", "a".repeat(65))),
+            Err(reply::SENDER_TOO_LONG)
+        );
         assert_eq!(
             m("MAIL FROM:<a@b> SIZE=1 SIZE=2"),
             Ok(("a@b".into(), Some(2), Body::SevenBit, false))
@@ -480,6 +533,13 @@ mod tests {
 
     #[test]
     fn rcpt_paths_and_params() {
+        let unknown = parse(b"RCPT TO:<a@b> FOO", CTX);
+        assert_eq!(unknown, Err(reply::UNSUPPORTED_RCPT_PARAM));
+        let twice = parse(b"RCPT TO:<a@b> NOTIFY=NEVER NOTIFY=DELAY", CTX);
+        assert_eq!(twice, Err(reply::BAD_PARAM_SYNTAX));
+        let long = format!("RCPT TO:<{}@b>", "a".repeat(65));
+        assert_eq!(parse(long.as_bytes(), CTX), Err(reply::RECIPIENT_TOO_LONG));
+        assert!(parse(b"RCPT TO:<a@b> ORCPT=rfc822;a+2bb", CTX).is_ok());
         let r = |s: &str, utf8: bool| match parse(s.as_bytes(), ParseCtx { smtputf8: utf8 }) {
             Ok(Command::Rcpt(r)) => Ok(String::from_utf8(r.path.to_vec()).unwrap()),
             Ok(other) => panic!("{other:?}"),

@@ -37,7 +37,8 @@ pub const SYNTAX_QUIT: Reply = b"501 5.5.4 Syntax: QUIT\r\n";
 pub const SYNTAX_VRFY: Reply = b"501 5.5.4 Syntax: VRFY address\r\n";
 pub const BAD_SENDER: Reply = b"501 5.1.7 Bad sender address syntax\r\n";
 pub const BAD_RECIPIENT: Reply = b"501 5.1.3 Bad recipient address syntax\r\n";
-pub const PATH_TOO_LONG: Reply = b"501 5.1.3 Error: path too long\r\n";
+pub const SENDER_TOO_LONG: Reply = b"501 5.1.7 Error: sender path too long\r\n";
+pub const RECIPIENT_TOO_LONG: Reply = b"501 5.1.3 Error: recipient path too long\r\n";
 pub const BAD_PARAM_SYNTAX: Reply = b"501 5.5.4 Error: bad parameter syntax\r\n";
 pub const NEEDS_SMTPUTF8: Reply = b"553 5.6.7 Error: non-ASCII address requires SMTPUTF8\r\n";
 pub const UNSUPPORTED_MAIL_PARAM: Reply = b"555 5.5.4 Error: unsupported MAIL parameter\r\n";
@@ -49,6 +50,11 @@ pub const NEED_MAIL: Reply = b"503 5.5.1 Error: need MAIL command\r\n";
 pub const NEED_RCPT: Reply = b"503 5.5.1 Error: need RCPT command\r\n";
 pub const DATA_AFTER_BDAT: Reply = b"503 5.5.1 Error: DATA not allowed after BDAT\r\n";
 pub const BINARYMIME_NEEDS_BDAT: Reply = b"503 5.5.1 Error: BODY=BINARYMIME requires BDAT\r\n";
+
+pub const RCPT_AFTER_BDAT: Reply = b"503 5.5.1 Error: RCPT after BDAT\r\n";
+/// Closes the connection: after a BDAT line we cannot execute we cannot tell
+/// chunk bytes from commands (Postfix answers the same way).
+pub const BDAT_DESYNC: Reply = b"521 5.5.4 Error: unusable BDAT command; closing connection\r\n";
 
 pub const TOO_MANY_RECIPIENTS: Reply = b"452 4.5.3 Error: too many recipients\r\n";
 pub const TOO_BIG: Reply = b"552 5.3.4 Error: message size exceeds fixed limit\r\n";

@@ -211,7 +211,14 @@ impl Session {
     }
 
     fn command(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
-        match line::next_line(rest, s.max_line + EXTENSION_ALLOWANCE) {
+        let frame = line::next_line(rest, s.max_line + EXTENSION_ALLOWANCE);
+        if !matches!(frame, Frame::Partial | Frame::Line { .. }) && command::is_bdat(rest) {
+            // A BDAT line we will not execute: its chunk would be read as
+            // commands (a smuggling vector), so the session ends here.
+            self.close_with(reply::BDAT_DESYNC, cx);
+            return Some(0);
+        }
+        match frame {
             Frame::Partial => None,
             Frame::Overflow { consumed } => {
                 self.state = State::SkipLine;
@@ -246,14 +253,19 @@ impl Session {
 
     fn execute(&mut self, s: &Settings, line: &[u8], cx: &mut Ctx<'_>) {
         // NUL, bare CR, TAB and other controls have no place in a command.
-        if line.iter().any(|&b| b < 0x20 || b == 0x7f) {
-            return cx.reply(reply::BAD_CHAR);
-        }
+        let bad_char = line.iter().any(|&b| b < 0x20 || b == 0x7f);
         let extended = line
             .get(..5)
             .is_some_and(|v| v.eq_ignore_ascii_case(b"MAIL ") || v.eq_ignore_ascii_case(b"RCPT "));
         let limit = s.max_line + if extended { EXTENSION_ALLOWANCE } else { 0 };
-        if line.len() + 2 > limit {
+        let too_long = line.len() + 2 > limit;
+        if (bad_char || too_long) && command::is_bdat(line) {
+            return self.close_with(reply::BDAT_DESYNC, cx);
+        }
+        if bad_char {
+            return cx.reply(reply::BAD_CHAR);
+        }
+        if too_long {
             return cx.reply(reply::LINE_TOO_LONG);
         }
         let pcx = ParseCtx {
@@ -297,6 +309,9 @@ impl Session {
             Command::Rcpt(r) => {
                 if self.tx.started.is_none() {
                     cx.reply(reply::NEED_MAIL);
+                } else if self.tx.bdat {
+                    // The envelope is complete once content began (RFC 3030 2).
+                    cx.reply(reply::RCPT_AFTER_BDAT);
                 } else if self.tx.recipients >= s.max_recipients {
                     cx.reply(reply::TOO_MANY_RECIPIENTS);
                 } else {
@@ -335,6 +350,15 @@ impl Session {
                     reject,
                 };
             }
+            Command::BadBdat { size: Some(size) } => {
+                self.state = State::Chunk {
+                    size,
+                    remaining: size,
+                    last: false,
+                    reject: Some(reply::SYNTAX_BDAT),
+                };
+            }
+            Command::BadBdat { size: None } => self.close_with(reply::BDAT_DESYNC, cx),
             Command::Rset => {
                 self.reset_tx(cx);
                 cx.reply(reply::OK);

@@ -28,6 +28,8 @@ pub struct Conn {
     pub want_write: bool,
     /// Listed in the reactor's flush queue for this turn.
     pub flush_queued: bool,
+    /// Reading stopped because too much output was pending.
+    pub read_paused: bool,
 }
 
 /// Result of trying to write pending output.
@@ -49,6 +51,7 @@ impl Conn {
             last_active: now,
             want_write: false,
             flush_queued: false,
+            read_paused: false,
         }
     }
 

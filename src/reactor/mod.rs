@@ -198,13 +198,15 @@ impl<S: Sink> Server<S> {
                     Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                         self.accept(LISTENER_BASE - t, now);
                     }
-                    Token(key) => self.serve(key, now),
+                    Token(key) => {
+                        self.serve(key, now, ev.is_read_closed() || ev.is_error());
+                    }
                 }
             }
             // Connections left with input after their budget, in arrival order.
             for _ in 0..self.still_ready.len() {
                 if let Some(key) = self.still_ready.pop_front() {
-                    self.serve(key, now);
+                    self.serve(key, now, true);
                 }
             }
 
@@ -298,7 +300,7 @@ impl<S: Sink> Server<S> {
             self.stats.counters.connections_open += 1;
             // The client may already have sent something; serve() reads it
             // and writes the greeting first.
-            self.serve(key, now);
+            self.serve(key, now, false);
         }
     }
 
@@ -312,9 +314,11 @@ impl<S: Sink> Server<S> {
         }
     }
 
-    /// Serves one connection: flush, read and process up to the budget,
-    /// flush the replies, then close or adjust interest.
-    fn serve(&mut self, key: usize, now: Instant) {
+    /// Serves one connection: flush what is left, then read and process up
+    /// to the budget; the replies are queued for the flush before sleep.
+    /// `drain`: read until WouldBlock even after a short read (the event said
+    /// the peer closed or errored, or this is a retry from a queue).
+    fn serve(&mut self, key: usize, now: Instant, drain: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -324,7 +328,13 @@ impl<S: Sink> Server<S> {
         }
         let mut budget = READ_BUDGET;
         let mut eof = false;
-        while !conn.has_output() || conn.out.len() - conn.out_pos < OUTPUT_HIGH_WATER {
+        conn.read_paused = false;
+        loop {
+            if conn.out.len() - conn.out_pos >= OUTPUT_HIGH_WATER {
+                // Resumed by the flush once the client has taken its replies.
+                conn.read_paused = true;
+                break;
+            }
             if matches!(conn.session.state(), State::Closed | State::AwaitVerdict) {
                 break;
             }
@@ -370,17 +380,22 @@ impl<S: Sink> Server<S> {
                 .extend_from_slice(input.get(used..).unwrap_or_default());
             // A read that did not fill the buffer drained the socket: on Linux,
             // edge-triggered epoll reports every later arrival, so the read
-            // that would only say WouldBlock is skipped.
-            if !filled && cfg!(target_os = "linux") {
+            // that would only say WouldBlock is skipped. Not when the event
+            // also reported the peer's FIN: no later event would come for it.
+            if !filled && !drain && cfg!(target_os = "linux") {
                 break;
             }
         }
         if eof {
             // A client may half-close after its last command: it still gets
-            // the replies to what it sent.
-            let c = &mut self.stats.counters;
-            conn.flush(&mut c.write_calls, &mut c.bytes_out);
-            return self.close(key, now);
+            // the replies to what it sent; the flush closes the connection.
+            let mut cx = Ctx {
+                out: &mut conn.out,
+                sink: &mut self.sink,
+                stats: &mut self.stats,
+                now,
+            };
+            conn.session.disconnected(&mut cx);
         }
         if self.draining_until.is_some() && !conn.session.in_message() {
             let mut cx = Ctx {
@@ -422,6 +437,20 @@ impl<S: Sink> Server<S> {
             match conn.flush(&mut c.write_calls, &mut c.bytes_out) {
                 Flush::Failed => self.close(key, now),
                 Flush::Done if conn.session.is_closed() => self.close(key, now),
+                Flush::Done if conn.read_paused => {
+                    // Reading stopped at the output high-water mark; input may
+                    // still sit in the socket with no event left to report it.
+                    conn.read_paused = false;
+                    self.still_ready.push_back(key);
+                    if conn.want_write {
+                        conn.want_write = false;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.sock,
+                            Token(key),
+                            Interest::READABLE,
+                        );
+                    }
+                }
                 Flush::Done if conn.want_write => {
                     conn.want_write = false;
                     let _ = self.poll.registry().reregister(

@@ -538,3 +538,42 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn bdat_lines_that_cannot_be_executed_end_the_session() {
+    // The chunk after a BDAT we cannot parse would otherwise run as commands.
+    let desync = "521 5.5.4 Error: unusable BDAT command; closing connection\r\n";
+    for line in [
+        "BDAT x\r\n",
+        "BDAT 99999999999999999999999\r\n",
+        "BDAT 6\n",
+        "BDAT 6\x00\r\n",
+        &format!("BDAT 6 {}\r\n", "L".repeat(600)),
+        &format!("BDAT 6 {}", "L".repeat(1100)),
+    ] {
+        let input = format!("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n{line}RSET\r\n");
+        let o = transcript_with(
+            &settings(),
+            input.as_bytes(),
+            &format!("{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n{desync}"),
+        );
+        assert_eq!(o.state, State::Closed, "{line:?}");
+        assert_eq!(o.sink.events.last().map(String::as_str), Some("abort"));
+    }
+    // A usable size with a bad rest: the chunk is consumed, then refused.
+    transcript(
+        "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 6 X\r\nRSET\r\nNOOP\r\n",
+        &format!("{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n501 5.5.4 Syntax: BDAT size [LAST]\r\n250 2.0.0 Ok\r\n"),
+    );
+}
+
+#[test]
+fn rcpt_after_bdat_is_out_of_sequence() {
+    transcript(
+        "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 5\r\nhelloRCPT TO:<e@f>\r\nMAIL FROM:<x@y>\r\nBDAT 0 LAST\r\n",
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 5 octets received\r\n503 5.5.1 Error: RCPT after BDAT\r\n\
+503 5.5.1 Error: nested MAIL command\r\n250 2.0.0 Ok: queued\r\n"
+        ),
+    );
+}
