@@ -19,6 +19,7 @@
 )]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod dot;
 pub mod line;

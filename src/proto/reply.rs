@@ -130,6 +130,77 @@ pub fn chunk_received(n: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b" octets received\r\n");
 }
 
+/// A reply as a client sees it (RFC 5321 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// A complete reply: its code and the bytes it spans, CRLF included.
+    Complete { code: u16, len: usize },
+    /// More bytes are needed.
+    Partial,
+    /// Not a reply: no three-digit code, codes that differ between lines,
+    /// or longer than [`MAX_REPLY`].
+    Malformed,
+}
+
+/// Longest reply a client accepts (multi-line EHLO replies included).
+pub const MAX_REPLY: usize = 64 * 1024;
+
+/// Parses one possibly multi-line reply at the start of `buf`. Lines end at
+/// LF (a CR before it is tolerated missing, as servers vary).
+pub fn parse(buf: &[u8]) -> Parsed {
+    let mut pos = 0;
+    let mut code = None;
+    loop {
+        let rest = buf.get(pos..).unwrap_or_default();
+        let Some(lf) = memchr::memchr(b'\n', rest) else {
+            return if buf.len() > MAX_REPLY {
+                Parsed::Malformed
+            } else {
+                Parsed::Partial
+            };
+        };
+        let line = rest.get(..lf).unwrap_or_default();
+        let digits = line.get(..3).filter(|d| d.iter().all(u8::is_ascii_digit));
+        let Some(d) = digits else {
+            return Parsed::Malformed;
+        };
+        let this = d.iter().fold(0u16, |n, b| n * 10 + u16::from(b - b'0'));
+        if code.is_some_and(|c| c != this) {
+            return Parsed::Malformed;
+        }
+        code = Some(this);
+        pos += lf + 1;
+        match line.get(3) {
+            Some(b'-') => {}
+            None | Some(b' ' | b'\r') => {
+                return Parsed::Complete {
+                    code: this,
+                    len: pos,
+                }
+            }
+            Some(_) => return Parsed::Malformed,
+        }
+        if pos > MAX_REPLY {
+            return Parsed::Malformed;
+        }
+    }
+}
+
+/// The EHLO keywords of a complete 250 reply (RFC 5321 4.1.1.1), upper-cased
+/// comparison left to the caller.
+pub fn ehlo_keywords(reply: &[u8]) -> impl Iterator<Item = &[u8]> {
+    reply
+        .split(|b| *b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.get(4..))
+        .map(|text| {
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            let end = memchr::memchr(b' ', text).unwrap_or(text.len());
+            text.get(..end).unwrap_or_default()
+        })
+        .filter(|k| !k.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +217,36 @@ mod tests {
             .iter()
             .all(|l| l.starts_with("250-")));
         assert_eq!(r.greeting, b"220 sink.test ESMTP smtpsink\r\n");
+    }
+
+    #[test]
+    fn parses_replies() {
+        let r = Rendered::new("h", 10);
+        assert_eq!(
+            parse(&r.ehlo),
+            Parsed::Complete {
+                code: 250,
+                len: r.ehlo.len()
+            }
+        );
+        let kw: Vec<&[u8]> = ehlo_keywords(&r.ehlo).collect();
+        assert!(
+            kw.contains(&&b"PIPELINING"[..])
+                && kw.contains(&&b"SIZE"[..])
+                && kw.contains(&&b"HELP"[..])
+        );
+        assert_eq!(
+            parse(b"250 ok\r\n354 go\r\n"),
+            Parsed::Complete { code: 250, len: 8 }
+        );
+        assert_eq!(parse(b"250\r\n"), Parsed::Complete { code: 250, len: 5 });
+        assert_eq!(parse(b"221 bye\n"), Parsed::Complete { code: 221, len: 8 });
+        assert_eq!(parse(b"250-a\r\n250"), Parsed::Partial);
+        assert_eq!(parse(b"25"), Parsed::Partial);
+        assert_eq!(parse(b"250-a\r\n251 b\r\n"), Parsed::Malformed);
+        assert_eq!(parse(b"hello\r\n"), Parsed::Malformed);
+        assert_eq!(parse(b"250x\r\n"), Parsed::Malformed);
+        assert_eq!(parse(&vec![b'2'; MAX_REPLY + 1]), Parsed::Malformed);
     }
 
     #[test]

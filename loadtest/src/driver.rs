@@ -1,0 +1,529 @@
+//! The load generator's event loop: one mio `Poll` driving many
+//! [`ClientSession`]s, one per connection, the same shape as the server's
+//! reactor. Owns sockets, buffers, the schedule and the clock; the sessions
+//! own the protocol.
+//!
+//! Closed loop (default): every connection starts a new message as soon as
+//! its window allows. Open loop (`rate`): message k is due at `t0 + k/rate`;
+//! a due message waits for a free connection, and its latency is measured
+//! from when it was due (coordinated omission corrected, as wrk2 does) as
+//! well as from when it was actually sent.
+
+use crate::payload::Payload;
+use crate::report::{Recorder, Results};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use smtpsink::proto::client::{ClientSession, ClientSettings, Event, MessageSource, Stage};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: SocketAddr,
+    pub connections: usize,
+    /// Stop after this many messages (`None`: run for `duration`).
+    pub messages: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Messages per connection before it is closed and replaced (0: no limit).
+    pub per_connection: u64,
+    /// Open loop: messages per second over all connections.
+    pub rate: Option<f64>,
+    /// Measurements start after this long.
+    pub warmup: Duration,
+    /// No reply for this long counts as a timeout and closes the connection.
+    pub timeout: Duration,
+    /// Stop the run once errors exceed this.
+    pub max_errors: Option<u64>,
+    pub client: ClientSettings,
+    /// Print a progress line to stderr about once a second.
+    pub progress: bool,
+}
+
+/// Why a run could not be carried out at all.
+#[derive(Debug)]
+pub enum RunError {
+    /// No connection could ever be established.
+    Unreachable(SocketAddr, io::Error),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Unreachable(a, e) => write!(f, "cannot connect to {a}: {}", plain(e)),
+            RunError::Io(e) => write!(f, "event loop failed: {e}"),
+        }
+    }
+}
+
+fn plain(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+struct Conn {
+    sock: TcpStream,
+    session: Option<ClientSession>,
+    connecting_since: Instant,
+    carry: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    want_write: bool,
+}
+
+const SCRATCH: usize = 64 * 1024;
+/// Wait before replacing a connection whose connect failed.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+struct Driver<'a> {
+    opts: &'a Options,
+    src: &'a dyn MessageSource,
+    poll: Poll,
+    conns: slab::Slab<Conn>,
+    rec: Recorder,
+    events: Vec<Event>,
+    scratch: Vec<u8>,
+    next_seq: u64,
+    t0: Instant,
+    /// No new messages after this (duration runs, errors, the end).
+    stop_starting: bool,
+    ever_connected: bool,
+    last_connect_error: Option<io::Error>,
+    connect_failures: u64,
+    /// Connections to open again at these times.
+    reconnects: Vec<Instant>,
+    cursor: usize,
+}
+
+/// Runs the load; returns what was measured. With `hist_log`, interval
+/// histograms are written to that file every second.
+pub fn run(
+    opts: &Options,
+    payload: &Payload,
+    hist_log: Option<PathBuf>,
+) -> Result<Results, RunError> {
+    let t0 = Instant::now();
+    let mut rec = Recorder::new(t0 + opts.warmup);
+    rec.set_message_len(payload.message_len());
+    if let Some(path) = hist_log {
+        rec.log_to(path).map_err(RunError::Io)?;
+    }
+    let mut d = Driver {
+        opts,
+        src: payload,
+        poll: Poll::new().map_err(RunError::Io)?,
+        conns: slab::Slab::new(),
+        rec,
+        events: Vec::new(),
+        scratch: vec![0; SCRATCH],
+        next_seq: 0,
+        t0,
+        stop_starting: false,
+        ever_connected: false,
+        last_connect_error: None,
+        connect_failures: 0,
+        reconnects: Vec::new(),
+        cursor: 0,
+    };
+    for _ in 0..opts.connections.max(1) {
+        d.open(t0);
+    }
+    d.run_loop()?;
+    Ok(d.rec.finish(Instant::now()))
+}
+
+impl Driver<'_> {
+    fn open(&mut self, now: Instant) {
+        match TcpStream::connect(self.opts.target) {
+            Ok(mut sock) => {
+                let entry = self.conns.vacant_entry();
+                let token = Token(entry.key());
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = sock.set_nodelay(true);
+                entry.insert(Conn {
+                    sock,
+                    session: None,
+                    connecting_since: now,
+                    carry: Vec::new(),
+                    out: Vec::new(),
+                    out_pos: 0,
+                    want_write: true,
+                });
+            }
+            Err(e) => self.connect_failed(e, now),
+        }
+    }
+
+    fn connect_failed(&mut self, e: io::Error, now: Instant) {
+        self.connect_failures += 1;
+        self.rec.error(Stage::Connect, 0);
+        self.last_connect_error = Some(e);
+        self.reconnects.push(now + RECONNECT_BACKOFF);
+    }
+
+    /// Messages may still be started.
+    fn work_left(&self) -> bool {
+        !self.stop_starting && self.opts.messages.is_none_or(|m| self.next_seq < m)
+    }
+
+    /// The schedule's next due time, if a message is due at all.
+    fn due(&self, now: Instant) -> Option<Instant> {
+        if !self.work_left() {
+            return None;
+        }
+        match self.opts.rate {
+            None => Some(now),
+            Some(rate) => {
+                let at = self.t0 + Duration::from_secs_f64(self.next_seq as f64 / rate);
+                Some(at)
+            }
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<(), RunError> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = self.t0 + Duration::from_secs(1);
+        let deadline = self.opts.duration.map(|d| self.t0 + d);
+        loop {
+            let now = Instant::now();
+            self.dispatch(now);
+            self.flush_all();
+            if self.finished() {
+                return Ok(());
+            }
+            let mut wake = next_tick;
+            if let Some(at) = self.due(now).filter(|_| self.opts.rate.is_some()) {
+                wake = wake.min(at);
+            }
+            if let Some(d) = deadline {
+                wake = wake.min(d);
+            }
+            if let Some(r) = self.reconnects.iter().min() {
+                wake = wake.min(*r);
+            }
+            let timeout = wake.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(RunError::Io(e));
+                }
+            }
+            let now = Instant::now();
+            for ev in &events {
+                let key = ev.token().0;
+                self.serve(
+                    key,
+                    ev.is_writable(),
+                    ev.is_read_closed() || ev.is_error(),
+                    now,
+                );
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                self.stop_starting = true;
+            }
+            if self
+                .opts
+                .max_errors
+                .is_some_and(|m| self.rec.error_count() > m)
+            {
+                self.stop_starting = true;
+                self.rec.aborted = Some("too many errors".into());
+                self.close_all(now);
+                return Ok(());
+            }
+            if !self.ever_connected && self.connect_failures >= self.opts.connections.max(1) as u64
+            {
+                let e = self
+                    .last_connect_error
+                    .take()
+                    .unwrap_or_else(|| io::Error::from(io::ErrorKind::ConnectionRefused));
+                return Err(RunError::Unreachable(self.opts.target, e));
+            }
+            if now >= next_tick {
+                next_tick = now + Duration::from_secs(1);
+                self.check_timeouts(now);
+                if self.opts.progress {
+                    eprintln!("{}", self.rec.progress_line(now));
+                }
+                self.rec.interval(now);
+            }
+            let due_reconnects = self.reconnects.iter().filter(|t| **t <= now).count();
+            self.reconnects.retain(|t| *t > now);
+            for _ in 0..due_reconnects {
+                if self.work_left() || self.in_flight() > 0 {
+                    self.open(now);
+                }
+            }
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.conns
+            .iter()
+            .map(|(_, c)| c.session.as_ref().map_or(0, ClientSession::in_flight))
+            .sum()
+    }
+
+    /// Done when nothing is left to start, in flight, or open.
+    fn finished(&self) -> bool {
+        !self.work_left() && self.conns.is_empty()
+    }
+
+    /// Starts due messages on connections that can take them; QUITs idle
+    /// connections once no work is left.
+    fn dispatch(&mut self, now: Instant) {
+        let n = self.conns.capacity();
+        if n == 0 {
+            return;
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let start = self.cursor % keys.len().max(1);
+        for i in 0..keys.len() {
+            let key = keys[(start + i) % keys.len()];
+            while let Some(due) = self.due(now).filter(|d| *d <= now) {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    break;
+                };
+                let Some(session) = conn.session.as_mut() else {
+                    break;
+                };
+                let s = &self.opts.client;
+                if !session.can_start(s) {
+                    break;
+                }
+                if self.opts.per_connection > 0 && session.started() >= self.opts.per_connection {
+                    break;
+                }
+                session.start(s, self.src, self.next_seq, due, now, &mut conn.out);
+                self.rec.started(self.next_seq, now);
+                self.next_seq += 1;
+                if self.opts.rate.is_some() {
+                    // Spread an open-loop schedule over the connections.
+                    self.cursor = (start + i + 1) % keys.len();
+                    break;
+                }
+            }
+        }
+        // Connections with nothing more to do say goodbye.
+        let limit = self.opts.per_connection;
+        let work_left = self.work_left();
+        for (_, conn) in self.conns.iter_mut() {
+            let Some(session) = conn.session.as_mut() else {
+                continue;
+            };
+            let spent = limit > 0 && session.started() >= limit;
+            let unusable = session.lacks_chunking(&self.opts.client);
+            if session.is_idle() && (!work_left || spent || unusable) {
+                if unusable {
+                    self.rec.error(Stage::Ehlo, 0);
+                    self.rec.aborted = Some("the server does not offer CHUNKING".into());
+                    self.stop_starting = true;
+                }
+                session.quit(self.src, now, &mut conn.out);
+            }
+        }
+    }
+
+    fn serve(&mut self, key: usize, writable: bool, hup: bool, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.session.is_none() {
+            if !writable && !hup {
+                return;
+            }
+            // The connect finished, one way or the other.
+            match conn.sock.take_error() {
+                Ok(None) if conn.sock.peer_addr().is_ok() => {
+                    self.ever_connected = true;
+                    self.rec.connected(now - conn.connecting_since);
+                    conn.session = Some(ClientSession::new(now));
+                }
+                Ok(_) if !hup => return, // spurious: still connecting
+                Ok(_) => {
+                    let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+                    return self.drop_conn(key, Some(e), now);
+                }
+                Err(e) => return self.drop_conn(key, Some(e), now),
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if writable && flush(conn).is_err() {
+            return self.lost(key, now);
+        }
+        let mut eof = false;
+        loop {
+            let carried = conn.carry.len();
+            if carried >= self.scratch.len() {
+                break;
+            }
+            match conn.sock.read(&mut self.scratch[carried..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.scratch[..carried].copy_from_slice(&conn.carry);
+                    let input = &self.scratch[..carried + n];
+                    let Some(session) = conn.session.as_mut() else {
+                        break;
+                    };
+                    let used = session.on_input(
+                        &self.opts.client,
+                        self.src,
+                        input,
+                        now,
+                        &mut conn.out,
+                        &mut self.events,
+                    );
+                    conn.carry.clear();
+                    conn.carry.extend_from_slice(&input[used..]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        self.drain_events();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let closed = conn.session.as_ref().is_some_and(ClientSession::is_closed);
+        if eof || closed {
+            let _ = flush(conn);
+            self.lost(key, now);
+        }
+    }
+
+    fn drain_events(&mut self) {
+        for e in self.events.drain(..) {
+            self.rec.event(e);
+        }
+    }
+
+    /// The connection ended: fail what was in flight, replace it if needed.
+    fn lost(&mut self, key: usize, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if let Some(s) = conn.session.as_mut() {
+                s.closed(Some(Stage::Disconnect), now, &mut self.events);
+            }
+        }
+        self.drain_events();
+        self.drop_conn(key, None, now);
+    }
+
+    fn drop_conn(&mut self, key: usize, connect_error: Option<io::Error>, now: Instant) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        match connect_error {
+            Some(e) => self.connect_failed(e, now),
+            None if self.work_left() => self.open(now),
+            None => {}
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.session.is_none() {
+                continue;
+            }
+            match flush(conn) {
+                Err(_) => self.lost(key, Instant::now()),
+                Ok(()) => {
+                    let want = conn.out_pos < conn.out.len();
+                    if want != conn.want_write {
+                        conn.want_write = want;
+                        let interest = if want {
+                            Interest::READABLE | Interest::WRITABLE
+                        } else {
+                            Interest::READABLE
+                        };
+                        let _ =
+                            self.poll
+                                .registry()
+                                .reregister(&mut conn.sock, Token(key), interest);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        let t = self.opts.timeout;
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| match &c.session {
+                Some(s) => s.waiting_since().is_some_and(|w| now - w >= t),
+                None => now - c.connecting_since >= t,
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in late {
+            if let Some(conn) = self.conns.get_mut(key) {
+                match conn.session.as_mut() {
+                    Some(s) => s.closed(Some(Stage::Timeout), now, &mut self.events),
+                    None => self.rec.error(Stage::Timeout, 0),
+                }
+            }
+            self.drain_events();
+            self.drop_conn(key, None, now);
+        }
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if let Some(s) = conn.session.as_mut() {
+                    s.closed(None, now, &mut self.events);
+                }
+            }
+            self.drain_events();
+            if self.conns.contains(key) {
+                let mut conn = self.conns.remove(key);
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+            }
+        }
+    }
+}
+
+/// Writes what the socket takes.
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    while conn.out_pos < conn.out.len() {
+        match conn.sock.write(&conn.out[conn.out_pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => conn.out_pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.out.clear();
+    conn.out_pos = 0;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The `smtpload` binary: parse the command line, prepare the messages, run
+//! the driver, print the report. Usage errors exit 2, failed runs 1.
+
+use clap::{ArgGroup, Parser, Subcommand};
+use smtpload::driver::{self, Options};
+use smtpload::merge;
+use smtpload::payload::{Payload, PayloadSpec};
+use smtpsink::proto::client::ClientSettings;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  smtpload -c 50 -m 100000 127.0.0.1:2525
+      50 connections, 100k messages of 1 KiB, pipelined when the server offers it
+  smtpload -c 50 -m 100000 --no-pipelining 127.0.0.1:2525
+      the same, lock-step (what Postfix's smtp-source does)
+  smtpload -c 50 -m 20000 --per-connection 1 127.0.0.1:2525
+      a new connection for every message
+  smtpload -c 10 -d 30 --bdat --window 16 [::1]:2525
+      BDAT, 16 whole transactions in flight per connection, for 30 s
+  smtpload -c 20 -d 60 --rate 5000 --warmup 5 --json run.json --hist-log run.hlog 127.0.0.1:2525
+      open loop at 5000 msg/s; latency measured from each message's due time
+  smtpload merge host1.hlog host2.hlog
+      one report from the histogram logs of several generator hosts";
+
+/// smtpload: drives an SMTP server as hard as the machine allows (or at a
+/// fixed rate) and reports throughput and latency per phase from HDR
+/// histograms. One of --messages or --duration is required, so every run
+/// ends by itself.
+#[derive(Debug, Parser)]
+#[command(
+    name = "smtpload",
+    version,
+    about,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    group(ArgGroup::new("amount").required(true).args(["messages", "duration"]))
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
+    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [::1]:2525).
+    #[arg(value_name = "HOST:PORT", required = true)]
+    target: Option<String>,
+
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+
+    /// Messages to send in all; the run ends when they are answered.
+    #[arg(short = 'm', long)]
+    messages: Option<u64>,
+
+    /// Seconds to run; then in-flight messages finish and connections QUIT.
+    #[arg(short = 'd', long, value_name = "SECS")]
+    duration: Option<f64>,
+
+    /// Message size in bytes, headers included (generated text with dot-led lines).
+    #[arg(short = 's', long, value_name = "BYTES", default_value_t = 1024)]
+    size: usize,
+
+    /// Recipients per message.
+    #[arg(short = 'r', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    recipients: u32,
+
+    /// Messages per connection before it is closed and a new one opened
+    /// (1: a new connection per message; 0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    per_connection: u64,
+
+    /// Lock-step: wait for every reply even when the server offers PIPELINING.
+    #[arg(long)]
+    no_pipelining: bool,
+
+    /// Send with BDAT (CHUNKING) instead of DATA, in chunks of CHUNK bytes
+    /// (default: the whole message in one chunk).
+    #[arg(long, value_name = "CHUNK", num_args = 0..=1, default_missing_value = "0")]
+    bdat: Option<usize>,
+
+    /// With --bdat and PIPELINING: whole transactions in flight per connection.
+    #[arg(short = 'w', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    window: u32,
+
+    /// Open loop: messages per second over all connections, on a fixed
+    /// schedule; latency is measured from each message's due time.
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
+
+    /// Seconds at the start that are not measured.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    warmup: f64,
+
+    /// Send this message (an .eml file; line ends become CRLF, dots are stuffed).
+    #[arg(long, value_name = "FILE")]
+    message: Option<PathBuf>,
+
+    /// Sender; {n} becomes the message's sequence number.
+    #[arg(long, value_name = "PATTERN", default_value = "smtpload@example.test")]
+    from: String,
+
+    /// Recipient; {n} is the sequence number, {r} the recipient's index.
+    #[arg(long, value_name = "PATTERN", default_value = "sink{r}@example.test")]
+    to: String,
+
+    /// Name sent with EHLO/HELO.
+    #[arg(long, value_name = "NAME", default_value = "smtpload.localhost")]
+    helo: String,
+
+    /// Greet with HELO instead of EHLO (no extensions, so no pipelining).
+    #[arg(long)]
+    use_helo: bool,
+
+    /// Seconds without a reply before a connection counts as timed out.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+
+    /// Stop and exit 1 once more errors than this were counted.
+    #[arg(long, value_name = "N")]
+    max_errors: Option<u64>,
+
+    /// Write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Write latency histograms every second to FILE (HdrHistogram interval log).
+    #[arg(long, value_name = "FILE")]
+    hist_log: Option<PathBuf>,
+
+    /// No progress line on stderr.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Merge HdrHistogram interval logs (from --hist-log) into one report.
+    Merge {
+        #[arg(required = true, value_name = "FILE")]
+        logs: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("smtpload: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    target
+        .to_socket_addrs()
+        .map_err(|e| format!("bad target '{target}': {e} (expected HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("bad target '{target}': no address"))
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{what} must be a non-negative number of seconds"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    if let Some(Cmd::Merge { logs }) = cli.command {
+        let mut data = Vec::new();
+        for p in &logs {
+            data.push(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?);
+        }
+        print!("{}", merge::text(&merge::merge(&data)?));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = resolve(cli.target.as_deref().unwrap_or_default())?;
+    let message = match &cli.message {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
+        None => None,
+    };
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let payload = Payload::new(&PayloadSpec {
+        from: cli.from.clone(),
+        to: cli.to.clone(),
+        recipients: cli.recipients,
+        size: cli.size,
+        message,
+        chunk: cli.bdat.unwrap_or(0),
+        run_id,
+    });
+    if let Some(r) = cli.rate {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err("--rate must be a positive number".into());
+        }
+    }
+    let opts = Options {
+        target,
+        connections: cli.connections as usize,
+        messages: cli.messages,
+        duration: cli.duration.map(|d| secs(d, "--duration")).transpose()?,
+        per_connection: cli.per_connection,
+        rate: cli.rate,
+        warmup: secs(cli.warmup, "--warmup")?,
+        timeout: secs(cli.timeout, "--timeout")?,
+        max_errors: cli.max_errors,
+        client: ClientSettings {
+            helo_name: cli.helo.clone(),
+            ehlo: !cli.use_helo,
+            pipelining: !cli.no_pipelining,
+            bdat: cli.bdat.is_some(),
+            window: cli.window as usize,
+        },
+        progress: !cli.quiet,
+    };
+    let results = driver::run(&opts, &payload, cli.hist_log.clone()).map_err(|e| e.to_string())?;
+    print!("{}", results.text());
+    if let Some(path) = &cli.json {
+        let text = serde_json::to_string_pretty(&results.json()).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let too_many = cli.max_errors.is_some_and(|m| results.error_total() > m);
+    if too_many || results.aborted.is_some() {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

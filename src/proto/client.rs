@@ -1,0 +1,613 @@
+//! The client side of one SMTP connection, sans-IO, for the load generator.
+//!
+//! Owns: which commands are queued, which replies are awaited and in what
+//! order, and which messages are in flight. It mirrors [`super::server`]:
+//! replies in, commands out (appended to the caller's buffer), events
+//! (latencies, finished messages, errors) into the caller's list. The message
+//! bytes come from a [`MessageSource`], so this file formats nothing itself.
+//!
+//! Modes (RFC 2920, RFC 3030 4.2):
+//! - lock-step: one command, then its reply, always;
+//! - pipelined DATA: MAIL, RCPT..., DATA in one write; the body after 354;
+//!   one message in flight, since DATA must wait for 354;
+//! - pipelined BDAT: whole transactions (MAIL, RCPT..., BDAT... LAST) written
+//!   without waiting, up to `window` in flight, replies matched in order.
+//!
+//! Invariants: replies are matched strictly in order against `expects`; a
+//! message is finished (exactly one [`Event::Done`]) when its last expected
+//! reply arrived or its remaining steps were dropped after a refusal.
+
+use super::reply::{self, Parsed};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Supplies the bytes of each message; implemented by the load generator.
+pub trait MessageSource {
+    /// Recipients per message.
+    fn recipients(&self) -> u32;
+    /// BDAT chunks per message (used only with CHUNKING).
+    fn chunks(&self) -> u32;
+    /// Appends `MAIL FROM:<...> [params]\r\n`.
+    fn mail(&self, seq: u64, out: &mut Vec<u8>);
+    /// Appends `RCPT TO:<...>\r\n` for recipient `i`.
+    fn rcpt(&self, seq: u64, i: u32, out: &mut Vec<u8>);
+    /// Appends the dot-stuffed content and the final `.\r\n`.
+    fn data(&self, seq: u64, out: &mut Vec<u8>);
+    /// Appends `BDAT n [LAST]\r\n` and the n octets of chunk `i`.
+    fn bdat(&self, seq: u64, i: u32, out: &mut Vec<u8>);
+}
+
+/// How the client behaves; fixed for a run.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// The HELO/EHLO argument.
+    pub helo_name: String,
+    /// Greet with EHLO (needed for PIPELINING and CHUNKING) or HELO.
+    pub ehlo: bool,
+    /// Pipeline when the server offers PIPELINING.
+    pub pipelining: bool,
+    /// Send with BDAT (the server must offer CHUNKING).
+    pub bdat: bool,
+    /// Whole transactions in flight with pipelined BDAT.
+    pub window: usize,
+}
+
+/// The phases whose latency is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Connection established -> 220 greeting.
+    Greeting,
+    /// EHLO/HELO sent -> its reply.
+    Ehlo,
+    /// MAIL sent -> 354 (DATA) or the last RCPT reply (BDAT).
+    Envelope,
+    /// End of data sent -> final reply.
+    Data,
+}
+
+/// Where a reply or failure happened, for the error table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Connect,
+    Greeting,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    Bdat,
+    EndOfData,
+    Rset,
+    Quit,
+    /// The server sent something that is not a reply, or an unexpected one.
+    Protocol,
+    /// The connection closed while replies were awaited.
+    Disconnect,
+    /// No reply within the timeout.
+    Timeout,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "ehlo",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Bdat => "bdat",
+            Stage::EndOfData => "end-of-data",
+            Stage::Rset => "rset",
+            Stage::Quit => "quit",
+            Stage::Protocol => "protocol",
+            Stage::Disconnect => "disconnect",
+            Stage::Timeout => "timeout",
+        }
+    }
+}
+
+/// What the session reports to the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Latency(Phase, Duration),
+    /// A message finished: accepted (`ok`) or not. `intended` is when the
+    /// schedule wanted it started (open loop), `started` when MAIL went out.
+    Done {
+        seq: u64,
+        ok: bool,
+        intended: Instant,
+        started: Instant,
+        finished: Instant,
+    },
+    /// A 4xx/5xx reply (`code`) or a failure without one (`code` 0).
+    Error {
+        stage: Stage,
+        code: u16,
+    },
+}
+
+/// One command waiting to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Mail,
+    Rcpt(u32),
+    Data,
+    Body,
+    Bdat(u32),
+    Rset,
+    Quit,
+}
+
+/// A reply we wait for, and what it answers.
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    step: Step,
+    seq: u64,
+    sent: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    seq: u64,
+    intended: Instant,
+    started: Instant,
+    /// Steps queued or replies awaited that belong to this message.
+    outstanding: u32,
+    mail_ok: bool,
+    rcpt_ok: u32,
+    failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    Greeting,
+    Hello,
+    Ready,
+    Quitting,
+    Closed,
+}
+
+/// Marks steps that belong to no message (RSET, QUIT, EHLO).
+const NO_MESSAGE: u64 = u64::MAX;
+
+/// One connection's client state.
+#[derive(Debug)]
+pub struct ClientSession {
+    conn: Conn,
+    connected: Instant,
+    pipelining: bool,
+    chunking: bool,
+    queue: VecDeque<(Step, u64)>,
+    expects: VecDeque<Expect>,
+    inflight: VecDeque<InFlight>,
+    /// DATA was sent; nothing more until its 354 (or refusal).
+    awaiting_354: bool,
+    started: u64,
+    last_progress: Instant,
+}
+
+impl ClientSession {
+    /// A session on a connection that was just established.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            conn: Conn::Greeting,
+            connected: now,
+            pipelining: false,
+            chunking: false,
+            queue: VecDeque::new(),
+            expects: VecDeque::new(),
+            inflight: VecDeque::new(),
+            awaiting_354: false,
+            started: 0,
+            last_progress: now,
+        }
+    }
+
+    /// Messages started on this connection.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn == Conn::Closed
+    }
+
+    /// True when greeted and nothing is in flight or queued.
+    pub fn is_idle(&self) -> bool {
+        self.conn == Conn::Ready && self.inflight.is_empty() && self.queue.is_empty()
+    }
+
+    /// When a reply was last received or a command last sent while replies
+    /// were awaited; `None` when nothing is awaited.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        (!self.expects.is_empty() || self.conn == Conn::Greeting).then_some(self.last_progress)
+    }
+
+    /// Whether the server offered what the settings need (after the greeting).
+    pub fn lacks_chunking(&self, s: &ClientSettings) -> bool {
+        self.conn != Conn::Greeting && self.conn != Conn::Hello && s.bdat && !self.chunking
+    }
+
+    /// Messages this connection may have in flight at once.
+    fn window(&self, s: &ClientSettings) -> usize {
+        if self.pipelining && s.bdat && self.chunking {
+            s.window.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// True when a new message may start now.
+    pub fn can_start(&self, s: &ClientSettings) -> bool {
+        self.conn == Conn::Ready
+            && self.inflight.len() < self.window(s)
+            && (!s.bdat || self.chunking)
+    }
+
+    /// Starts message `seq`; `intended` is its scheduled start.
+    pub fn start(
+        &mut self,
+        s: &ClientSettings,
+        src: &dyn MessageSource,
+        seq: u64,
+        intended: Instant,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let rcpts = src.recipients();
+        let mut steps = 1 + rcpts;
+        self.queue.push_back((Step::Mail, seq));
+        for i in 0..rcpts {
+            self.queue.push_back((Step::Rcpt(i), seq));
+        }
+        if s.bdat {
+            for i in 0..src.chunks() {
+                self.queue.push_back((Step::Bdat(i), seq));
+            }
+            steps += src.chunks();
+        } else {
+            self.queue.push_back((Step::Data, seq));
+            self.queue.push_back((Step::Body, seq));
+            steps += 2;
+        }
+        self.inflight.push_back(InFlight {
+            seq,
+            intended,
+            started: now,
+            outstanding: steps,
+            mail_ok: false,
+            rcpt_ok: 0,
+            failed: false,
+        });
+        self.started += 1;
+        self.pump(src, now, out);
+    }
+
+    /// Sends QUIT once everything in flight has finished (greeted sessions
+    /// only; the driver simply closes others).
+    pub fn quit(&mut self, src: &dyn MessageSource, now: Instant, out: &mut Vec<u8>) {
+        if self.conn == Conn::Ready {
+            self.queue.push_back((Step::Quit, NO_MESSAGE));
+            self.conn = Conn::Quitting;
+            self.pump(src, now, out);
+        }
+    }
+
+    /// The connection ended (closed by the peer, an I/O error, a timeout):
+    /// everything in flight fails. `stage` says why, if it is an error.
+    pub fn closed(&mut self, stage: Option<Stage>, now: Instant, events: &mut Vec<Event>) {
+        if self.conn == Conn::Closed {
+            return;
+        }
+        let quitting = self.conn == Conn::Quitting && self.inflight.is_empty();
+        if let Some(stage) = stage.filter(|_| !quitting) {
+            events.push(Event::Error { stage, code: 0 });
+        }
+        for m in self.inflight.drain(..) {
+            events.push(Event::Done {
+                seq: m.seq,
+                ok: false,
+                intended: m.intended,
+                started: m.started,
+                finished: now,
+            });
+        }
+        self.queue.clear();
+        self.expects.clear();
+        self.conn = Conn::Closed;
+    }
+
+    /// Consumes the complete replies at the start of `input`, writes what
+    /// they allow into `out`, and returns the bytes consumed. Malformed input
+    /// closes the session (reported as a protocol error).
+    pub fn on_input(
+        &mut self,
+        s: &ClientSettings,
+        src: &dyn MessageSource,
+        input: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) -> usize {
+        let mut pos = 0;
+        while self.conn != Conn::Closed {
+            let rest = input.get(pos..).unwrap_or_default();
+            match reply::parse(rest) {
+                Parsed::Partial => break,
+                Parsed::Malformed => {
+                    self.closed(Some(Stage::Protocol), now, events);
+                    break;
+                }
+                Parsed::Complete { code, len } => {
+                    pos += len;
+                    self.last_progress = now;
+                    self.on_reply(
+                        s,
+                        src,
+                        code,
+                        rest.get(..len).unwrap_or_default(),
+                        now,
+                        out,
+                        events,
+                    );
+                }
+            }
+        }
+        self.pump(src, now, out);
+        pos
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_reply(
+        &mut self,
+        s: &ClientSettings,
+        src: &dyn MessageSource,
+        code: u16,
+        text: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) {
+        let ok = (200..300).contains(&code);
+        match self.conn {
+            Conn::Greeting => {
+                events.push(Event::Latency(Phase::Greeting, now - self.connected));
+                if code == 220 {
+                    out.extend_from_slice(if s.ehlo { b"EHLO " } else { b"HELO " });
+                    out.extend_from_slice(s.helo_name.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    self.expects.push_back(Expect {
+                        step: Step::Rset, // placeholder: EHLO has no step of its own
+                        seq: NO_MESSAGE,
+                        sent: now,
+                    });
+                    self.conn = Conn::Hello;
+                } else {
+                    events.push(Event::Error {
+                        stage: Stage::Greeting,
+                        code,
+                    });
+                    self.closed(None, now, events);
+                }
+                return;
+            }
+            Conn::Hello => {
+                let sent = self.expects.pop_front().map_or(now, |e| e.sent);
+                events.push(Event::Latency(Phase::Ehlo, now - sent));
+                if ok {
+                    for kw in reply::ehlo_keywords(text) {
+                        self.pipelining |= s.pipelining && kw.eq_ignore_ascii_case(b"PIPELINING");
+                        self.chunking |= kw.eq_ignore_ascii_case(b"CHUNKING");
+                    }
+                    if !s.ehlo {
+                        self.pipelining = false;
+                    }
+                    self.conn = Conn::Ready;
+                } else {
+                    events.push(Event::Error {
+                        stage: Stage::Ehlo,
+                        code,
+                    });
+                    self.closed(None, now, events);
+                }
+                return;
+            }
+            Conn::Ready | Conn::Quitting => {}
+            Conn::Closed => return,
+        }
+        let Some(e) = self.expects.pop_front() else {
+            // A reply nobody asked for.
+            events.push(Event::Error {
+                stage: Stage::Protocol,
+                code,
+            });
+            return self.closed(None, now, events);
+        };
+        if code == 421 {
+            // The server is closing: whatever was awaited has failed.
+            events.push(Event::Error {
+                stage: stage_of(e.step),
+                code,
+            });
+            return self.closed(None, now, events);
+        }
+        match e.step {
+            Step::Quit => return self.closed(None, now, events),
+            Step::Rset => {
+                if !ok {
+                    events.push(Event::Error {
+                        stage: Stage::Rset,
+                        code,
+                    });
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(idx) = self.inflight.iter().position(|m| m.seq == e.seq) else {
+            return;
+        };
+        let last_rcpt = src.recipients().saturating_sub(1);
+        let lockstep = !self.pipelining;
+        let mut finished_ok = false;
+        let mut drop_rest = false;
+        let mut reset = false;
+        {
+            let Some(m) = self.inflight.get_mut(idx) else {
+                return;
+            };
+            m.outstanding = m.outstanding.saturating_sub(1);
+            let refused = |m: &mut InFlight, events: &mut Vec<Event>, stage| {
+                events.push(Event::Error { stage, code });
+                m.failed = true;
+            };
+            match e.step {
+                Step::Mail => {
+                    if ok {
+                        m.mail_ok = true;
+                    } else {
+                        refused(m, events, Stage::Mail);
+                        drop_rest = lockstep;
+                    }
+                }
+                Step::Rcpt(i) => {
+                    if ok {
+                        m.rcpt_ok += 1;
+                    } else {
+                        events.push(Event::Error {
+                            stage: Stage::Rcpt,
+                            code,
+                        });
+                    }
+                    if i == last_rcpt {
+                        if s.bdat {
+                            events.push(Event::Latency(Phase::Envelope, now - m.started));
+                        }
+                        if m.rcpt_ok == 0 && lockstep {
+                            m.failed = true;
+                            drop_rest = true;
+                            reset = m.mail_ok;
+                        }
+                    }
+                }
+                Step::Data => {
+                    if code == 354 {
+                        events.push(Event::Latency(Phase::Envelope, now - m.started));
+                        self.awaiting_354 = false;
+                    } else {
+                        refused(m, events, Stage::Data);
+                        self.awaiting_354 = false;
+                        drop_rest = true;
+                        reset = m.mail_ok;
+                    }
+                }
+                Step::Body => {
+                    events.push(Event::Latency(Phase::Data, now - e.sent));
+                    if ok {
+                        finished_ok = !m.failed;
+                    } else {
+                        refused(m, events, Stage::EndOfData);
+                    }
+                }
+                Step::Bdat(i) => {
+                    let last = i + 1 == src.chunks();
+                    if last {
+                        events.push(Event::Latency(Phase::Data, now - e.sent));
+                    }
+                    if !ok && !m.failed {
+                        refused(m, events, if last { Stage::EndOfData } else { Stage::Bdat });
+                        drop_rest = lockstep;
+                    } else if !ok {
+                        events.push(Event::Error {
+                            stage: Stage::Bdat,
+                            code,
+                        });
+                    } else if last {
+                        finished_ok = !m.failed;
+                    }
+                }
+                Step::Rset | Step::Quit => {}
+            }
+        }
+        if drop_rest {
+            let seq = e.seq;
+            let before = self.queue.len();
+            self.queue.retain(|(_, q)| *q != seq);
+            let dropped = (before - self.queue.len()) as u32;
+            if let Some(m) = self.inflight.get_mut(idx) {
+                m.outstanding = m.outstanding.saturating_sub(dropped);
+            }
+            if reset {
+                // The server still holds the transaction MAIL opened.
+                self.queue.push_front((Step::Rset, NO_MESSAGE));
+            }
+        }
+        if self.inflight.get(idx).is_some_and(|m| m.outstanding == 0) {
+            if let Some(m) = self.inflight.remove(idx) {
+                events.push(Event::Done {
+                    seq: m.seq,
+                    ok: finished_ok && !m.failed,
+                    intended: m.intended,
+                    started: m.started,
+                    finished: now,
+                });
+            }
+        }
+    }
+
+    /// Writes queued commands as far as the mode allows.
+    fn pump(&mut self, src: &dyn MessageSource, now: Instant, out: &mut Vec<u8>) {
+        if !matches!(self.conn, Conn::Ready | Conn::Quitting) {
+            return;
+        }
+        while let Some(&(step, seq)) = self.queue.front() {
+            if self.awaiting_354 || (!self.pipelining && !self.expects.is_empty()) {
+                break;
+            }
+            // QUIT waits for everything else.
+            if step == Step::Quit && !self.expects.is_empty() {
+                break;
+            }
+            self.queue.pop_front();
+            match step {
+                Step::Mail => src.mail(seq, out),
+                Step::Rcpt(i) => src.rcpt(seq, i, out),
+                Step::Data => {
+                    out.extend_from_slice(b"DATA\r\n");
+                    self.awaiting_354 = true;
+                }
+                Step::Body => src.data(seq, out),
+                Step::Bdat(i) => src.bdat(seq, i, out),
+                Step::Rset => out.extend_from_slice(b"RSET\r\n"),
+                Step::Quit => out.extend_from_slice(b"QUIT\r\n"),
+            }
+            if self.expects.is_empty() {
+                self.last_progress = now;
+            }
+            self.expects.push_back(Expect {
+                step,
+                seq,
+                sent: now,
+            });
+        }
+    }
+}
+
+fn stage_of(step: Step) -> Stage {
+    match step {
+        Step::Mail => Stage::Mail,
+        Step::Rcpt(_) => Stage::Rcpt,
+        Step::Data => Stage::Data,
+        Step::Body => Stage::EndOfData,
+        Step::Bdat(_) => Stage::Bdat,
+        Step::Rset => Stage::Rset,
+        Step::Quit => Stage::Quit,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,300 @@
+//! The client session against the real server session, in memory, in every
+//! mode; and against scripted replies for the failure paths.
+
+use super::*;
+use crate::proto::dot;
+use crate::proto::server::{Ctx, Session, Settings};
+use crate::sink::Discard;
+use crate::stats::Stats;
+
+/// A fixed message: 2 recipients, a body with lines that need stuffing.
+struct Fixed {
+    rcpts: u32,
+    body: Vec<u8>,
+    chunk: usize,
+}
+
+impl Fixed {
+    fn new(rcpts: u32, chunk: usize) -> Self {
+        Self {
+            rcpts,
+            body: b"Subject: t\r\n\r\n.dot line\r\nplain\r\n..two\r\n".to_vec(),
+            chunk,
+        }
+    }
+}
+
+impl MessageSource for Fixed {
+    fn recipients(&self) -> u32 {
+        self.rcpts
+    }
+    fn chunks(&self) -> u32 {
+        self.body.len().div_ceil(self.chunk) as u32
+    }
+    fn mail(&self, seq: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(format!("MAIL FROM:<s{seq}@x.test>\r\n").as_bytes());
+    }
+    fn rcpt(&self, _seq: u64, i: u32, out: &mut Vec<u8>) {
+        out.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
+    }
+    fn data(&self, _seq: u64, out: &mut Vec<u8>) {
+        dot::stuff(&self.body, out);
+    }
+    fn bdat(&self, _seq: u64, i: u32, out: &mut Vec<u8>) {
+        let start = i as usize * self.chunk;
+        let end = (start + self.chunk).min(self.body.len());
+        let last = if i + 1 == self.chunks() { " LAST" } else { "" };
+        out.extend_from_slice(format!("BDAT {}{last}\r\n", end - start).as_bytes());
+        out.extend_from_slice(&self.body[start..end]);
+    }
+}
+
+fn settings(ehlo: bool, pipelining: bool, bdat: bool, window: usize) -> ClientSettings {
+    ClientSettings {
+        helo_name: "client.test".into(),
+        ehlo,
+        pipelining,
+        bdat,
+        window,
+    }
+}
+
+struct Run {
+    events: Vec<Event>,
+    sink: Discard,
+    server_reads: usize,
+}
+
+/// Sends `n` messages over one in-memory connection and QUITs. Each loop
+/// turn delivers everything written so far, as a socket pair would.
+fn run(cs: &ClientSettings, src: &Fixed, n: u64) -> Run {
+    let ss = Settings::new("server.test", 1 << 20, 100, 512);
+    let t = Instant::now();
+    let mut server = Session::new(1);
+    let mut client = ClientSession::new(t);
+    let (mut sink, mut stats) = (Discard::default(), Stats::new());
+    let (mut to_client, mut to_server) = (Vec::new(), Vec::new());
+    let mut events = Vec::new();
+    let mut cx = Ctx {
+        out: &mut to_client,
+        sink: &mut sink,
+        stats: &mut stats,
+        now: t,
+    };
+    server.greet(&ss, &mut cx);
+    let mut next = 0;
+    let mut server_reads = 0;
+    for _ in 0..10_000 {
+        let used = client.on_input(cs, src, &to_client, t, &mut to_server, &mut events);
+        to_client.drain(..used);
+        while next < n && client.can_start(cs) {
+            client.start(cs, src, next, t, t, &mut to_server);
+            next += 1;
+        }
+        if next == n && client.is_idle() {
+            client.quit(src, t, &mut to_server);
+        }
+        if !to_server.is_empty() {
+            server_reads += 1;
+            let mut cx = Ctx {
+                out: &mut to_client,
+                sink: &mut sink,
+                stats: &mut stats,
+                now: t,
+            };
+            let used = server.handle_input(&ss, &to_server, &mut cx);
+            to_server.drain(..used);
+        }
+        if client.is_closed() {
+            break;
+        }
+    }
+    assert!(client.is_closed(), "the run ends with QUIT");
+    Run {
+        events,
+        sink,
+        server_reads,
+    }
+}
+
+fn done(events: &[Event]) -> (usize, usize) {
+    let ok = events
+        .iter()
+        .filter(|e| matches!(e, Event::Done { ok: true, .. }))
+        .count();
+    let failed = events
+        .iter()
+        .filter(|e| matches!(e, Event::Done { ok: false, .. }))
+        .count();
+    (ok, failed)
+}
+
+#[test]
+fn every_mode_delivers_every_message() {
+    let src = Fixed::new(2, 7);
+    let body_len = src.body.len() as u64; // what the sink gets back, unstuffed
+    for (name, cs, max_reads) in [
+        ("helo lock-step", settings(false, true, false, 1), 60),
+        ("ehlo lock-step", settings(true, false, false, 1), 60),
+        ("pipelined data", settings(true, true, false, 1), 25),
+        ("lock-step bdat", settings(true, false, true, 1), 120),
+        ("bdat window 4", settings(true, true, true, 4), 10),
+    ] {
+        let r = run(&cs, &src, 10);
+        assert_eq!(done(&r.events), (10, 0), "{name}: {:?}", r.events);
+        assert_eq!(r.sink.messages, 10, "{name}");
+        assert_eq!(r.sink.recipients, 20, "{name}");
+        assert_eq!(r.sink.bytes, 10 * body_len, "{name}");
+        assert!(
+            !r.events.iter().any(|e| matches!(e, Event::Error { .. })),
+            "{name}"
+        );
+        assert!(
+            r.server_reads <= max_reads,
+            "{name}: {} server reads",
+            r.server_reads
+        );
+        let phases: Vec<Phase> = r
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Latency(p, _) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            phases.iter().filter(|p| **p == Phase::Envelope).count(),
+            10,
+            "{name}"
+        );
+        assert_eq!(
+            phases.iter().filter(|p| **p == Phase::Data).count(),
+            10,
+            "{name}"
+        );
+    }
+}
+
+/// Feeds scripted server replies; returns what the client wrote and its events.
+fn scripted(cs: &ClientSettings, src: &Fixed, replies: &[&str]) -> (String, Vec<Event>) {
+    let t = Instant::now();
+    let mut c = ClientSession::new(t);
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let mut started = false;
+    for r in replies {
+        c.on_input(cs, src, r.as_bytes(), t, &mut out, &mut events);
+        if !started && c.can_start(cs) {
+            c.start(cs, src, 0, t, t, &mut out);
+            started = true;
+        }
+    }
+    (String::from_utf8(out).unwrap(), events)
+}
+
+fn errors(events: &[Event]) -> Vec<(Stage, u16)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Error { stage, code } => Some((*stage, *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn lockstep_refusals_skip_the_rest_and_reset() {
+    let src = Fixed::new(2, 100);
+    let cs = settings(true, false, false, 1);
+    // Both recipients refused: no DATA, an RSET instead.
+    let (out, ev) = scripted(
+        &cs,
+        &src,
+        &[
+            "220 hi\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "550 no\r\n",
+            "451 later\r\n",
+            "250 reset\r\n",
+        ],
+    );
+    assert_eq!(
+        out,
+        "EHLO client.test\r\nMAIL FROM:<s0@x.test>\r\nRCPT TO:<r0@y.test>\r\nRCPT TO:<r1@y.test>\r\nRSET\r\n"
+    );
+    assert_eq!(errors(&ev), [(Stage::Rcpt, 550), (Stage::Rcpt, 451)]);
+    assert_eq!(done(&ev), (0, 1));
+    // MAIL refused: nothing else for that message.
+    let (out, ev) = scripted(&cs, &src, &["220 hi\r\n", "250 ok\r\n", "553 bad\r\n"]);
+    assert_eq!(out, "EHLO client.test\r\nMAIL FROM:<s0@x.test>\r\n");
+    assert_eq!(errors(&ev), [(Stage::Mail, 553)]);
+    assert_eq!(done(&ev), (0, 1));
+}
+
+#[test]
+fn pipelined_data_refusal_and_final_refusal() {
+    let src = Fixed::new(1, 100);
+    let cs = settings(true, true, false, 1);
+    let ehlo = "250-srv\r\n250 PIPELINING\r\n";
+    let (out, ev) = scripted(
+        &cs,
+        &src,
+        &[
+            "220 hi\r\n",
+            ehlo,
+            "250 a\r\n250 b\r\n554 no valid rcpt\r\n",
+            "250 reset\r\n",
+        ],
+    );
+    assert_eq!(
+        out,
+        "EHLO client.test\r\nMAIL FROM:<s0@x.test>\r\nRCPT TO:<r0@y.test>\r\nDATA\r\nRSET\r\n"
+    );
+    assert_eq!(errors(&ev), [(Stage::Data, 554)]);
+    assert_eq!(done(&ev), (0, 1));
+    let (_, ev) = scripted(
+        &cs,
+        &src,
+        &[
+            "220 hi\r\n",
+            ehlo,
+            "250 a\r\n250 b\r\n354 go\r\n",
+            "552 too big\r\n",
+        ],
+    );
+    assert_eq!(errors(&ev), [(Stage::EndOfData, 552)]);
+    assert_eq!(done(&ev), (0, 1));
+}
+
+#[test]
+fn server_421_and_garbage_close_the_session() {
+    let src = Fixed::new(1, 100);
+    let cs = settings(true, false, false, 1);
+    let (_, ev) = scripted(&cs, &src, &["220 hi\r\n", "250 ok\r\n", "421 bye\r\n"]);
+    assert_eq!(errors(&ev), [(Stage::Mail, 421)]);
+    assert_eq!(done(&ev), (0, 1));
+    let (_, ev) = scripted(&cs, &src, &["220 hi\r\n", "250 ok\r\n", "HTTP/1.1 400\r\n"]);
+    assert_eq!(errors(&ev), [(Stage::Protocol, 0)]);
+    let (_, ev) = scripted(&cs, &src, &["554 go away\r\n"]);
+    assert_eq!(errors(&ev), [(Stage::Greeting, 554)]);
+}
+
+#[test]
+fn bdat_needs_chunking() {
+    let src = Fixed::new(1, 100);
+    let cs = settings(true, true, true, 4);
+    let t = Instant::now();
+    let mut c = ClientSession::new(t);
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    c.on_input(
+        &cs,
+        &src,
+        b"220 hi\r\n250-srv\r\n250 PIPELINING\r\n",
+        t,
+        &mut out,
+        &mut ev,
+    );
+    assert!(!c.can_start(&cs));
+    assert!(c.lacks_chunking(&cs));
+}
