@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub grace: u64,
 
+    /// Check smtpload's integrity headers (sequence number, body CRC) in every
+    /// message and count intact, corrupted, duplicated and lost messages.
+    #[arg(long)]
+    pub verify: bool,
+
     /// Print one statistics line to stderr every SECS seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,

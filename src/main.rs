@@ -6,7 +6,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use smtpsink::config::Config;
 use smtpsink::reactor::{Limits, Server};
-use smtpsink::sink::Discard;
+use smtpsink::sink::{Discard, Sink, Verify};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -21,12 +21,24 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &Config) -> Result<(), String> {
+    if config.verify {
+        serve(
+            config,
+            Verify::default(),
+            "discarding mail, verifying smtpload headers",
+        )
+    } else {
+        serve(config, Discard::default(), "discarding mail")
+    }
+}
+
+fn serve<S: Sink>(config: &Config, sink: S, what: &str) -> Result<(), String> {
     let server = Server::bind(
         &config.listen,
         config.backlog,
         config.settings(),
         Limits::from(config),
-        Discard::default(),
+        sink,
     )
     .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = server
@@ -34,10 +46,7 @@ fn run(config: &Config) -> Result<(), String> {
         .iter()
         .map(ToString::to_string)
         .collect();
-    eprintln!(
-        "smtpsink: listening on {} (discarding mail)",
-        addrs.join(", ")
-    );
+    eprintln!("smtpsink: listening on {} ({what})", addrs.join(", "));
 
     // Signals are turned into shutdown requests on a tiny thread, so the
     // reactor only ever sees its own waker.
@@ -54,5 +63,6 @@ fn run(config: &Config) -> Result<(), String> {
         .run()
         .map_err(|e| format!("event loop failed: {e}"))?;
     print!("{}", report.stats.summary(report.elapsed));
+    print!("{}", report.sink.summary());
     Ok(())
 }

@@ -214,7 +214,13 @@ impl Driver<'_> {
             if let Some(r) = self.reconnects.iter().min() {
                 wake = wake.min(*r);
             }
-            let timeout = wake.saturating_duration_since(now);
+            let mut timeout = wake.saturating_duration_since(now);
+            if self.opts.rate.is_some() {
+                // mio rounds poll timeouts up to whole milliseconds: sleep a
+                // millisecond short and spin the rest, so messages leave on
+                // time rather than up to 1 ms late.
+                timeout = timeout.saturating_sub(Duration::from_millis(1));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(RunError::Io(e));

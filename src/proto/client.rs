@@ -508,7 +508,8 @@ impl ClientSession {
                 Step::Body => {
                     events.push(Event::Latency(Phase::Data, now - e.sent));
                     if ok {
-                        finished_ok = !m.failed;
+                        // Accepted for nobody is not delivered.
+                        finished_ok = !m.failed && m.rcpt_ok > 0;
                     } else {
                         refused(m, events, Stage::EndOfData);
                     }
@@ -527,7 +528,7 @@ impl ClientSession {
                             code,
                         });
                     } else if last {
-                        finished_ok = !m.failed;
+                        finished_ok = !m.failed && m.rcpt_ok > 0;
                     }
                 }
                 Step::Rset | Step::Quit => {}

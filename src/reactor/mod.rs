@@ -489,6 +489,7 @@ impl<S: Sink> Server<S> {
             now,
         };
         conn.session.disconnected(&mut cx);
+        self.sink.closed(conn.session.id());
         conn.discard_input(&mut self.scratch);
         let _ = self.poll.registry().deregister(&mut conn.sock);
         self.stats.counters.connections_open -= 1;

@@ -9,8 +9,10 @@
 //! `Session::resolve`.
 
 pub mod discard;
+pub mod verify;
 
 pub use discard::Discard;
+pub use verify::Verify;
 
 use crate::proto::reply::Reply;
 
@@ -44,4 +46,10 @@ pub trait Sink {
     fn end(&mut self, id: SessionId) -> Verdict;
     /// The transaction was abandoned; forget it.
     fn abort(&mut self, _id: SessionId) {}
+    /// The session ended; nothing more will come for `id`.
+    fn closed(&mut self, _id: SessionId) {}
+    /// Lines for the final report (empty: nothing beyond the statistics).
+    fn summary(&self) -> String {
+        String::new()
+    }
 }
