@@ -290,39 +290,44 @@ impl Driver<'_> {
     /// Starts due messages on connections that can take them; QUITs idle
     /// connections once no work is left.
     fn dispatch(&mut self, now: Instant) {
-        let n = self.conns.capacity();
-        if n == 0 {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        if keys.is_empty() {
             return;
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        let start = self.cursor % keys.len().max(1);
-        for i in 0..keys.len() {
-            let key = keys[(start + i) % keys.len()];
-            while let Some(due) = self.due(now).filter(|d| *d <= now) {
+        // Round robin, one message per connection per pass, so due messages
+        // spread over the connections before any takes a second one.
+        let mut started_any = true;
+        while started_any {
+            started_any = false;
+            for i in 0..keys.len() {
+                let key = keys[(self.cursor + i) % keys.len()];
+                let Some(due) = self.due(now).filter(|d| *d <= now) else {
+                    return self.say_goodbye(now);
+                };
                 let Some(conn) = self.conns.get_mut(key) else {
-                    break;
+                    continue;
                 };
                 let Some(session) = conn.session.as_mut() else {
-                    break;
+                    continue;
                 };
                 let s = &self.opts.client;
-                if !session.can_start(s) {
-                    break;
-                }
-                if self.opts.per_connection > 0 && session.started() >= self.opts.per_connection {
-                    break;
+                let spent =
+                    self.opts.per_connection > 0 && session.started() >= self.opts.per_connection;
+                if spent || !session.can_start(s) {
+                    continue;
                 }
                 session.start(s, self.src, self.next_seq, due, now, &mut conn.out);
                 self.rec.started(self.next_seq, now);
                 self.next_seq += 1;
-                if self.opts.rate.is_some() {
-                    // Spread an open-loop schedule over the connections.
-                    self.cursor = (start + i + 1) % keys.len();
-                    break;
-                }
+                started_any = true;
             }
+            self.cursor = (self.cursor + 1) % keys.len();
         }
-        // Connections with nothing more to do say goodbye.
+        self.say_goodbye(now);
+    }
+
+    /// QUITs connections with nothing more to do.
+    fn say_goodbye(&mut self, now: Instant) {
         let limit = self.opts.per_connection;
         let work_left = self.work_left();
         for (_, conn) in self.conns.iter_mut() {

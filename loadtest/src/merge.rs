@@ -41,25 +41,11 @@ pub fn merge(logs: &[Vec<u8>]) -> Result<BTreeMap<String, Histogram<u64>>, Strin
 
 /// The merged report, one line per tag.
 pub fn text(merged: &BTreeMap<String, Histogram<u64>>) -> String {
-    use crate::report::fmt_us;
+    use crate::report::{histogram_header, histogram_row};
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:>20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "tag", "n", "p50", "p90", "p99", "p99.9", "max"
-    );
+    let _ = writeln!(s, "{}", histogram_header("tag", 20));
     for (tag, h) in merged {
-        let _ = writeln!(
-            s,
-            "{:>20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            tag,
-            h.len(),
-            fmt_us(h.value_at_quantile(0.5)),
-            fmt_us(h.value_at_quantile(0.9)),
-            fmt_us(h.value_at_quantile(0.99)),
-            fmt_us(h.value_at_quantile(0.999)),
-            fmt_us(h.max())
-        );
+        let _ = writeln!(s, "{}", histogram_row(tag, 20, h));
     }
     s
 }

@@ -298,26 +298,11 @@ impl Results {
             self.bytes as f64 / secs / 1e6,
             self.connections
         );
-        let _ = writeln!(
-            s,
-            "  latency    {:>20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "", "n", "p50", "p90", "p99", "p99.9", "max"
-        );
+        let _ = writeln!(s, "  latency    {}", histogram_header("", 20));
         for (name, h) in &self.phases {
-            if h.is_empty() {
-                continue;
+            if !h.is_empty() {
+                let _ = writeln!(s, "             {}", histogram_row(name, 20, h));
             }
-            let _ = writeln!(
-                s,
-                "             {:>20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                name,
-                h.len(),
-                fmt_us(h.value_at_quantile(0.5)),
-                fmt_us(h.value_at_quantile(0.9)),
-                fmt_us(h.value_at_quantile(0.99)),
-                fmt_us(h.value_at_quantile(0.999)),
-                fmt_us(h.max()),
-            );
         }
         if self.errors.is_empty() {
             let _ = writeln!(s, "  errors     none");
@@ -373,6 +358,27 @@ impl Results {
             "aborted": self.aborted,
         })
     }
+}
+
+/// Column titles matching [`histogram_row`].
+pub fn histogram_header(first: &str, width: usize) -> String {
+    format!(
+        "{first:>width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "n", "p50", "p90", "p99", "p99.9", "max"
+    )
+}
+
+/// One histogram as a table row: count and percentiles.
+pub fn histogram_row(name: &str, width: usize, h: &Histogram<u64>) -> String {
+    format!(
+        "{name:>width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        h.len(),
+        fmt_us(h.value_at_quantile(0.5)),
+        fmt_us(h.value_at_quantile(0.9)),
+        fmt_us(h.value_at_quantile(0.99)),
+        fmt_us(h.value_at_quantile(0.999)),
+        fmt_us(h.max()),
+    )
 }
 
 /// Microseconds in a short human unit.

@@ -234,10 +234,12 @@ impl ClientSession {
 
     /// Messages this connection may have in flight at once.
     fn window(&self, s: &ClientSettings) -> usize {
-        if self.pipelining && s.bdat && self.chunking {
-            s.window.max(1)
-        } else {
-            1
+        match (self.pipelining, s.bdat) {
+            (true, true) => s.window.max(1),
+            // The next envelope rides in the same write as the end of data
+            // (RFC 2920 3.1: content may open a group that ends with DATA).
+            (true, false) => 2,
+            (false, _) => 1,
         }
     }
 
@@ -575,7 +577,14 @@ impl ClientSession {
             }
             self.queue.pop_front();
             match step {
-                Step::Mail => src.mail(seq, out),
+                Step::Mail => {
+                    // Latency "from MAIL sent" starts here, not when the
+                    // message was queued behind another one.
+                    if let Some(m) = self.inflight.iter_mut().find(|m| m.seq == seq) {
+                        m.started = now;
+                    }
+                    src.mail(seq, out);
+                }
                 Step::Rcpt(i) => src.rcpt(seq, i, out),
                 Step::Data => {
                     out.extend_from_slice(b"DATA\r\n");

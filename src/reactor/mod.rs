@@ -43,6 +43,21 @@ const LISTENER_BASE: usize = usize::MAX - 1;
 /// How often idle deadlines are checked.
 const TICK: Duration = Duration::from_millis(250);
 
+/// The session's view of the world for one call.
+fn cx<'a>(
+    out: &'a mut Vec<u8>,
+    sink: &'a mut dyn Sink,
+    stats: &'a mut Stats,
+    now: Instant,
+) -> Ctx<'a> {
+    Ctx {
+        out,
+        sink,
+        stats,
+        now,
+    }
+}
+
 /// Asks a running server to stop, from any thread (a signal handler thread,
 /// a test). The first request drains gracefully; the second stops at once.
 #[derive(Clone)]
@@ -288,13 +303,10 @@ impl<S: Sink> Server<S> {
             }
             self.next_session += 1;
             let mut conn = Conn::new(sock, Session::new(self.next_session), now);
-            let mut cx = Ctx {
-                out: &mut conn.out,
-                sink: &mut self.sink,
-                stats: &mut self.stats,
-                now,
-            };
-            conn.session.greet(&self.settings, &mut cx);
+            conn.session.greet(
+                &self.settings,
+                &mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now),
+            );
             entry.insert(conn);
             self.stats.counters.connections += 1;
             self.stats.counters.connections_open += 1;
@@ -368,13 +380,11 @@ impl<S: Sink> Server<S> {
                 head.copy_from_slice(&conn.carry);
             }
             let input = self.scratch.get(..carried + n).unwrap_or_default();
-            let mut cx = Ctx {
-                out: &mut conn.out,
-                sink: &mut self.sink,
-                stats: &mut self.stats,
-                now,
-            };
-            let used = conn.session.handle_input(&self.settings, input, &mut cx);
+            let used = conn.session.handle_input(
+                &self.settings,
+                input,
+                &mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now),
+            );
             conn.carry.clear();
             conn.carry
                 .extend_from_slice(input.get(used..).unwrap_or_default());
@@ -389,23 +399,14 @@ impl<S: Sink> Server<S> {
         if eof {
             // A client may half-close after its last command: it still gets
             // the replies to what it sent; the flush closes the connection.
-            let mut cx = Ctx {
-                out: &mut conn.out,
-                sink: &mut self.sink,
-                stats: &mut self.stats,
-                now,
-            };
-            conn.session.disconnected(&mut cx);
+            conn.session
+                .disconnected(&mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now));
         }
         if self.draining_until.is_some() && !conn.session.in_message() {
-            let mut cx = Ctx {
-                out: &mut conn.out,
-                sink: &mut self.sink,
-                stats: &mut self.stats,
-                now,
-            };
-            conn.session
-                .close_with(&self.settings.rendered.shutdown, &mut cx);
+            conn.session.close_with(
+                &self.settings.rendered.shutdown,
+                &mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now),
+            );
         }
         // Replies wait for the end of this turn of the loop, when every ready
         // connection's input has run dry (flush before sleep, as Redis does).
@@ -482,13 +483,8 @@ impl<S: Sink> Server<S> {
             return;
         }
         let mut conn = self.conns.remove(key);
-        let mut cx = Ctx {
-            out: &mut conn.out,
-            sink: &mut self.sink,
-            stats: &mut self.stats,
-            now,
-        };
-        conn.session.disconnected(&mut cx);
+        conn.session
+            .disconnected(&mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now));
         self.sink.closed(conn.session.id());
         conn.discard_input(&mut self.scratch);
         let _ = self.poll.registry().deregister(&mut conn.sock);
@@ -501,13 +497,10 @@ impl<S: Sink> Server<S> {
     /// Sends `421` with `reply` to `key`, flushes what the socket takes, closes.
     fn close_with(&mut self, key: usize, reply: &[u8], now: Instant) {
         if let Some(conn) = self.conns.get_mut(key) {
-            let mut cx = Ctx {
-                out: &mut conn.out,
-                sink: &mut self.sink,
-                stats: &mut self.stats,
-                now,
-            };
-            conn.session.close_with(reply, &mut cx);
+            conn.session.close_with(
+                reply,
+                &mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now),
+            );
             let c = &mut self.stats.counters;
             conn.flush(&mut c.write_calls, &mut c.bytes_out);
         }

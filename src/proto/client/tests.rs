@@ -298,3 +298,55 @@ fn bdat_needs_chunking() {
     assert!(!c.can_start(&cs));
     assert!(c.lacks_chunking(&cs));
 }
+
+#[test]
+fn pipelined_data_sends_the_next_envelope_with_the_end_of_data() {
+    let src = Fixed::new(1, 100);
+    let cs = settings(true, true, false, 1);
+    let t = Instant::now();
+    let mut c = ClientSession::new(t);
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    c.on_input(
+        &cs,
+        &src,
+        b"220 hi\r\n250-srv\r\n250 PIPELINING\r\n",
+        t,
+        &mut out,
+        &mut ev,
+    );
+    out.clear();
+    c.start(&cs, &src, 0, t, t, &mut out);
+    c.start(&cs, &src, 1, t, t, &mut out);
+    assert!(
+        !c.can_start(&cs),
+        "two in flight: one in data, one envelope"
+    );
+    assert_eq!(
+        out,
+        b"MAIL FROM:<s0@x.test>\r\nRCPT TO:<r0@y.test>\r\nDATA\r\n"
+    );
+    out.clear();
+    c.on_input(
+        &cs,
+        &src,
+        b"250 a\r\n250 b\r\n354 go\r\n",
+        t,
+        &mut out,
+        &mut ev,
+    );
+    let mut want = Vec::new();
+    dot::stuff(&src.body, &mut want);
+    want.extend_from_slice(b"MAIL FROM:<s1@x.test>\r\nRCPT TO:<r0@y.test>\r\nDATA\r\n");
+    assert_eq!(out, want, "one write: body, dot, next group (RFC 2920 3.1)");
+    out.clear();
+    c.on_input(
+        &cs,
+        &src,
+        b"250 queued\r\n250 a\r\n250 b\r\n354 go\r\n",
+        t,
+        &mut out,
+        &mut ev,
+    );
+    assert_eq!(done(&ev), (1, 0));
+    assert!(c.can_start(&cs));
+}
