@@ -75,6 +75,8 @@ struct Conn {
     out: Vec<u8>,
     out_pos: usize,
     want_write: bool,
+    /// Listed in `touched` for this turn.
+    touched: bool,
 }
 
 const SCRATCH: usize = 64 * 1024;
@@ -99,6 +101,8 @@ struct Driver<'a> {
     /// Connections to open again at these times.
     reconnects: Vec<Instant>,
     cursor: usize,
+    /// Connections that had events (or new output) this turn.
+    touched: Vec<usize>,
 }
 
 /// Runs the load; returns what was measured. With `hist_log`, interval
@@ -130,6 +134,7 @@ pub fn run(
         connect_failures: 0,
         reconnects: Vec::new(),
         cursor: 0,
+        touched: Vec::new(),
     };
     for _ in 0..opts.connections.max(1) {
         d.open(t0);
@@ -161,6 +166,7 @@ impl Driver<'_> {
                     out: Vec::new(),
                     out_pos: 0,
                     want_write: true,
+                    touched: false,
                 });
             }
             Err(e) => self.connect_failed(e, now),
@@ -200,7 +206,7 @@ impl Driver<'_> {
         loop {
             let now = Instant::now();
             self.dispatch(now);
-            self.flush_all();
+            self.flush_touched();
             if self.finished() {
                 return Ok(());
             }
@@ -287,63 +293,97 @@ impl Driver<'_> {
         !self.work_left() && self.conns.is_empty()
     }
 
-    /// Starts due messages on connections that can take them; QUITs idle
-    /// connections once no work is left.
-    fn dispatch(&mut self, now: Instant) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        if keys.is_empty() {
-            return;
-        }
-        // Round robin, one message per connection per pass, so due messages
-        // spread over the connections before any takes a second one.
-        let mut started_any = true;
-        while started_any {
-            started_any = false;
-            for i in 0..keys.len() {
-                let key = keys[(self.cursor + i) % keys.len()];
-                let Some(due) = self.due(now).filter(|d| *d <= now) else {
-                    return self.say_goodbye(now);
-                };
-                let Some(conn) = self.conns.get_mut(key) else {
-                    continue;
-                };
-                let Some(session) = conn.session.as_mut() else {
-                    continue;
-                };
-                let s = &self.opts.client;
-                let spent =
-                    self.opts.per_connection > 0 && session.started() >= self.opts.per_connection;
-                if spent || !session.can_start(s) {
-                    continue;
-                }
-                session.start(s, self.src, self.next_seq, due, now, &mut conn.out);
-                self.rec.started(self.next_seq, now);
-                self.next_seq += 1;
-                started_any = true;
+    /// Lists `key` for this turn's dispatch and flush.
+    fn touch(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if !c.touched {
+                c.touched = true;
+                self.touched.push(key);
             }
-            self.cursor = (self.cursor + 1) % keys.len();
         }
-        self.say_goodbye(now);
     }
 
-    /// QUITs connections with nothing more to do.
-    fn say_goodbye(&mut self, now: Instant) {
+    /// Starts due messages on connections that can take them; QUITs idle
+    /// connections that have nothing more to do. The closed loop only looks
+    /// at connections that had events this turn (only they can have room);
+    /// the open loop and the end of the run look at all of them.
+    fn dispatch(&mut self, now: Instant) {
+        let everyone = self.opts.rate.is_some() || !self.work_left();
+        let keys: Vec<usize> = if everyone {
+            self.conns.iter().map(|(k, _)| k).collect()
+        } else {
+            std::mem::take(&mut self.touched)
+        };
+        if !keys.is_empty() {
+            // Round robin, one message per connection per pass, so due
+            // messages spread over the connections before any takes two.
+            let mut started_any = true;
+            while started_any {
+                started_any = false;
+                for i in 0..keys.len() {
+                    let key = keys[(self.cursor + i) % keys.len()];
+                    if self.start_one(key, now) {
+                        started_any = true;
+                    }
+                }
+                self.cursor = (self.cursor + 1) % keys.len();
+            }
+            for &key in &keys {
+                self.say_goodbye(key, now);
+            }
+        }
+        if everyone {
+            for key in keys {
+                if self.conns.get(key).is_some_and(|c| c.out_pos < c.out.len()) {
+                    self.touch(key);
+                }
+            }
+        } else {
+            self.touched = keys;
+        }
+    }
+
+    /// Starts one due message on `key` if it has room; true if it did.
+    fn start_one(&mut self, key: usize, now: Instant) -> bool {
+        let Some(due) = self.due(now).filter(|d| *d <= now) else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let Some(session) = conn.session.as_mut() else {
+            return false;
+        };
+        let s = &self.opts.client;
+        let spent = self.opts.per_connection > 0 && session.started() >= self.opts.per_connection;
+        if spent || !session.can_start(s) {
+            return false;
+        }
+        session.start(s, self.src, self.next_seq, due, now, &mut conn.out);
+        self.rec.started(self.next_seq, now);
+        self.next_seq += 1;
+        true
+    }
+
+    /// QUITs `key` if it is idle and has nothing more to do.
+    fn say_goodbye(&mut self, key: usize, now: Instant) {
         let limit = self.opts.per_connection;
         let work_left = self.work_left();
-        for (_, conn) in self.conns.iter_mut() {
-            let Some(session) = conn.session.as_mut() else {
-                continue;
-            };
-            let spent = limit > 0 && session.started() >= limit;
-            let unusable = session.lacks_chunking(&self.opts.client);
-            if session.is_idle() && (!work_left || spent || unusable) {
-                if unusable {
-                    self.rec.error(Stage::Ehlo, 0);
-                    self.rec.aborted = Some("the server does not offer CHUNKING".into());
-                    self.stop_starting = true;
-                }
-                session.quit(self.src, now, &mut conn.out);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(session) = conn.session.as_mut() else {
+            return;
+        };
+        let spent = limit > 0 && session.started() >= limit;
+        let unusable = session.lacks_chunking(&self.opts.client);
+        if session.is_idle() && (!work_left || spent || unusable) {
+            if unusable {
+                self.rec.error(Stage::Ehlo, 0);
+                self.rec.aborted = Some("the server does not offer CHUNKING".into());
+                self.stop_starting = true;
             }
+            session.quit(self.src, now, &mut conn.out);
         }
     }
 
@@ -403,6 +443,12 @@ impl Driver<'_> {
                     );
                     conn.carry.clear();
                     conn.carry.extend_from_slice(&input[used..]);
+                    // As in the server's reactor: on Linux a short read
+                    // drained the socket and edge-triggered epoll reports
+                    // every later arrival, unless the FIN came with it.
+                    if carried + n < self.scratch.len() && !hup && cfg!(target_os = "linux") {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -420,6 +466,8 @@ impl Driver<'_> {
         if eof || closed {
             let _ = flush(conn);
             self.lost(key, now);
+        } else {
+            self.touch(key);
         }
     }
 
@@ -453,12 +501,14 @@ impl Driver<'_> {
         }
     }
 
-    fn flush_all(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
+    /// Writes the output of every connection touched this turn.
+    fn flush_touched(&mut self) {
+        let keys = std::mem::take(&mut self.touched);
+        for &key in &keys {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
+            conn.touched = false;
             if conn.session.is_none() {
                 continue;
             }
@@ -481,6 +531,11 @@ impl Driver<'_> {
                 }
             }
         }
+        // Keep the allocation; `lost` may have touched new connections.
+        let mut keys = keys;
+        keys.clear();
+        keys.append(&mut self.touched);
+        self.touched = keys;
     }
 
     fn check_timeouts(&mut self, now: Instant) {
