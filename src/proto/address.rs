@@ -21,6 +21,12 @@ const MAX_DOMAIN: usize = 255; // 4.5.3.1.2
 /// Index of the `>` that closes a path whose `<` was just stripped, skipping
 /// quoted strings (a quoted local part may hold `>`).
 pub fn closing_bracket(s: &[u8]) -> Option<usize> {
+    // The common case has no quotes at all: one memchr.
+    match memchr::memchr2(b'>', b'"', s) {
+        Some(i) if s.get(i) == Some(&b'>') => return Some(i),
+        None => return None,
+        Some(_) => {}
+    }
     let mut quoted = false;
     let mut i = 0;
     while let Some(&b) = s.get(i) {
@@ -74,10 +80,37 @@ pub fn check_path(path: &[u8], utf8: bool) -> Result<&[u8], AddrError> {
     Ok(mailbox)
 }
 
-/// atext (RFC 5322 3.2.3), plus any non-ASCII byte: UTF-8 validity and the
-/// SMTPUTF8 requirement are checked once for the whole mailbox.
-fn is_atext(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
+/// Byte classes, one table lookup per byte on the hot path.
+const ATEXT: u8 = 1; // RFC 5322 3.2.3 atext, plus any non-ASCII byte
+const ALNUM: u8 = 2; // Let-dig
+const UTF8: u8 = 4; // non-ASCII: U-label bytes when SMTPUTF8 is allowed
+
+// Indexing in a const initialiser is checked at compile time: it cannot panic.
+#[allow(clippy::indexing_slicing)]
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] = ATEXT | ALNUM;
+        } else if c >= 0x80 {
+            t[b] = ATEXT | UTF8;
+        }
+        b += 1;
+    }
+    let specials = b"!#$%&'*+-/=?^_`{|}~";
+    let mut i = 0;
+    while i < specials.len() {
+        t[specials[i] as usize] |= ATEXT;
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn class(b: u8) -> u8 {
+    CLASS.get(usize::from(b)).copied().unwrap_or(0)
 }
 
 fn check_local(local: &[u8]) -> Result<(), AddrError> {
@@ -103,15 +136,24 @@ fn check_local(local: &[u8]) -> Result<(), AddrError> {
         }
         return Ok(());
     }
-    // Dot-string: atoms separated by single dots.
-    if local
-        .split(|b| *b == b'.')
-        .all(|atom| !atom.is_empty() && atom.iter().all(|b| is_atext(*b)))
-    {
-        Ok(())
-    } else {
-        Err(AddrError::Syntax)
+    // Dot-string: atoms of atext separated by single dots, in one pass.
+    let mut after_dot = true; // the start behaves like a dot: no dot may follow
+    for &b in local {
+        if b == b'.' {
+            if after_dot {
+                return Err(AddrError::Syntax);
+            }
+            after_dot = true;
+        } else if class(b) & ATEXT != 0 {
+            after_dot = false;
+        } else {
+            return Err(AddrError::Syntax);
+        }
     }
+    if after_dot {
+        return Err(AddrError::Syntax);
+    }
+    Ok(())
 }
 
 fn check_domain_or_literal(domain: &[u8]) -> Result<(), AddrError> {
@@ -121,21 +163,34 @@ fn check_domain_or_literal(domain: &[u8]) -> Result<(), AddrError> {
     }
 }
 
-/// Domain = sub-domain *("." sub-domain); sub-domain = Let-dig [Ldh-str].
-/// U-labels (non-ASCII) pass when `allow_utf8`; SMTPUTF8 is checked later.
+/// Domain = sub-domain *("." sub-domain); sub-domain = Let-dig [Ldh-str],
+/// at most 63 octets a label, checked in one pass. U-labels (non-ASCII) pass
+/// when `allow_utf8`; whether SMTPUTF8 was declared is checked later.
 fn check_domain(domain: &[u8], allow_utf8: bool) -> Result<(), AddrError> {
-    let label_ok = |l: &[u8]| {
-        let alnum = |b: &u8| b.is_ascii_alphanumeric() || (allow_utf8 && *b >= 0x80);
-        l.len() <= 63
-            && l.first().is_some_and(alnum)
-            && l.last().is_some_and(alnum)
-            && l.iter().all(|b| alnum(b) || *b == b'-')
-    };
-    if !domain.is_empty() && domain.split(|b| *b == b'.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(AddrError::Syntax)
+    let let_dig = ALNUM | if allow_utf8 { UTF8 } else { 0 };
+    let mut label = 0usize;
+    let mut last = b'.';
+    for &b in domain {
+        if b == b'.' {
+            // A label ends: not empty, not ending in a hyphen.
+            if label == 0 || last == b'-' {
+                return Err(AddrError::Syntax);
+            }
+            label = 0;
+        } else if class(b) & let_dig != 0 || (b == b'-' && label > 0) {
+            label += 1;
+            if label > 63 {
+                return Err(AddrError::Syntax);
+            }
+        } else {
+            return Err(AddrError::Syntax);
+        }
+        last = b;
     }
+    if label == 0 || last == b'-' {
+        return Err(AddrError::Syntax);
+    }
+    Ok(())
 }
 
 /// IPv4-address-literal = Snum 3("." Snum); Snum = 1*3DIGIT, 0..=255
@@ -219,6 +274,9 @@ mod tests {
             "\"unterminated@b",
             "a\x00b@c",
             "@r1:",
+            "a@b.-c",
+            "a@b-.c",
+            &format!("a@{}.test", "l".repeat(64)),
             "r1:a@b",
         ];
         for m in bad {
@@ -245,6 +303,43 @@ mod tests {
         );
         assert!(check_path("ü@bücher.example".as_bytes(), true).is_ok());
         assert_eq!(check_path(b"\xff@x", true), Err(AddrError::Syntax));
+    }
+
+    /// The plain definitions the one-pass checks must agree with.
+    fn naive_dot_string(local: &[u8]) -> bool {
+        let atext =
+            |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(b) || *b >= 0x80;
+        local
+            .split(|b| *b == b'.')
+            .all(|a| !a.is_empty() && a.iter().all(atext))
+    }
+
+    fn naive_domain(d: &[u8], utf8: bool) -> bool {
+        let alnum = |b: &u8| b.is_ascii_alphanumeric() || (utf8 && *b >= 0x80);
+        !d.is_empty()
+            && d.split(|b| *b == b'.').all(|l| {
+                l.len() <= 63
+                    && l.first().is_some_and(alnum)
+                    && l.last().is_some_and(alnum)
+                    && l.iter().all(|b| alnum(b) || *b == b'-')
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_checks_match_the_definitions(
+            v in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b'.'), proptest::strategy::Just(b'-'), proptest::strategy::Just(b'a'),
+                proptest::strategy::Just(b'9'), proptest::strategy::Just(b'!'), proptest::strategy::Just(0xc3u8),
+                proptest::strategy::Just(b' '), proptest::strategy::Just(b'"'),
+            ], 0..80),
+            utf8 in proptest::bool::ANY,
+        ) {
+            proptest::prop_assert_eq!(check_domain(&v, utf8).is_ok(), naive_domain(&v, utf8));
+            if v.first() != Some(&b'"') {
+                proptest::prop_assert_eq!(check_local(&v).is_ok(), naive_dot_string(&v));
+            }
+        }
     }
 
     #[test]
