@@ -32,7 +32,22 @@ fn run(config: &Config) -> Result<(), String> {
     }
 }
 
+/// Each connection is a file descriptor: raise the soft limit towards the
+/// hard one so `--max-connections` is reachable (the default soft limit is
+/// often 1024), and say so when it still is not.
+fn raise_fd_limit(config: &Config) {
+    let want = u64::from(config.max_connections) + 64;
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => eprintln!(
+            "smtpsink: warning: the open-files limit is {got}; fewer than --max-connections {} can be served",
+            config.max_connections
+        ),
+        _ => {}
+    }
+}
+
 fn serve<S: Sink>(config: &Config, sink: S, what: &str) -> Result<(), String> {
+    raise_fd_limit(config);
     let server = Server::bind(
         &config.listen,
         config.backlog,
