@@ -1,491 +1,395 @@
 #!/usr/bin/env bash
-# compare.sh: benchmark smtpsink against Postfix's smtp-sink, side by side.
+# compare.sh: the benchmark matrix: load generators x SMTP sinks x workloads.
 #
-# Both servers run at once, each on its own free 127.0.0.1 port. Postfix's
-# smtp-source generates the load. Runs alternate A/B, and the order is swapped
-# every round to cancel drift. For each run the script records:
-#   - smtp-source wall time            -> messages/s
-#   - server CPU (utime+stime, /proc)  -> server CPU seconds per 10k messages
-#   - smtp-source CPU (bash `time`)    -> generator CPU seconds per 10k messages
-# It reports the median over rounds (min-max as noise) and the smtpsink/smtp-sink
-# ratios as Markdown: printed on stdout and written to
-# results/compare-<date>.md (raw per-run data in results/compare-<date>.tsv).
+# Generators: Postfix's smtp-source (lock-step) and smtpload (this workspace;
+# pipelined when the server offers PIPELINING). Servers: smtpsink, Postfix's
+# smtp-sink and Python's aiosmtpd (handler aiosmtpd.handlers.Sink), all
+# running at once, each on its own free 127.0.0.1 port.
 #
-# Workloads (smtp-source options; 1 KiB = -l 1024):
-#   reuse    -s 50 -m 100000 -l 1024 -d          (-d: keep the connection, send the next message on it)
-#   newconn  -s 50 -m 100000 -l 1024             (a new connection per message)
-#   rcpt10   -s 50 -m 100000 -l 1024 -d -r 10    (10 recipients per message)
-#   1mib     -s 10 -m 2000 -l 1048576 -d         (1 MiB messages)
+# Workloads (1 KiB = smtp-source -l 1024 / smtpload -s 1024):
+#   1conn-pinned  1 KiB, 1 connection reused; server pinned to one CPU and
+#                 generator to another (taskset) for the run
+#   1conn-samecore  the same, both pinned to one CPU
+#   1conn         the same, not pinned (the scheduler places both; on two
+#                 cores the figure swings between the two above)
+#   50conn        1 KiB, 50 connections reused
+#   50new         1 KiB, 50 concurrent, a new connection per message
+#   1mib          1 MiB messages, 10 connections reused
+#   rcpt10        1 KiB, 10 recipients per message, 50 connections reused
+#   idle1000      memory: a fresh server, IDLE_CONNS connections that only
+#                 read the greeting (held by scripts/idle_conns.py); KiB per
+#                 connection = (VmRSS with them - VmRSS before) / IDLE_CONNS
+#   tcp-copy      the physical limit for 1mib: the same bytes over 10 plain
+#                 loopback TCP connections into scripts/tcp_copy.rs (built
+#                 with rustc; a thread a connection, blocking 64 KiB reads,
+#                 data discarded); its CPU seconds per MiB
+#
+# aiosmtpd is much slower: it gets a tenth of every message count
+# (AIOSMTPD_DIV). Runs alternate: for each workload and generator the servers
+# run back to back, and the server and generator orders rotate every round.
+# For each run the script records the generator's wall time (msgs/s) and
+# CPU (bash `time`), the server's CPU (utime+stime from /proc/PID/stat before
+# and after) and its peak RSS during the run (VmHWM of /proc/PID/status,
+# reset through /proc/PID/clear_refs before the run). It reports medians over
+# rounds with min-max as noise and ratios to smtpsink, as Markdown, printed
+# and written to results/compare-<date>.md, with a plot
+# (results/compare-<date>.png and .svg; needs matplotlib) and the raw data
+# (results/compare-<date>.tsv, -idle.tsv, -tcpcopy.tsv).
 #
 # Usage: scripts/compare.sh
 # Environment:
-#   ROUNDS=N          alternating rounds (default 3)
+#   ROUNDS=N          rounds (default 3)
 #   QUICK=1           divide every message count by 10 (smoke run)
-#   NEWCONN_MSGS=N    message count of the newconn workload before QUICK
-#                     (default 100000; lower it if ephemeral ports run out)
-#   RUN_TIMEOUT=S     upper bound for each smtp-source run (default 300)
-#   BUILD_RETRIES=N   retry a failing `cargo build --release` N times,
-#                     BUILD_RETRY_WAIT seconds apart (defaults 0 and 60)
+#   CONN1_MSGS=N      messages per run of the 1conn workloads (default 20000)
+#   REUSE_MSGS=N      of 50conn (default 50000)
+#   NEWCONN_MSGS=N    of 50new (default 20000; lower it if ephemeral ports run out)
+#   BIG_MSGS=N        of 1mib, in MiB (default 2000)
+#   RCPT_MSGS=N       of rcpt10 (default 20000)
+#   AIOSMTPD_DIV=N    aiosmtpd gets the counts divided by N (default 10)
+#   IDLE_CONNS=N      idle connections of idle1000 (default 1000)
+#   SERVERS="..."     servers to run (default "smtpsink smtp-sink aiosmtpd";
+#                     smtpsink must be one)
+#   SETTLE_MS=N       pause after each run (default 300)
+#   RUN_TIMEOUT=S     upper bound for each generator run (default 300)
+#   BUILD_RETRIES=N   retry a failing `cargo build --release --workspace` N
+#                     times, BUILD_RETRY_WAIT seconds apart (defaults 2 and 60)
+#   BENCH_VENV=DIR    venv for aiosmtpd and matplotlib (default
+#                     ~/.cache/smtpsink-bench/venv; created with pip)
 #
 # Installs Debian's postfix package when smtp-sink/smtp-source are missing
-# (without leaving a Postfix master daemon running), builds smtpsink with
-# `cargo build --release`, and stops only the server processes it started.
-# Loopback only; every run is bounded; the script ends by itself.
+# (without leaving a Postfix master daemon running), aiosmtpd and matplotlib
+# into the venv when missing (without them: no aiosmtpd column, no plot),
+# builds the workspace in release mode, and stops every process it started by
+# PID. Loopback only; every run is bounded; the script ends by itself.
 
 set -euo pipefail
+shopt -s extglob
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+LIB_TAG=compare
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
-QUICK=${QUICK:-0}
-NEWCONN_MSGS=${NEWCONN_MSGS:-100000}
-RUN_TIMEOUT=${RUN_TIMEOUT:-300}
-BUILD_RETRIES=${BUILD_RETRIES:-0}
-BUILD_RETRY_WAIT=${BUILD_RETRY_WAIT:-60}
-SETTLE_S=1
+: "${CONN1_MSGS:=20000}"
+: "${REUSE_MSGS:=50000}"
+: "${NEWCONN_MSGS:=20000}"
+: "${BIG_MSGS:=2000}"
+: "${RCPT_MSGS:=20000}"
+: "${AIOSMTPD_DIV:=10}"
+: "${IDLE_CONNS:=1000}"
+: "${SETTLE_MS:=300}"
+read -r -a SERVERS <<<"${SERVERS:-smtpsink smtp-sink aiosmtpd}"
 
-SINK=/usr/sbin/smtp-sink
-SOURCE=/usr/sbin/smtp-source
-SMTPSINK_BIN=$REPO_ROOT/target/release/smtpsink
-RESULTS_DIR=$REPO_ROOT/results
-POSTFIX_MASTER=/usr/lib/postfix/sbin/master
-
-SMTPSINK_PID=
-POSTFIX_SINK_PID=
-POLICY_RC_CREATED=0
-WORK=
-
-log() { printf '[compare] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for v in ROUNDS NEWCONN_MSGS RUN_TIMEOUT BUILD_RETRIES BUILD_RETRY_WAIT; do
-    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
-done
+require_uint ROUNDS QUICK CONN1_MSGS REUSE_MSGS NEWCONN_MSGS BIG_MSGS RCPT_MSGS AIOSMTPD_DIV \
+    IDLE_CONNS SETTLE_MS RUN_TIMEOUT BUILD_RETRIES BUILD_RETRY_WAIT
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
+((RUN_TIMEOUT >= 1)) || die "RUN_TIMEOUT must be at least 1"
+((AIOSMTPD_DIV >= 1)) || die "AIOSMTPD_DIV must be at least 1"
+[[ " ${SERVERS[*]} " == *" smtpsink "* ]] || die "SERVERS must include smtpsink"
+SETTLE_S=$(printf '%d.%03d' $((SETTLE_MS / 1000)) $((SETTLE_MS % 1000)))
 
-# ---------------------------------------------------------------- cleanup ----
+NOTES=()
+ensure_postfix
+ensure_tools
+command -v taskset >/dev/null 2>&1 || die "taskset (util-linux) is required"
+build_release
 
-# Stop one server we started: SIGTERM, up to 10 s, then SIGKILL; reap it.
-stop_pid() {
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid ignored SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-stop_servers() {
-    stop_pid "$SMTPSINK_PID"
-    SMTPSINK_PID=
-    stop_pid "$POSTFIX_SINK_PID"
-    POSTFIX_SINK_PID=
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_servers
-    if ((POLICY_RC_CREATED)); then
-        rm -f /usr/sbin/policy-rc.d
-    fi
-    if [[ -n $WORK && -d $WORK ]]; then
-        rm -rf -- "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ------------------------------------------------------------ environment ----
-
-SUDO=()
-if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 && SUDO=(sudo)
+PLOT_PY=
+if [[ " ${SERVERS[*]} " == *" aiosmtpd "* ]] && ! ensure_venv aiosmtpd; then
+    NOTES+=("aiosmtpd could not be installed (pip into $BENCH_VENV failed): it was left out")
+    read -r -a SERVERS <<<"$(tr ' ' '\n' <<<"${SERVERS[*]}" | grep -vx aiosmtpd | paste -sd' ' -)"
+fi
+if ensure_venv matplotlib; then
+    PLOT_PY=$VENV_PY
+else
+    NOTES+=("matplotlib could not be installed (pip into $BENCH_VENV failed): no plot")
 fi
 
-postfix_master_running() {
-    pgrep -f "^$POSTFIX_MASTER" >/dev/null 2>&1
-}
+# 1000 idle connections and the holder's 1000 sockets need descriptors;
+# servers started below inherit the limit.
+if (($(ulimit -n) < 4 * IDLE_CONNS + 64)); then
+    ulimit -n $((4 * IDLE_CONNS + 64)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+fi
 
-apt_install() {
-    log "installing: $*"
-    if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2; then
-        log "apt-get install failed; running apt-get update and retrying"
-        "${SUDO[@]}" apt-get update >&2
-        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2
-    fi
-}
-
-ensure_postfix() {
-    [[ -x $SINK && -x $SOURCE ]] && return 0
-    command -v apt-get >/dev/null 2>&1 || die "$SINK/$SOURCE missing and no apt-get to install postfix"
-
-    local master_before=0
-    postfix_master_running && master_before=1
-    # Keep the package from configuring and starting a mail system: choose
-    # "No configuration" and, for the install only, forbid service starts.
-    if command -v debconf-set-selections >/dev/null 2>&1; then
-        echo 'postfix postfix/main_mailer_type select No configuration' |
-            "${SUDO[@]}" debconf-set-selections
-    fi
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
-        "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    apt_install postfix
-    if ((POLICY_RC_CREATED)); then
-        "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=0
-    fi
-    # If the install started a master daemon anyway, stop it again.
-    if ((!master_before)) && postfix_master_running; then
-        log "postfix install started a master daemon; stopping it"
-        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postfix 2>/dev/null; then
-            "${SUDO[@]}" systemctl stop postfix || true
-        fi
-        postfix_master_running && { "${SUDO[@]}" postfix stop >&2 || true; }
-        sleep 1
-        postfix_master_running && die "a Postfix master daemon is still running; stop it by hand"
-    fi
-    [[ -x $SINK && -x $SOURCE ]] || die "postfix installed but $SINK/$SOURCE are missing"
-}
-
-ensure_postfix
-command -v python3 >/dev/null 2>&1 || apt_install python3
-command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) is required"
-command -v cargo >/dev/null 2>&1 || die "cargo is required to build smtpsink"
-
-build_smtpsink() {
-    local attempt
-    for ((attempt = 0; ; attempt++)); do
-        log "cargo build --release (in $REPO_ROOT)"
-        if (cd -- "$REPO_ROOT" && cargo build --release >&2); then
-            break
-        fi
-        ((attempt < BUILD_RETRIES)) || die "cargo build --release failed"
-        log "build failed; retrying in ${BUILD_RETRY_WAIT}s ($((attempt + 1))/$BUILD_RETRIES)"
-        sleep "$BUILD_RETRY_WAIT"
-    done
-    [[ -x $SMTPSINK_BIN ]] || die "$SMTPSINK_BIN not found after build"
-}
-build_smtpsink
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/smtpsink-compare.XXXXXX")
-CLK_TCK=$(getconf CLK_TCK)
+make_work compare
 STAMP=$(date +%Y%m%d-%H%M%S)
 mkdir -p -- "$RESULTS_DIR"
-REPORT=$RESULTS_DIR/compare-$STAMP.md
-TSV=$RESULTS_DIR/compare-$STAMP.tsv
+BASE=$RESULTS_DIR/compare-$STAMP
+REPORT=$BASE.md
+TSV=$BASE.tsv
+IDLE_TSV=$BASE-idle.tsv
+COPY_TSV=$BASE-tcpcopy.tsv
 
 # -------------------------------------------------------------- workloads ----
 
 div=1
 if ((QUICK)); then div=10; fi
-M_REUSE=$((100000 / div))
-M_NEWCONN=$((NEWCONN_MSGS / div))
-M_RCPT=$((100000 / div))
-M_BIG=$((2000 / div))
-
-WL_NAMES=(reuse newconn rcpt10 1mib)
-WL_MSGS=("$M_REUSE" "$M_NEWCONN" "$M_RCPT" "$M_BIG")
-WL_ARGS=(
-    "-s 50 -m $M_REUSE -l 1024 -d"
-    "-s 50 -m $M_NEWCONN -l 1024"
-    "-s 50 -m $M_RCPT -l 1024 -d -r 10"
-    "-s 10 -m $M_BIG -l 1048576 -d"
+WL_NAMES=(1conn-pinned 1conn-samecore 1conn 50conn 50new 1mib rcpt10)
+declare -A WL_MSGS=(
+    [1conn-pinned]=$((CONN1_MSGS / div)) [1conn-samecore]=$((CONN1_MSGS / div)) [1conn]=$((CONN1_MSGS / div))
+    [50conn]=$((REUSE_MSGS / div)) [50new]=$((NEWCONN_MSGS / div))
+    [1mib]=$((BIG_MSGS / div)) [rcpt10]=$((RCPT_MSGS / div))
 )
-WL_DESC=(
-    "1 KiB, 50 sessions, connections reused"
-    "1 KiB, 50 sessions, new connection per message"
-    "1 KiB, 10 recipients/message, 50 sessions, reused"
-    "1 MiB, 10 sessions, connections reused"
+declare -A WL_DESC=(
+    [1conn-pinned]="1 KiB, 1 connection reused; server on one CPU, generator on another"
+    [1conn-samecore]="1 KiB, 1 connection reused; server and generator on the same CPU"
+    [1conn]="1 KiB, 1 connection reused; not pinned"
+    [50conn]="1 KiB, 50 connections reused"
+    [50new]="1 KiB, 50 concurrent, a new connection per message"
+    [1mib]="1 MiB, 10 connections reused"
+    [rcpt10]="1 KiB, 10 recipients per message, 50 connections reused"
 )
+# Generator options (before HOST:PORT) for workload WL, MSGS messages.
+declare -A SRC_OPTS=(
+    [1conn]="-s 1 -l 1024 -d" [50conn]="-s 50 -l 1024 -d" [50new]="-s 50 -l 1024"
+    [1mib]="-s 10 -l 1048576 -d" [rcpt10]="-s 50 -l 1024 -d -r 10"
+)
+declare -A LOAD_OPTS=(
+    [1conn]="-c 1 -s 1024" [50conn]="-c 50 -s 1024" [50new]="-c 50 -s 1024 --per-connection 1"
+    [1mib]="-c 10 -s 1048576" [rcpt10]="-c 50 -s 1024 -r 10"
+)
+gen_opts() {
+    local wl=${1%-@(pinned|samecore)} gen=$2 msgs=$3
+    if [[ $gen == smtp-source ]]; then echo "${SRC_OPTS[$wl]} -m $msgs"; else echo "${LOAD_OPTS[$wl]} -m $msgs"; fi
+}
+msgs_for() {
+    local n=${WL_MSGS[$1]}
+    [[ $2 == aiosmtpd ]] && n=$((n / AIOSMTPD_DIV))
+    echo $((n > 0 ? n : 1))
+}
+GENS=(smtp-source smtpload)
+NCPU=$(nproc)
+# The first two CPUs this script may use: the server's and the generator's.
+read -r CPU_A CPU_B < <(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0))[:2])')
+if [[ -z ${CPU_B:-} ]]; then
+    WL_NAMES=("${WL_NAMES[@]:2}")
+    NOTES+=("1conn-pinned and 1conn-samecore skipped: one CPU available to this process")
+fi
 
 # ---------------------------------------------------------------- servers ----
 
-# Two distinct free ports below the ephemeral range, so the generator's
-# source ports never collide with them.
-read -r PORT_SMTPSINK PORT_POSTFIX < <(python3 - <<'PY'
-import random, socket
-ports, socks = [], []
-while len(ports) < 2:
-    p = random.randint(20000, 32000)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-    ports.append(p)
-print(*ports)
-PY
-)
+read -r -a ports < <(free_ports "${#SERVERS[@]}")
+for i in "${!SERVERS[@]}"; do
+    start_server "${SERVERS[i]}" "${ports[i]}"
+done
+for s in "${SERVERS[@]}"; do
+    server_caps "$s"
+done
 
-# smtp-sink refuses to run as root without -u; -m raises its connection cap.
-SINK_ARGS=()
-if ((EUID == 0)); then
-    SINK_ARGS+=(-u nobody)
-fi
-SINK_ARGS+=(-m 1024 "127.0.0.1:$PORT_POSTFIX" 1024)
-SMTPSINK_ARGS=(--listen "127.0.0.1:$PORT_SMTPSINK")
-
-log "starting smtpsink on 127.0.0.1:$PORT_SMTPSINK"
-"$SMTPSINK_BIN" "${SMTPSINK_ARGS[@]}" >"$WORK/smtpsink.out" 2>"$WORK/smtpsink.err" </dev/null &
-SMTPSINK_PID=$!
-log "starting smtp-sink on 127.0.0.1:$PORT_POSTFIX"
-"$SINK" "${SINK_ARGS[@]}" >"$WORK/smtp-sink.out" 2>"$WORK/smtp-sink.err" </dev/null &
-POSTFIX_SINK_PID=$!
-
-# The 220 greeting, read over bash's /dev/tcp within 2 s.
-probe_greeting() {
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 2 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        IFS= read -r line <&3 || exit 1
-        printf "QUIT\r\n" >&3
-        [[ $line == 220* ]]' _ "$1" 2>/dev/null
-}
-
-PROBE_MSGS=0
-wait_ready() {
-    local name=$1 pid=$2 port=$3 errlog=$4 i
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited at startup: $(tail -n 5 "$errlog")"
-        probe_greeting "$port" && break
-        sleep 0.1
-    done
-    ((i < 100)) || die "$name gave no 220 greeting on 127.0.0.1:$port within 10 s"
-    timeout 30 "$SOURCE" -m 1 -l 1024 "127.0.0.1:$port" >&2 ||
-        die "$name did not accept a test message on 127.0.0.1:$port"
-    log "$name (pid $pid) answers on 127.0.0.1:$port"
-}
-wait_ready smtpsink "$SMTPSINK_PID" "$PORT_SMTPSINK" "$WORK/smtpsink.err"
-wait_ready smtp-sink "$POSTFIX_SINK_PID" "$PORT_POSTFIX" "$WORK/smtp-sink.err"
-PROBE_MSGS=1
-
-# utime+stime (fields 14 and 15 of /proc/PID/stat) in clock ticks.
-cpu_ticks() {
-    local stat fields
-    stat=$(<"/proc/$1/stat")
-    stat=${stat##*) }          # drop "pid (comm) ": fields now start at 3
-    read -r -a fields <<<"$stat"
-    echo $((fields[11] + fields[12]))
-}
-
-server_pid() { if [[ $1 == smtpsink ]]; then echo "$SMTPSINK_PID"; else echo "$POSTFIX_SINK_PID"; fi; }
-server_port() { if [[ $1 == smtpsink ]]; then echo "$PORT_SMTPSINK"; else echo "$PORT_POSTFIX"; fi; }
-
-SMTPSINK_SENT=$PROBE_MSGS
 FAILED_RUNS=0
+printf 'round\tworkload\tgenerator\tserver\tmsgs\trc\tok\twall_s\tgen_user_s\tgen_sys_s\tserver_ticks\tserver_hwm_kib\tgen_reported_msgs_per_s\tnote\n' >"$TSV"
+printf 'round\tserver\tconns\tgreeted\trss_before_kib\trss_idle_kib\n' >"$IDLE_TSV"
+printf 'round\tconns\tbytes\tcpu_s\twall_s\n' >"$COPY_TSV"
 
-# run_one ROUND WORKLOAD_INDEX SERVER [record]: one smtp-source run.
+# rotate N ITEM...: the items rotated left by N.
+rotate() {
+    local n=$1
+    shift
+    local a=("$@")
+    n=$((n % ${#a[@]}))
+    echo "${a[@]:n}" "${a[@]:0:n}"
+}
+
+# run_one ROUND WORKLOAD GENERATOR SERVER [record]: one generator run.
 run_one() {
-    local round=$1 wi=$2 server=$3 record=${4:-record}
-    local pid port name msgs args c0 c1 rc wall usr sys genlog
-    pid=$(server_pid "$server")
-    port=$(server_port "$server")
-    name=${WL_NAMES[wi]}
-    msgs=${WL_MSGS[wi]}
-    read -r -a args <<<"${WL_ARGS[wi]}"
-    genlog=$WORK/gen-$round-$name-$server.log
-
-    kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) is no longer running"
-    c0=$(cpu_ticks "$pid")
-    local TIMEFORMAT='%3R %3U %3S'
-    if { time timeout "$RUN_TIMEOUT" "$SOURCE" "${args[@]}" "127.0.0.1:$port" \
-        >"$genlog" 2>&1; } 2>"$WORK/time"; then
-        rc=0
-    else
-        rc=$?
+    local round=$1 wl=$2 gen=$3 server=$4 record=${5:-record}
+    local msgs pid mask='' genlog prefix=()
+    msgs=$(msgs_for "$wl" "$server")
+    pid=${SERVER_PID[$server]}
+    genlog=$WORK/gen-$round-$wl-$gen-$server.log
+    if [[ $wl == *-pinned || $wl == *-samecore ]]; then
+        mask=$(taskset -p "$pid" | sed 's/.*: //')
+        taskset -a -p -c "$CPU_A" "$pid" >/dev/null
+        if [[ $wl == *-pinned ]]; then prefix=(taskset -c "$CPU_B"); else prefix=(taskset -c "$CPU_A"); fi
     fi
-    kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) died during $name: $(tail -n 5 "$genlog")"
-    c1=$(cpu_ticks "$pid")
-    read -r wall usr sys <"$WORK/time"
-    if [[ $server == smtpsink ]]; then SMTPSINK_SENT=$((SMTPSINK_SENT + msgs)); fi
-
-    if ((rc != 0)); then
-        if ((rc == 124)); then
-            log "round $round $name $server: TIMEOUT after ${RUN_TIMEOUT}s"
-        else
-            log "round $round $name $server: smtp-source exit $rc: $(tail -n 3 "$genlog" | tr '\n' ' ')"
-        fi
+    gen_run "$gen" "$msgs" "$(gen_opts "$wl" "$gen" "$msgs")" "$server" "$genlog" "${prefix[@]}"
+    if [[ -n $mask ]]; then
+        taskset -a -p "$mask" "$pid" >/dev/null
     fi
     if [[ $record == record ]]; then
-        ((rc == 0)) || FAILED_RUNS=$((FAILED_RUNS + 1))
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-            "$round" "$name" "$server" "$msgs" "$rc" "$wall" "$usr" "$sys" "$((c1 - c0))" >>"$TSV"
-        if [[ -s $genlog ]]; then
-            { printf '### round %s, %s, %s (exit %s)\n\n```\n' "$round" "$name" "$server" "$rc"
-              head -n 20 "$genlog"
-              printf '```\n\n'; } >>"$WORK/genlogs.md"
+        ((RUN_OK)) || FAILED_RUNS=$((FAILED_RUNS + 1))
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+            "$round" "$wl" "$gen" "$server" "$msgs" "$RUN_RC" "$RUN_OK" "$RUN_WALL" "$RUN_USR" "$RUN_SYS" \
+            "$RUN_TICKS" "$RUN_HWM" "$RUN_RATE" "$RUN_NOTE" >>"$TSV"
+        if ((!RUN_OK)); then
+            note_failed_run "round $round, $wl, $gen -> $server (exit $RUN_RC, $RUN_NOTE)" "$genlog"
         fi
-        log "$(printf 'round %s %-8s %-10s %7s msgs  %8.3fs  %9.0f msg/s  server %.2f CPU s' \
-            "$round" "$name" "$server" "$msgs" "$wall" \
-            "$(python3 -c "print($msgs/max($wall,1e-9))")" \
-            "$(python3 -c "print(($c1-$c0)/$CLK_TCK)")")"
+        log "$(awk -v r="$round" -v wl="$wl" -v g="$gen" -v s="$server" -v m="$msgs" -v w="$RUN_WALL" \
+            -v t="$RUN_TICKS" -v clk="$CLK_TCK" -v h="$RUN_HWM" 'BEGIN {
+            printf "round %s %-12s %-11s -> %-9s %6d msgs %7.3fs %8.0f msg/s  server %.3f CPU s/10k, peak %.1f MiB",
+                r, wl, g, s, m, w, m / (w > 0 ? w : 1e-9), t / clk / m * 1e4, h / 1024 }')"
+    elif ((!RUN_OK)); then
+        die "warm-up $wl/$gen against $server failed"
     fi
+    sleep "$SETTLE_S"
+}
+
+# wait_file FILE PID SECONDS: FILE is not empty, within SECONDS, while PID lives.
+wait_file() {
+    local i
+    for ((i = 0; i < $3 * 20; i++)); do
+        [[ -s $1 ]] && return 0
+        kill -0 "$2" 2>/dev/null || { [[ -s $1 ]]; return; }
+        sleep 0.05
+    done
+    return 1
+}
+
+# wait_exit PID SECONDS: PID has exited, within SECONDS.
+wait_exit() {
+    local i
+    for ((i = 0; i < $2 * 20; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# idle_one ROUND SERVER: memory of IDLE_CONNS idle connections on a fresh
+# instance of SERVER.
+idle_one() {
+    local round=$1 name=$2 key=idle-$2 port pid before with holder got ready=$WORK/idle.ready done=$WORK/idle.done
+    read -r port < <(free_ports 1)
+    start_server "$name" "$port" "$key"
+    pid=${SERVER_PID[$key]}
+    sleep 0.3
+    before=$(status_kib "$pid" VmRSS)
+    rm -f -- "$ready" "$done"
+    start_bg "$WORK/idle.out" "$WORK/idle.err" timeout 150 python3 "$LIB_DIR/idle_conns.py" \
+        "$port" "$IDLE_CONNS" "$ready" "$done"
+    holder=$LAST_PID
+    wait_file "$ready" "$holder" 120 || die "idle connections to $key: no report ($(tail -n 3 "$WORK/idle.err"))"
+    sleep 0.5
+    with=$(status_kib "$pid" VmRSS)
+    read -r -a got <"$ready"
+    touch -- "$done"
+    wait_exit "$holder" 10 || true
+    stop_pid "$holder"
+    stop_server "$key"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$IDLE_CONNS" "${got[0]}" "$before" "$with" >>"$IDLE_TSV"
+    log "$(awk -v r="$round" -v s="$name" -v n="$IDLE_CONNS" -v g="${got[0]}" -v b="$before" -v w="$with" 'BEGIN {
+        printf "round %s idle%-8s %-9s %d/%d greeted, RSS %d -> %d KiB: %.1f KiB per connection", r, n, s, g, n, b, w, (w - b) / n }')"
+    ((got[0] == IDLE_CONNS)) || NOTES+=("round $round: only ${got[0]} of $IDLE_CONNS idle connections to $name got a greeting")
+}
+
+# copy_one ROUND: the 1mib bytes over 10 plain loopback TCP connections.
+COPY_CONNS=10
+TCP_COPY=$WORK/tcp_copy
+log "rustc -O scripts/tcp_copy.rs"
+rustc -O --edition 2021 -o "$TCP_COPY" "$LIB_DIR/tcp_copy.rs" >&2 || die "rustc scripts/tcp_copy.rs failed"
+copy_one() {
+    local round=$1 port rx ready=$WORK/copy.ready per
+    per=$((WL_MSGS[1mib] * 1048576 / COPY_CONNS))
+    read -r port < <(free_ports 1)
+    rm -f -- "$ready"
+    start_bg "$WORK/copy.out" "$WORK/copy.err" "$TCP_COPY" recv "$port" "$COPY_CONNS" "$ready"
+    rx=$LAST_PID
+    wait_file "$ready" "$rx" 10 || die "tcp_copy recv did not start: $(tail -n 3 "$WORK/copy.err")"
+    timeout "$RUN_TIMEOUT" "$TCP_COPY" send "$port" "$COPY_CONNS" "$per" >&2 ||
+        die "tcp_copy send failed"
+    wait_exit "$rx" "$RUN_TIMEOUT" || true
+    stop_pid "$rx"
+    local out
+    read -r -a out <"$WORK/copy.out" || die "tcp_copy recv reported nothing: $(tail -n 3 "$WORK/copy.err")"
+    ((out[1] == per * COPY_CONNS)) || die "tcp_copy recv read ${out[1]} of $((per * COPY_CONNS)) bytes"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$COPY_CONNS" "${out[1]}" "${out[0]}" "${out[2]}" >>"$COPY_TSV"
+    log "$(awk -v r="$round" -v c="${out[0]}" -v b="${out[1]}" -v w="${out[2]}" 'BEGIN {
+        printf "round %s tcp-copy     %d MiB %.3fs  receiver %.4f CPU ms/MiB", r, b / 1048576, w, c / (b / 1048576) * 1000 }')"
     sleep "$SETTLE_S"
 }
 
 # ---------------------------------------------------------------- measure ----
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-printf 'round\tworkload\tserver\tmsgs\trc\twall_s\tgen_user_s\tgen_sys_s\tserver_ticks\n' >"$TSV"
+check_idle() {
+    local busy
+    busy=$(cpu_busy_pct 2)
+    if ((busy > 10)); then
+        log "warning: the CPUs were ${busy}% busy $1 while this script's servers were idle: figures will be noisy"
+        NOTES+=("other processes kept the CPUs ${busy}% busy $1 (2 s sample, servers idle): the figures are noisier than on an idle machine")
+    fi
+}
+check_idle "before the rounds"
 
-# Unrecorded warm-up: a tenth of the reuse workload against each server.
-WARM_MSGS=$((M_REUSE / 10 > 0 ? M_REUSE / 10 : 1))
-for server in smtpsink smtp-sink; do
-    log "warm-up: $WARM_MSGS messages to $server"
-    timeout "$RUN_TIMEOUT" "$SOURCE" -s 50 -m "$WARM_MSGS" -l 1024 -d \
-        "127.0.0.1:$(server_port "$server")" >&2 || die "warm-up against $server failed"
-    if [[ $server == smtpsink ]]; then SMTPSINK_SENT=$((SMTPSINK_SENT + WARM_MSGS)); fi
+# Unrecorded warm-up: each generator, each server, a tenth of 50conn.
+WL_MSGS[warmup]=$((WL_MSGS[50conn] / 10 > 0 ? WL_MSGS[50conn] / 10 : 1))
+SRC_OPTS[warmup]=${SRC_OPTS[50conn]}
+LOAD_OPTS[warmup]=${LOAD_OPTS[50conn]}
+for s in "${SERVERS[@]}"; do
+    log "warm-up: each generator against $s"
+    for g in "${GENS[@]}"; do
+        run_one 0 warmup "$g" "$s" norecord
+    done
 done
 
 START_S=$SECONDS
 for ((round = 1; round <= ROUNDS; round++)); do
-    if ((round % 2)); then order=(smtpsink smtp-sink); else order=(smtp-sink smtpsink); fi
-    for wi in "${!WL_NAMES[@]}"; do
-        for server in "${order[@]}"; do
-            run_one "$round" "$wi" "$server"
+    read -r -a sorder <<<"$(rotate $((round - 1)) "${SERVERS[@]}")"
+    read -r -a gorder <<<"$(rotate $((round - 1)) "${GENS[@]}")"
+    for wl in "${WL_NAMES[@]}"; do
+        for g in "${gorder[@]}"; do
+            for s in "${sorder[@]}"; do
+                run_one "$round" "$wl" "$g" "$s"
+            done
         done
+        if [[ $wl == 1mib ]]; then copy_one "$round"; fi
+    done
+    for s in "${sorder[@]}"; do
+        idle_one "$round" "$s"
     done
 done
 ELAPSED_S=$((SECONDS - START_S))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+check_idle "after the rounds"
 
 # Stop the servers now: smtpsink prints its final statistics on SIGTERM.
-stop_servers
-SMTPSINK_COUNTED=$(sed -nE 's/^[[:space:]]*messages[[:space:]]+([0-9]+).*/\1/p' "$WORK/smtpsink.out" | head -n 1)
+for s in "${SERVERS[@]}"; do
+    stop_server "$s"
+done
 
 # ----------------------------------------------------------------- report ----
 
-cpu_model=$(sed -nE 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1)
-[[ -n $cpu_model ]] || cpu_model=unknown
-git_rev=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-postfix_ver=$(dpkg-query -W -f='${Version}' postfix 2>/dev/null || echo unknown)
-
 # shellcheck disable=SC2016 # backticks below are Markdown code spans
 {
-    printf '# smtpsink vs Postfix smtp-sink\n\n'
+    printf '# Benchmark matrix: smtpsink vs Postfix smtp-sink vs aiosmtpd\n\n'
     printf '## Machine\n\n'
-    printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    printf -- '- CPU: %s, nproc %s\n' "$cpu_model" "$(nproc)"
-    printf -- '- kernel: %s\n' "$(uname -srm)"
-    printf -- '- load average before/after: %s / %s\n' "$LOAD_BEFORE" "$LOAD_AFTER"
-    printf -- '- smtpsink: %s (git %s), `%s`\n' "$(basename "$SMTPSINK_BIN")" "$git_rev" \
-        "smtpsink ${SMTPSINK_ARGS[*]}"
-    printf -- '- smtp-sink: postfix %s, `%s`\n' "$postfix_ver" "smtp-sink ${SINK_ARGS[*]}"
-    printf -- '- generator: `smtp-source` (postfix %s), timeout %ss per run\n' "$postfix_ver" "$RUN_TIMEOUT"
-    printf -- '- rounds: %s (order swapped every round), QUICK=%s, measuring took %ss\n\n' \
-        "$ROUNDS" "$QUICK" "$ELAPSED_S"
-    printf '## Workloads\n\n| Workload | What | smtp-source options |\n|---|---|---|\n'
-    for wi in "${!WL_NAMES[@]}"; do
-        printf '| %s | %s | `%s` |\n' "${WL_NAMES[wi]}" "${WL_DESC[wi]}" "${WL_ARGS[wi]}"
+    machine_md
+    printf -- '- load average before/after the rounds: %s / %s\n' "$LOAD_BEFORE" "$LOAD_AFTER"
+    for s in "${SERVERS[@]}"; do
+        printf -- '- server %s: `%s` (offers %s)\n' "$s" "$(server_desc "$s")" "${CAPS[$s]:-neither PIPELINING nor CHUNKING}"
     done
-    printf '\n'
-    python3 - "$TSV" "$CLK_TCK" "${WL_NAMES[@]}" <<'PY'
-import csv, statistics, sys
-
-tsv, clk = sys.argv[1], int(sys.argv[2])
-workloads = sys.argv[3:]
-servers = ["smtpsink", "smtp-sink"]
-rows = list(csv.DictReader(open(tsv), delimiter="\t"))
-
-runs = {}  # (workload, server) -> {round: (msgs/s, srv cpu s/10k, gen cpu s/10k)}
-fails = {}
-for r in rows:
-    key = (r["workload"], r["server"])
-    runs.setdefault(key, {})
-    if r["rc"] != "0":
-        fails[key] = fails.get(key, 0) + 1
-        continue
-    msgs, wall = int(r["msgs"]), float(r["wall_s"])
-    gen = float(r["gen_user_s"]) + float(r["gen_sys_s"])
-    srv = int(r["server_ticks"]) / clk
-    runs[key][r["round"]] = (msgs / max(wall, 1e-9), srv / msgs * 1e4, gen / msgs * 1e4)
-
-def med(key, i):
-    v = [x[i] for x in runs.get(key, {}).values()]
-    return (statistics.median(v), min(v), max(v)) if v else None
-
-def fmt(t, spec):
-    if t is None:
-        return "n/a", "n/a"
-    return format(t[0], spec), f"{format(t[1], spec)}–{format(t[2], spec)}"
-
-print("## Results (median over rounds; min–max as noise)\n")
-print("| Workload | Server | msgs/s | msgs/s min–max | server CPU s/10k msgs | min–max | smtp-source CPU s/10k msgs | runs ok |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-for w in workloads:
-    for s in servers:
-        k = (w, s)
-        rate, rate_r = fmt(med(k, 0), ".0f")
-        cpu, cpu_r = fmt(med(k, 1), ".3f")
-        gen, _ = fmt(med(k, 2), ".3f")
-        n = len(runs.get(k, {}))
-        print(f"| {w} | {s} | {rate} | {rate_r} | {cpu} | {cpu_r} | {gen} | {n}/{n + fails.get(k, 0)} |")
-
-def ratio(a, b):
-    return a / b if a is not None and b else None
-
-def rfmt(x):
-    return "n/a" if x is None else f"{x:.2f}"
-
-print("\n## Ratios smtpsink / smtp-sink\n")
-print("msgs/s ratio > 1: smtpsink is faster. CPU ratio < 1: smtpsink uses less server CPU per message.")
-print("Ratio of the medians; per-round: range of the ratios of runs paired by round.\n")
-print("| Workload | msgs/s ratio | per-round | server CPU/msg ratio | per-round |")
-print("|---|---:|---:|---:|---:|")
-for w in workloads:
-    a, b = runs.get((w, "smtpsink"), {}), runs.get((w, "smtp-sink"), {})
-    cells = []
-    for i in (0, 1):
-        ma, mb = med((w, "smtpsink"), i), med((w, "smtp-sink"), i)
-        m = ratio(ma[0] if ma else None, mb[0] if mb else None)
-        paired = [ratio(a[r][i], b[r][i]) for r in a if r in b]
-        paired = [p for p in paired if p is not None]
-        rng = f"{min(paired):.2f}–{max(paired):.2f}" if paired else "n/a"
-        cells += [rfmt(m), rng]
-    print(f"| {w} | " + " | ".join(cells) + " |")
-print()
-PY
+    if [[ -n $VENV_PY ]]; then
+        printf -- '- venv %s: %s\n' "$BENCH_VENV" "$("$VENV_PY" -m pip list --format=freeze 2>/dev/null |
+            grep -iE '^(aiosmtpd|matplotlib)==' | paste -sd' ' - || echo '?')"
+    fi
+    printf -- '- generators: `smtp-source` (lock-step), %s (pipelined where offered); timeout %ss per run\n' \
+        "$("$SMTPLOAD_BIN" --version 2>/dev/null || echo smtpload)" "$RUN_TIMEOUT"
+    printf -- '- rounds: %s (server and generator order rotated every round), QUICK=%s, measuring took %ss\n\n' \
+        "$ROUNDS" "$QUICK" "$ELAPSED_S"
+    printf '## Workloads\n\n'
+    printf '| Workload | What | smtp-source | smtpload | msgs per run (aiosmtpd) |\n|---|---|---|---|---:|\n'
+    for wl in "${WL_NAMES[@]}"; do
+        printf '| %s | %s | `%s` | `%s` | %s (%s) |\n' "$wl" "${WL_DESC[$wl]}" \
+            "$(gen_opts "$wl" smtp-source "${WL_MSGS[$wl]}")" "$(gen_opts "$wl" smtpload "${WL_MSGS[$wl]}")" \
+            "${WL_MSGS[$wl]}" "$(msgs_for "$wl" aiosmtpd)"
+    done
+    printf '| idle%s | a fresh server; %s connections that read the greeting and stay idle | – | `scripts/idle_conns.py` | – |\n' \
+        "$IDLE_CONNS" "$IDLE_CONNS"
+    printf '| tcp-copy | the 1mib bytes (%s MiB) over %s plain loopback TCP connections, read in 64 KiB and discarded | – | `scripts/tcp_copy.rs` | – |\n\n' \
+        "${WL_MSGS[1mib]}" "$COPY_CONNS"
+    "${PLOT_PY:-python3}" "$LIB_DIR/compare_report.py" --clk-tck "$CLK_TCK" --runs "$TSV" --idle "$IDLE_TSV" \
+        --copy "$COPY_TSV" --plot "${PLOT_PY:+$BASE}" --workloads "${WL_NAMES[*]}" --servers "${SERVERS[*]}"
     printf '## Notes\n\n'
-    printf -- '- Server CPU is utime+stime of the server process over the run (/proc/PID/stat, %s ticks/s).\n' "$CLK_TCK"
-    printf -- '- smtp-source CPU is user+sys of the generator (it shares the %s CPUs with the server).\n' "$(nproc)"
-    if [[ -n $SMTPSINK_COUNTED ]]; then
-        printf -- '- smtpsink counted %s messages in its final statistics; smtp-source sent it %s (incl. probe and warm-up).\n' \
-            "$SMTPSINK_COUNTED" "$SMTPSINK_SENT"
-    else
-        printf -- '- smtpsink final statistics had no "messages" line; smtp-source sent it %s messages.\n' "$SMTPSINK_SENT"
-    fi
-    if ((FAILED_RUNS)); then
-        printf -- '- %s run(s) failed (exit status != 0) and are excluded from the medians.\n' "$FAILED_RUNS"
-    fi
-    if ((QUICK)); then
-        printf -- '- QUICK=1: message counts divided by 10; CPU figures are coarse.\n'
-    fi
-    if [[ -s $WORK/genlogs.md ]]; then
-        printf '\n## smtp-source output\n\n'
-        cat "$WORK/genlogs.md"
-    fi
-    printf '\n## smtpsink final statistics\n\n```\n'
-    cat "$WORK/smtpsink.out"
-    printf '```\n'
+    printf -- '- msgs/s = messages / wall seconds of the generator process (start-up and connection set-up included). Server CPU = utime+stime of the server process over the run (/proc/PID/stat, all threads, %s ticks/s); generator CPU = user+sys from bash `time`. Generator and server share the %s CPUs, so wall-clock rates are bounded by their sum.\n' "$CLK_TCK" "$NCPU"
+    printf -- '- aiosmtpd got 1/%s of every message count (it is about ten times slower); its rates and per-message CPU compare, its totals do not.\n' "$AIOSMTPD_DIV"
+    printf -- '- 1conn-pinned: `taskset -a -p -c %s` on the server for the run (restored after), generator under `taskset -c %s`; 1conn-samecore: both on CPU %s; 1conn: no pinning, so the figure depends on where the scheduler puts the two.\n' "$CPU_A" "$CPU_B" "$CPU_A"
+    printf -- '- Peak RSS: VmHWM after resetting it (`echo 5 > /proc/PID/clear_refs`) before each run, i.e. the peak during the run; the maximum over rounds.\n'
+    for n in "${NOTES[@]}"; do
+        printf -- '- %s.\n' "$n"
+    done
+    report_tail
 } >"$REPORT"
 
 cat "$REPORT"
 log "report: $REPORT"
-log "raw data: $TSV"
+log "raw data: $TSV $IDLE_TSV $COPY_TSV"
+if [[ -n $PLOT_PY ]]; then log "plot: $BASE.png $BASE.svg"; fi

@@ -43,161 +43,24 @@
 
 set -euo pipefail
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+LIB_TAG=loadgen
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
-QUICK=${QUICK:-0}
 REUSE_MSGS=${REUSE_MSGS:-100000}
 NEWCONN_MSGS=${NEWCONN_MSGS:-30000}
 BDAT_MSGS=${BDAT_MSGS:-500000}
-RUN_TIMEOUT=${RUN_TIMEOUT:-300}
-BUILD_RETRIES=${BUILD_RETRIES:-2}
-BUILD_RETRY_WAIT=${BUILD_RETRY_WAIT:-60}
 SETTLE_S=1
 
-SINK=/usr/sbin/smtp-sink
-SOURCE=/usr/sbin/smtp-source
-SMTPSINK_BIN=$REPO_ROOT/target/release/smtpsink
-SMTPLOAD_BIN=$REPO_ROOT/target/release/smtpload
-RESULTS_DIR=$REPO_ROOT/results
-POSTFIX_MASTER=/usr/lib/postfix/sbin/master
-
-SMTPSINK_PID=
-POSTFIX_SINK_PID=
-POLICY_RC_CREATED=0
-WORK=
-
-log() { printf '[loadgen] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for v in ROUNDS QUICK REUSE_MSGS NEWCONN_MSGS BDAT_MSGS RUN_TIMEOUT BUILD_RETRIES BUILD_RETRY_WAIT; do
-    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
-done
+require_uint ROUNDS QUICK REUSE_MSGS NEWCONN_MSGS BDAT_MSGS RUN_TIMEOUT BUILD_RETRIES BUILD_RETRY_WAIT
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 ((RUN_TIMEOUT >= 1)) || die "RUN_TIMEOUT must be at least 1"
 
-# ---------------------------------------------------------------- cleanup ----
-
-# Stop one server we started: SIGTERM, up to 10 s, then SIGKILL; reap it.
-stop_pid() {
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid ignored SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-stop_servers() {
-    stop_pid "$SMTPSINK_PID"
-    SMTPSINK_PID=
-    stop_pid "$POSTFIX_SINK_PID"
-    POSTFIX_SINK_PID=
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_servers
-    if ((POLICY_RC_CREATED)); then
-        rm -f /usr/sbin/policy-rc.d
-    fi
-    if [[ -n $WORK && -d $WORK ]]; then
-        rm -rf -- "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ------------------------------------------------------------ environment ----
-
-SUDO=()
-if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 && SUDO=(sudo)
-fi
-
-postfix_master_running() {
-    pgrep -f "^$POSTFIX_MASTER" >/dev/null 2>&1
-}
-
-apt_install() {
-    log "installing: $*"
-    if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2; then
-        log "apt-get install failed; running apt-get update and retrying"
-        "${SUDO[@]}" apt-get update >&2
-        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2
-    fi
-}
-
-ensure_postfix() {
-    [[ -x $SINK && -x $SOURCE ]] && return 0
-    command -v apt-get >/dev/null 2>&1 || die "$SINK/$SOURCE missing and no apt-get to install postfix"
-
-    local master_before=0
-    postfix_master_running && master_before=1
-    # Keep the package from configuring and starting a mail system: choose
-    # "No configuration" and, for the install only, forbid service starts.
-    if command -v debconf-set-selections >/dev/null 2>&1; then
-        echo 'postfix postfix/main_mailer_type select No configuration' |
-            "${SUDO[@]}" debconf-set-selections
-    fi
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
-        "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    apt_install postfix
-    if ((POLICY_RC_CREATED)); then
-        "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=0
-    fi
-    # If the install started a master daemon anyway, stop it again.
-    if ((!master_before)) && postfix_master_running; then
-        log "postfix install started a master daemon; stopping it"
-        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postfix 2>/dev/null; then
-            "${SUDO[@]}" systemctl stop postfix || true
-        fi
-        postfix_master_running && { "${SUDO[@]}" postfix stop >&2 || true; }
-        sleep 1
-        postfix_master_running && die "a Postfix master daemon is still running; stop it by hand"
-    fi
-    [[ -x $SINK && -x $SOURCE ]] || die "postfix installed but $SINK/$SOURCE are missing"
-}
-
 ensure_postfix
-command -v python3 >/dev/null 2>&1 || apt_install python3
-command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) is required"
-command -v cargo >/dev/null 2>&1 || die "cargo is required to build smtpsink and smtpload"
+ensure_tools
+build_release
 
-build_workspace() {
-    local attempt
-    for ((attempt = 0; ; attempt++)); do
-        log "cargo build --release --workspace (in $REPO_ROOT)"
-        if (cd -- "$REPO_ROOT" && cargo build --release --workspace >&2); then
-            break
-        fi
-        ((attempt < BUILD_RETRIES)) || die "cargo build --release --workspace failed"
-        log "build failed; retrying in ${BUILD_RETRY_WAIT}s ($((attempt + 1))/$BUILD_RETRIES)"
-        sleep "$BUILD_RETRY_WAIT"
-    done
-    [[ -x $SMTPSINK_BIN ]] || die "$SMTPSINK_BIN not found after build"
-    [[ -x $SMTPLOAD_BIN ]] || die "$SMTPLOAD_BIN not found after build"
-}
-build_workspace
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/smtpsink-loadgen.XXXXXX")
-CLK_TCK=$(getconf CLK_TCK)
+make_work loadgen
 STAMP=$(date +%Y%m%d-%H%M%S)
 mkdir -p -- "$RESULTS_DIR"
 REPORT=$RESULTS_DIR/loadgen-$STAMP.md
@@ -235,204 +98,31 @@ WL_DESC=(
 
 # ---------------------------------------------------------------- servers ----
 
-# Two distinct free ports below the ephemeral range, so the generators'
-# source ports never collide with them.
-read -r PORT_SMTPSINK PORT_POSTFIX < <(python3 - <<'PY'
-import random, socket
-ports, socks = [], []
-while len(ports) < 2:
-    p = random.randint(20000, 32000)
-    if p in ports:
-        continue
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-    ports.append(p)
-# Release the ports before printing them: the caller starts the servers as
-# soon as it has read this line, possibly before this process has exited.
-for s in socks:
-    s.close()
-print(*ports, flush=True)
-PY
-)
-
-# smtp-sink refuses to run as root without -u; -m raises its connection cap.
-SINK_ARGS=()
-if ((EUID == 0)); then
-    SINK_ARGS+=(-u nobody)
-fi
-SINK_ARGS+=(-m 1024 "127.0.0.1:$PORT_POSTFIX" 1024)
-SMTPSINK_ARGS=(--listen "127.0.0.1:$PORT_SMTPSINK")
-
-log "starting smtpsink on 127.0.0.1:$PORT_SMTPSINK"
-"$SMTPSINK_BIN" "${SMTPSINK_ARGS[@]}" >"$WORK/smtpsink.out" 2>"$WORK/smtpsink.err" </dev/null &
-SMTPSINK_PID=$!
-log "starting smtp-sink on 127.0.0.1:$PORT_POSTFIX"
-"$SINK" "${SINK_ARGS[@]}" >"$WORK/smtp-sink.out" 2>"$WORK/smtp-sink.err" </dev/null &
-POSTFIX_SINK_PID=$!
-
-# The 220 greeting, read over bash's /dev/tcp within 2 s.
-probe_greeting() {
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 2 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        IFS= read -r line <&3 || exit 1
-        printf "QUIT\r\n" >&3
-        [[ $line == 220* ]]' _ "$1" 2>/dev/null
-}
-
-# The EHLO keywords a server offers, one a line (upper case), within 5 s.
-ehlo_keywords() {
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 5 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        IFS= read -r line <&3 || exit 1
-        [[ $line == 220* ]] || exit 1
-        printf "EHLO loadgen.localhost\r\n" >&3
-        first=1
-        while IFS= read -r line <&3; do
-            line=${line%$'"'"'\r'"'"'}
-            [[ $line == 250* ]] || exit 1
-            if ((first)); then first=0; else
-                kw=${line:4}; kw=${kw%% *}; printf "%s\n" "${kw^^}"; fi
-            [[ ${line:3:1} == " " ]] && break
-        done
-        printf "QUIT\r\n" >&3' _ "$1" 2>/dev/null
-}
-
-PROBE_MSGS=0
-wait_ready() {
-    local name=$1 pid=$2 port=$3 errlog=$4 i
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited at startup: $(tail -n 5 "$errlog")"
-        probe_greeting "$port" && break
-        sleep 0.1
-    done
-    ((i < 100)) || die "$name gave no 220 greeting on 127.0.0.1:$port within 10 s"
-    timeout 30 "$SOURCE" -m 1 -l 1024 "127.0.0.1:$port" >&2 ||
-        die "$name did not accept a test message on 127.0.0.1:$port"
-    log "$name (pid $pid) answers on 127.0.0.1:$port"
-}
-wait_ready smtpsink "$SMTPSINK_PID" "$PORT_SMTPSINK" "$WORK/smtpsink.err"
-wait_ready smtp-sink "$POSTFIX_SINK_PID" "$PORT_POSTFIX" "$WORK/smtp-sink.err"
-PROBE_MSGS=1
-
 SERVERS=(smtp-sink smtpsink)
-server_pid() { if [[ $1 == smtpsink ]]; then echo "$SMTPSINK_PID"; else echo "$POSTFIX_SINK_PID"; fi; }
-server_port() { if [[ $1 == smtpsink ]]; then echo "$PORT_SMTPSINK"; else echo "$PORT_POSTFIX"; fi; }
-
+read -r -a ports < <(free_ports 2)
+for i in "${!SERVERS[@]}"; do
+    start_server "${SERVERS[i]}" "${ports[i]}"
+done
 # Which sinks offer PIPELINING / CHUNKING (the bdat case needs CHUNKING).
-declare -A CAPS=()
 for server in "${SERVERS[@]}"; do
-    kws=$(ehlo_keywords "$(server_port "$server")") || die "EHLO probe of $server failed"
-    CAPS[$server]=$(grep -xE 'PIPELINING|CHUNKING' <<<"$kws" | sort | paste -sd, -)
-    log "$server offers: ${CAPS[$server]:-neither PIPELINING nor CHUNKING}"
+    server_caps "$server"
 done
 SKIPPED=()
-offers() { [[ ,${CAPS[$1]}, == *",$2,"* ]]; }
-
-# utime+stime (fields 14 and 15 of /proc/PID/stat) in clock ticks.
-cpu_ticks() {
-    local stat fields
-    stat=$(<"/proc/$1/stat")
-    stat=${stat##*) }          # drop "pid (comm) ": fields now start at 3
-    read -r -a fields <<<"$stat"
-    echo $((fields[11] + fields[12]))
-}
-
-# Checks an smtpload JSON report: prints "ok ACCEPTED RATE" when all MSGS
-# messages were accepted with no errors and no abort, else "bad REASON".
-check_json() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-path, msgs = sys.argv[1], int(sys.argv[2])
-try:
-    j = json.load(open(path))
-except Exception as e:
-    print(f"bad no-json:{type(e).__name__}")
-    sys.exit(0)
-m = j.get("messages", {})
-errs = sum(int(e.get("count", 1)) for e in j.get("errors") or [])
-acc = int(m.get("accepted", 0))
-rate = j.get("throughput", {}).get("messages_per_s", 0.0)
-why = []
-if errs:
-    why.append(f"errors={errs}")
-if m.get("failed"):
-    why.append(f"failed={m['failed']}")
-if acc != msgs:
-    why.append(f"accepted={acc}/{msgs}")
-if j.get("aborted"):
-    why.append("aborted=" + str(j["aborted"]).replace(" ", "_"))
-print(("bad " + ",".join(why)) if why else f"ok {acc} {rate:.1f}")
-PY
-}
-
-SMTPSINK_SENT=$PROBE_MSGS
 FAILED_RUNS=0
 
 # run_one ROUND CASE_INDEX SERVER [record]: one generator run.
 run_one() {
     local round=$1 ci=$2 server=$3 record=${4:-record}
-    local pid port wl gen msgs args cmd c0 c1 rc wall usr sys genlog json ok=1 note=- rate=-
-    pid=$(server_pid "$server")
-    port=$(server_port "$server")
-    wl=${C_WL[ci]}
-    gen=${C_GEN[ci]}
-    msgs=${C_MSGS[ci]}
-    read -r -a args <<<"${C_ARGS[ci]}"
+    local wl=${C_WL[ci]} gen=${C_GEN[ci]} msgs=${C_MSGS[ci]} genlog
     genlog=$WORK/gen-$round-$wl-$gen-$server.log
-    json=$WORK/gen-$round-$wl-$gen-$server.json
-    if [[ $gen == smtp-source ]]; then
-        cmd=("$SOURCE" "${args[@]}" "127.0.0.1:$port")
-    else
-        rm -f -- "$json"
-        cmd=("$SMTPLOAD_BIN" -q --json "$json" "${args[@]}" "127.0.0.1:$port")
-    fi
-
-    kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) is no longer running"
-    c0=$(cpu_ticks "$pid")
-    local TIMEFORMAT='%3R %3U %3S'
-    if { time timeout "$RUN_TIMEOUT" "${cmd[@]}" >"$genlog" 2>&1; } 2>"$WORK/time"; then
-        rc=0
-    else
-        rc=$?
-    fi
-    kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) died during $wl/$gen: $(tail -n 5 "$genlog")"
-    c1=$(cpu_ticks "$pid")
-    read -r wall usr sys <"$WORK/time"
-    if [[ $server == smtpsink ]]; then SMTPSINK_SENT=$((SMTPSINK_SENT + msgs)); fi
-
-    if ((rc != 0)); then
-        ok=0
-        if ((rc == 124)); then note=timeout; else note=exit-$rc; fi
-    fi
-    if [[ $gen != smtp-source ]]; then
-        local verdict
-        read -r -a verdict <<<"$(check_json "$json" "$msgs")"
-        if [[ ${verdict[0]} == ok ]]; then
-            rate=${verdict[2]}
-        else
-            ok=0
-            if [[ $note == - ]]; then note=${verdict[1]}; else note+=,${verdict[1]}; fi
-        fi
-    fi
-    if ((!ok)); then
-        log "round $round $wl $gen -> $server FAILED ($note): $(tail -n 3 "$genlog" | tr '\n' ' ')"
-    fi
+    gen_run "$gen" "$msgs" "${C_ARGS[ci]}" "$server" "$genlog"
     if [[ $record == record ]]; then
-        ((ok)) || FAILED_RUNS=$((FAILED_RUNS + 1))
+        ((RUN_OK)) || FAILED_RUNS=$((FAILED_RUNS + 1))
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-            "$round" "$wl" "$gen" "$server" "$msgs" "$rc" "$ok" "$wall" "$usr" "$sys" \
-            "$((c1 - c0))" "$rate" "$note" >>"$TSV"
-        if ((!ok)) && [[ -s $genlog ]]; then
-            { printf '### round %s, %s, %s -> %s (exit %s, %s)\n\n```\n' "$round" "$wl" "$gen" "$server" "$rc" "$note"
-              tail -n 20 "$genlog"
-              printf '```\n\n'; } >>"$WORK/genlogs.md"
+            "$round" "$wl" "$gen" "$server" "$msgs" "$RUN_RC" "$RUN_OK" "$RUN_WALL" "$RUN_USR" "$RUN_SYS" \
+            "$RUN_TICKS" "$RUN_RATE" "$RUN_NOTE" >>"$TSV"
+        if ((!RUN_OK)); then
+            note_failed_run "round $round, $wl, $gen -> $server (exit $RUN_RC, $RUN_NOTE)" "$genlog"
         fi
         log "$(python3 -c '
 import sys
@@ -440,8 +130,8 @@ r, wl, gen, srv, m, w, u, s, t, clk = sys.argv[1:]
 m, w = int(m), float(w)
 print(f"round {r} {wl:<8} {gen:<16} -> {srv:<9} {m:>7} msgs {w:8.3f}s {m/max(w,1e-9):9.0f} msg/s"
       f"  gen {(float(u)+float(s))/m*1e4:.3f}  server {int(t)/int(clk)/m*1e4:.3f} CPU s/10k")
-' "$round" "$wl" "$gen" "$server" "$msgs" "$wall" "$usr" "$sys" "$((c1 - c0))" "$CLK_TCK")"
-    elif ((!ok)); then
+' "$round" "$wl" "$gen" "$server" "$msgs" "$RUN_WALL" "$RUN_USR" "$RUN_SYS" "$RUN_TICKS" "$CLK_TCK")"
+    elif ((!RUN_OK)); then
         die "warm-up $wl/$gen against $server failed"
     fi
     sleep "$SETTLE_S"
@@ -505,30 +195,23 @@ ELAPSED_S=$((SECONDS - START_S))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Stop the servers now: smtpsink prints its final statistics on SIGTERM.
-stop_servers
-SMTPSINK_COUNTED=$(sed -nE 's/^[[:space:]]*messages[[:space:]]+([0-9]+).*/\1/p' "$WORK/smtpsink.out" | head -n 1)
+stop_server smtpsink
+stop_server smtp-sink
 
 # ----------------------------------------------------------------- report ----
 
-cpu_model=$(sed -nE 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1)
-[[ -n $cpu_model ]] || cpu_model=unknown
-git_rev=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-postfix_ver=$(dpkg-query -W -f='${Version}' postfix 2>/dev/null || echo unknown)
 smtpload_ver=$("$SMTPLOAD_BIN" --version 2>/dev/null || echo smtpload)
 
 # shellcheck disable=SC2016 # backticks below are Markdown code spans
 {
     printf '# Load generators: smtpload vs Postfix smtp-source\n\n'
     printf '## Machine\n\n'
-    printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    printf -- '- CPU: %s, nproc %s\n' "$cpu_model" "$(nproc)"
-    printf -- '- kernel: %s\n' "$(uname -srm)"
+    machine_md
     printf -- '- load average before/after: %s / %s\n' "$LOAD_BEFORE" "$LOAD_AFTER"
-    printf -- '- generators: %s (git %s); `smtp-source` (postfix %s); timeout %ss per run\n' \
-        "$smtpload_ver" "$git_rev" "$postfix_ver" "$RUN_TIMEOUT"
+    printf -- '- generators: %s; `smtp-source`; timeout %ss per run\n' "$smtpload_ver" "$RUN_TIMEOUT"
     printf -- '- sinks: `%s` (offers %s); `%s` (offers %s)\n' \
-        "smtp-sink ${SINK_ARGS[*]}" "${CAPS[smtp-sink]:-neither}" \
-        "smtpsink ${SMTPSINK_ARGS[*]}" "${CAPS[smtpsink]:-neither}"
+        "$(server_desc smtp-sink)" "${CAPS[smtp-sink]:-neither}" \
+        "$(server_desc smtpsink)" "${CAPS[smtpsink]:-neither}"
     printf -- '- rounds: %s (generator order rotated, sink order swapped every round), QUICK=%s, measuring took %ss\n\n' \
         "$ROUNDS" "$QUICK" "$ELAPSED_S"
     printf '## Workloads\n\n| Workload | What | Generator | Command line (before HOST:PORT) |\n|---|---|---|---|\n'
@@ -651,31 +334,10 @@ PY
     printf '## Notes\n\n'
     printf -- '- Generator CPU is user+sys of the generator process (bash `time` around `timeout`); sink CPU is utime+stime of the sink process over the run (/proc/PID/stat, %s ticks/s). Both share the %s CPUs, so wall-clock rates are bounded by their sum.\n' "$CLK_TCK" "$(nproc)"
     printf -- '- msgs/s includes generator start-up and connection set-up; "smtpload'"'"'s own msgs/s" is the rate smtpload reports for its measured interval.\n'
-    printf -- '- Every run was bounded by `timeout %s`; a run counts only if the generator exited 0 (smtpload: and its JSON shows all messages accepted, no errors, no abort).\n' "$RUN_TIMEOUT"
     for s in "${SKIPPED[@]}"; do
         printf -- '- Skipped: %s.\n' "$s"
     done
-    if [[ -n $SMTPSINK_COUNTED ]]; then
-        printf -- '- smtpsink counted %s messages in its final statistics; the generators sent it %s (incl. probe and warm-up).\n' \
-            "$SMTPSINK_COUNTED" "$SMTPSINK_SENT"
-    else
-        printf -- '- smtpsink final statistics had no "messages" line; the generators sent it %s messages.\n' "$SMTPSINK_SENT"
-    fi
-    if ((FAILED_RUNS)); then
-        printf -- '- %s run(s) failed and are excluded from the medians (output below).\n' "$FAILED_RUNS"
-    else
-        printf -- '- All runs succeeded.\n'
-    fi
-    if ((QUICK)); then
-        printf -- '- QUICK=1: message counts divided by 10; CPU figures are coarse.\n'
-    fi
-    if [[ -s $WORK/genlogs.md ]]; then
-        printf '\n## Output of failed runs\n\n'
-        cat "$WORK/genlogs.md"
-    fi
-    printf '\n## smtpsink final statistics\n\n```\n'
-    cat "$WORK/smtpsink.out"
-    printf '```\n'
+    report_tail
 } >"$REPORT"
 
 cat "$REPORT"

@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long)]
     pub verify: bool,
 
+    /// After a turn with work, poll this many times without sleeping before
+    /// the loop sleeps: a few microseconds of CPU that spare clients the cost
+    /// of waking the server for their next request (0: always sleep).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub spin_polls: u32,
+
     /// Print one statistics line to stderr every SECS seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,

@@ -88,6 +88,8 @@ pub struct Limits {
     pub timeout: Duration,
     pub grace: Duration,
     pub stats_interval: Option<Duration>,
+    /// Non-blocking polls after a busy turn before the loop sleeps.
+    pub spin_polls: u32,
 }
 
 impl From<&Config> for Limits {
@@ -97,6 +99,7 @@ impl From<&Config> for Limits {
             timeout: c.timeout(),
             grace: c.grace(),
             stats_interval: c.stats_interval(),
+            spin_polls: c.spin_polls,
         }
     }
 }
@@ -194,12 +197,22 @@ impl<S: Sink> Server<S> {
             .limits
             .stats_interval
             .map(|i| (started + i, self.stats.counters));
+        // Non-blocking polls left before the loop may sleep again.
+        let mut spins_left = 0u32;
         loop {
             self.flush_queued(Instant::now());
-            let timeout = if self.still_ready.is_empty() {
-                Some(next_tick.saturating_duration_since(Instant::now()))
-            } else {
+            if !events.is_empty() {
+                spins_left = self.limits.spin_polls;
+            }
+            let timeout = if !self.still_ready.is_empty() || spins_left > 0 {
+                // Busy-poll briefly after work: on loopback and fast links
+                // the next request often comes within microseconds, and a
+                // sleeping receiver makes every sender's write pay for its
+                // wake-up (measured with smtp-source: +15% of its CPU).
+                spins_left = spins_left.saturating_sub(1);
                 Some(Duration::ZERO)
+            } else {
+                Some(next_tick.saturating_duration_since(Instant::now()))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
