@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # the variables set here are read by the scripts that source it
 # lib.sh: code shared by the benchmark scripts (compare.sh, loadgen.sh,
-# loadtest.sh). Source it from a bash script that runs under
+# loadtest.sh, profile.sh). Source it from a bash script that runs under
 # `set -euo pipefail`, after setting LIB_TAG (the log prefix):
 #
 #   LIB_TAG=compare
@@ -25,6 +25,7 @@
 #   start_server, stop_server,        command line, start, greeting probe and a
 #   wait_ready, ehlo_keywords,        test message, EHLO keywords
 #   server_caps, offers
+#   probe_greeting, wait_greeting     the 220 greeting of any server
 #   cpu_ticks, status_kib, reset_hwm, /proc: CPU ticks, VmRSS/VmHWM, peak reset,
 #   cpu_busy_pct                      how busy the machine is
 #   check_json, gen_run               one bounded generator run, measured
@@ -83,18 +84,23 @@ start_bg() {
     LIB_PIDS+=("$LAST_PID")
 }
 
-# stop_pid PID: SIGTERM, up to 10 s, then SIGKILL; reap it; forget it.
+# stop_pid PID [SECONDS [CHILD...]]: SIGTERM, up to SECONDS (default 10),
+# then SIGKILL to each CHILD (say the process under a `timeout` wrapper PID)
+# and to PID; reap it; forget it.
 stop_pid() {
-    local pid=$1 i keep=() p
+    local pid=$1 secs=${2:-10} i keep=() p
     [[ -n $pid ]] || return 0
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
+        for ((i = 0; i < secs * 10; i++)); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         if kill -0 "$pid" 2>/dev/null; then
             log "pid $pid ignored SIGTERM; sending SIGKILL"
+            for p in "${@:3}"; do
+                [[ -z $p ]] || kill -KILL "$p" 2>/dev/null || true
+            done
             kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
@@ -313,26 +319,38 @@ stop_server() {
     SERVER_PID[$1]=
 }
 
-# The 220 greeting, read over bash's /dev/tcp within 2 s.
+# probe_greeting PORT [SECONDS [REPLY]]: the 220 greeting on 127.0.0.1:PORT,
+# read over bash's /dev/tcp within SECONDS (default 2), then QUIT; with
+# REPLY=1 it also reads the reply to QUIT (the server finishes the session).
 probe_greeting() {
     # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 2 bash -c '
+    timeout "${2:-2}" bash -c '
         exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
         IFS= read -r line <&3 || exit 1
         printf "QUIT\r\n" >&3
-        [[ $line == 220* ]]' _ "$1" 2>/dev/null
+        if (($2)); then IFS= read -r _ <&3 || true; fi
+        [[ $line == 220* ]]' _ "$1" "${3:-0}" 2>/dev/null
+}
+
+# wait_greeting NAME PID PORT ERR [SECONDS [PROBE_ARGS...]]: probe_greeting
+# PORT PROBE_ARGS every 0.1 s until it succeeds, for up to SECONDS (default
+# 10); dies, quoting the file ERR, when PID exits first.
+wait_greeting() {
+    local name=$1 pid=$2 port=$3 err=$4 secs=${5:-10} i
+    shift $(($# < 5 ? $# : 5))
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited at startup: $(tail -n 5 "$err")"
+        probe_greeting "$port" "$@" && break
+        sleep 0.1
+    done
+    ((i < secs * 10)) || die "$name gave no 220 greeting on 127.0.0.1:$port within $secs s"
 }
 
 # wait_ready KEY: a 220 greeting within 10 s, then one test message (counted
 # in SENT[KEY]) sent by smtpload within 30 s.
 wait_ready() {
-    local key=$1 pid=${SERVER_PID[$1]} port=${SERVER_PORT[$1]} i
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || die "$key exited at startup: $(tail -n 5 "$WORK/$key.err")"
-        probe_greeting "$port" && break
-        sleep 0.1
-    done
-    ((i < 100)) || die "$key gave no 220 greeting on 127.0.0.1:$port within 10 s"
+    local key=$1 pid=${SERVER_PID[$1]} port=${SERVER_PORT[$1]}
+    wait_greeting "$key" "$pid" "$port" "$WORK/$key.err"
     timeout 30 "$SMTPLOAD_BIN" -q -c 1 -m 1 "127.0.0.1:$port" >"$WORK/$key.probe" 2>&1 ||
         die "$key did not accept a test message on 127.0.0.1:$port: $(tail -n 3 "$WORK/$key.probe")"
     SENT[$key]=$((${SENT[$key]:-0} + 1))

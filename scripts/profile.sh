@@ -47,12 +47,15 @@
 # drop privileges before callgrind writes its file, so under valgrind the
 # whole process runs as nobody instead. Builds once, then profiles copies of
 # the binaries (others may rebuild meanwhile). Loopback only; every run is
-# bounded; stops only the processes it started.
+# bounded; stops only the processes it started. Logging, clean-up (EXIT
+# trap), the build and free ports come from scripts/lib.sh.
 
 set -euo pipefail
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+BUILD_RETRIES=${BUILD_RETRIES:-3} # before lib.sh, whose default is 2
+LIB_TAG=profile
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 MSGS=${MSGS:-20000}
 BASE_MSGS=${BASE_MSGS:-200}
@@ -62,74 +65,32 @@ SESSIONS=${SESSIONS:-10}
 PERF=${PERF:-1}
 PERF_MSGS=${PERF_MSGS:-300000}
 TOP=${TOP:-15}
-RUN_TIMEOUT=${RUN_TIMEOUT:-300}
-BUILD_RETRIES=${BUILD_RETRIES:-3}
-BUILD_RETRY_WAIT=${BUILD_RETRY_WAIT:-60}
-SERVER_TIMEOUT=$((2 * RUN_TIMEOUT + 120))
 SMALL_SIZE=1024
 BIG_SIZE=1048576
 STOP_WAIT_S=120 # a server under valgrind may take a while to dump and exit
 
-SINK=/usr/sbin/smtp-sink
-SOURCE=/usr/sbin/smtp-source
-RESULTS_DIR=$REPO_ROOT/results
-
-log() { printf '[profile] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-for v in MSGS BASE_MSGS BIG_MSGS BIG_BASE_MSGS SESSIONS PERF PERF_MSGS TOP RUN_TIMEOUT \
-    BUILD_RETRIES BUILD_RETRY_WAIT; do
-    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
-done
+require_uint MSGS BASE_MSGS BIG_MSGS BIG_BASE_MSGS SESSIONS PERF PERF_MSGS TOP RUN_TIMEOUT \
+    BUILD_RETRIES BUILD_RETRY_WAIT
 ((MSGS > BASE_MSGS)) || die "MSGS must be larger than BASE_MSGS"
 ((BIG_MSGS == 0 || BIG_MSGS > BIG_BASE_MSGS)) || die "BIG_MSGS must be 0 or larger than BIG_BASE_MSGS"
 ((SESSIONS >= 1 && PERF_MSGS >= 1 && TOP >= 1 && RUN_TIMEOUT >= 1)) ||
     die "SESSIONS, PERF_MSGS, TOP and RUN_TIMEOUT must be at least 1"
+SERVER_TIMEOUT=$((2 * RUN_TIMEOUT + 120))
 
 # ---------------------------------------------------------------- cleanup ----
 
-WORK=
 SRV_PID=   # the `timeout` wrapper of the running server (we started it)
 SRV_CHILD= # the server process itself (child of SRV_PID)
-SRV_NAME=
 
 # Stop the running server: SIGTERM to its timeout wrapper (which passes it on),
 # up to STOP_WAIT_S seconds, then SIGKILL to the server and the wrapper.
-stop_server() {
-    local pid=$SRV_PID child=$SRV_CHILD i
+stop_profiled() {
+    local pid=$SRV_PID child=$SRV_CHILD
     SRV_PID=
     SRV_CHILD=
-    [[ -n $pid ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < STOP_WAIT_S * 10; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "$SRV_NAME (pid ${child:-?}) ignored SIGTERM for ${STOP_WAIT_S}s; sending SIGKILL"
-            if [[ -n $child ]]; then kill -KILL "$child" 2>/dev/null || true; fi
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
+    stop_pid "$pid" "$STOP_WAIT_S" "$child"
 }
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_server
-    if [[ -n $WORK && -d $WORK ]]; then
-        rm -rf -- "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_hook() { stop_profiled; } # run by lib.sh's EXIT trap
 
 # ------------------------------------------------------------ environment ----
 
@@ -154,32 +115,17 @@ if ((EUID == 0)); then
     SINK_NATIVE_ARGS=(-u nobody)
 fi
 
-build() {
-    local attempt
-    for ((attempt = 0; ; attempt++)); do
-        log "cargo build --release --workspace (in $REPO_ROOT)"
-        if (cd -- "$REPO_ROOT" && cargo build --release --workspace >&2); then
-            break
-        fi
-        ((attempt < BUILD_RETRIES)) || die "cargo build --release --workspace failed"
-        log "build failed; retrying in ${BUILD_RETRY_WAIT}s ($((attempt + 1))/$BUILD_RETRIES)"
-        sleep "$BUILD_RETRY_WAIT"
-    done
-}
-build
+build_release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/smtpsink-profile.XXXXXX")
+make_work profile
 chmod 0711 "$WORK" # let nobody reach $WORK/cg
 BIN=$WORK/bin
 CG=$WORK/cg
 mkdir -p -- "$BIN" "$CG"
 if ((EUID == 0)); then chown nobody "$CG"; fi
-for b in smtpsink smtpload; do
-    [[ -x $REPO_ROOT/target/release/$b ]] || die "target/release/$b not found after build"
-    cp -- "$REPO_ROOT/target/release/$b" "$BIN/$b"
-done
+cp -- "$SMTPSINK_BIN" "$SMTPLOAD_BIN" "$BIN/"
 SMTPSINK_BIN=$BIN/smtpsink
-LOAD_BIN=$BIN/smtpload
+SMTPLOAD_BIN=$BIN/smtpload
 GIT_REV=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 BIN_SHA=$(sha256sum "$SMTPSINK_BIN" | cut -c1-12)
 
@@ -201,42 +147,13 @@ show_cmd() {
 
 # ---------------------------------------------------------------- servers ----
 
-# A free port below the ephemeral range, so generator source ports never
-# collide with it.
-free_port() {
-    python3 - <<'PY'
-import random, socket
-while True:
-    p = random.randint(20000, 32000)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(p)
-    break
-PY
-}
-
-# The 220 greeting, read over bash's /dev/tcp within 5 s (then QUIT). Every
-# run gets exactly one such probe, so it cancels out of the differences.
-probe_greeting() {
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 5 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        IFS= read -r line <&3 || exit 1
-        printf "QUIT\r\n" >&3
-        IFS= read -r _ <&3 || true
-        [[ $line == 220* ]]' _ "$1" 2>/dev/null
-}
-
-# start_server SERVER MODE PORT PREFIX: MODE is callgrind or native; writes
+# start_profiled SERVER MODE PORT PREFIX: MODE is callgrind or native; writes
 # PREFIX.stdout/.stderr (and PREFIX.cg under callgrind); sets SRV_PID,
-# SRV_CHILD. Waits (up to 120 s) for the greeting.
-start_server() {
-    local server=$1 mode=$2 port=$3 prefix=$4 i
+# SRV_CHILD. Waits (up to 120 s) for the greeting: probes of up to 5 s that
+# also read the reply to QUIT. Every run gets exactly one successful probe,
+# so it cancels out of the differences.
+start_profiled() {
+    local server=$1 mode=$2 port=$3 prefix=$4
     local -a cmd=() vg=()
     if [[ $mode == callgrind ]]; then
         vg=(valgrind --tool=callgrind --vgdb=no "--callgrind-out-file=$prefix.cg")
@@ -253,15 +170,9 @@ start_server() {
     *) die "unknown server $server" ;;
     esac
     COMMANDS+=("$(show_cmd timeout -k 10 "$SERVER_TIMEOUT" "${cmd[@]}") &")
-    timeout -k 10 "$SERVER_TIMEOUT" "${cmd[@]}" >"$prefix.stdout" 2>"$prefix.stderr" </dev/null &
-    SRV_PID=$!
-    SRV_NAME=$server
-    for ((i = 0; i < 1200; i++)); do
-        kill -0 "$SRV_PID" 2>/dev/null || die "$server exited at startup: $(tail -n 5 "$prefix.stderr")"
-        probe_greeting "$port" && break
-        sleep 0.1
-    done
-    ((i < 1200)) || die "$server gave no 220 greeting on 127.0.0.1:$port within 120 s"
+    start_bg "$prefix.stdout" "$prefix.stderr" timeout -k 10 "$SERVER_TIMEOUT" "${cmd[@]}"
+    SRV_PID=$LAST_PID
+    wait_greeting "$server" "$SRV_PID" "$port" "$prefix.stderr" 120 5 1
     SRV_CHILD=$(pgrep -P "$SRV_PID" | head -n 1 || true)
     [[ -n $SRV_CHILD ]] || die "cannot find the $server process under its timeout wrapper (pid $SRV_PID)"
 }
@@ -271,9 +182,9 @@ GEN=()
 gen_cmd() {
     local wl=$1 count=$2 port=$3
     case $wl in
-    pipelined) GEN=("$LOAD_BIN" -q -c "$SESSIONS" -m "$count" -s "$SMALL_SIZE" "127.0.0.1:$port") ;;
+    pipelined) GEN=("$SMTPLOAD_BIN" -q -c "$SESSIONS" -m "$count" -s "$SMALL_SIZE" "127.0.0.1:$port") ;;
     lockstep) GEN=("$SOURCE" -s "$SESSIONS" -m "$count" -l "$SMALL_SIZE" -d "127.0.0.1:$port") ;;
-    1mib) GEN=("$LOAD_BIN" -q -c "$SESSIONS" -m "$count" -s "$BIG_SIZE" "127.0.0.1:$port") ;;
+    1mib) GEN=("$SMTPLOAD_BIN" -q -c "$SESSIONS" -m "$count" -s "$BIG_SIZE" "127.0.0.1:$port") ;;
     *) die "unknown workload $wl" ;;
     esac
 }
@@ -300,11 +211,11 @@ declare -A IR=() SMSGS=() SBYTES=() SSYSCALLS=()
 # messages of WORKLOAD (none for "idle"), SIGTERM, read the totals.
 cg_run() {
     local server=$1 wl=$2 count=$3 port prefix ir rc t0
-    port=$(free_port)
+    port=$(free_ports 1)
     prefix=$CG/$server-$wl-$count
     t0=$SECONDS
     log "callgrind: $server, $wl, $count messages (port $port)"
-    start_server "$server" callgrind "$port" "$prefix"
+    start_profiled "$server" callgrind "$port" "$prefix"
     if [[ $wl != idle ]]; then
         gen_cmd "$wl" "$count" "$port"
         COMMANDS+=("$(show_cmd timeout "$RUN_TIMEOUT" "${GEN[@]}")")
@@ -315,7 +226,7 @@ cg_run() {
     fi
     kill -0 "$SRV_PID" 2>/dev/null || die "$server died during $wl: $(tail -n 5 "$prefix.stderr")"
     COMMANDS+=("kill -TERM <server>   # callgrind writes $(show_cmd "$prefix.cg") on exit")
-    stop_server
+    stop_profiled
     # A complete callgrind file ends with its totals line.
     ir=$(awk '/^totals:/ { print $2; exit }' "$prefix.cg" 2>/dev/null || true)
     [[ $ir =~ ^[0-9]+$ ]] ||
@@ -430,17 +341,17 @@ fi
 # perf_stat_run SERVER: native user/kernel instructions per message.
 perf_stat_run() {
     local server=$1 port prefix iu ik
-    port=$(free_port)
+    port=$(free_ports 1)
     prefix=$WORK/perfstat-$server
     log "perf stat: $server natively, pipelined, $PERF_MSGS messages (port $port)"
-    start_server "$server" native "$port" "$prefix"
+    start_profiled "$server" native "$port" "$prefix"
     gen_cmd pipelined "$PERF_MSGS" "$port"
     local -a pcmd=(perf stat "-x," -o "$prefix.csv" -e "instructions:u,instructions:k" -p "$SRV_CHILD" -- "${GEN[@]}")
     COMMANDS+=("$(show_cmd timeout "$RUN_TIMEOUT" "${pcmd[@]}")")
     timeout "$RUN_TIMEOUT" "${pcmd[@]}" >"$prefix.gen" 2>&1 ||
         die "perf stat run against $server failed: $(tail -n 5 "$prefix.gen" | tr '\n' ' ')"
     check_gen pipelined "$PERF_MSGS" "$prefix.gen"
-    stop_server
+    stop_profiled
     iu=$(awk -F, '$3 ~ /^instructions:u/ { print $1; exit }' "$prefix.csv")
     ik=$(awk -F, '$3 ~ /^instructions:k/ { print $1; exit }' "$prefix.csv")
     if [[ $iu =~ ^[0-9]+$ && $ik =~ ^[0-9]+$ ]]; then
@@ -456,16 +367,16 @@ if [[ -z $PERF_NOTE ]]; then
         perf_stat_run smtpsink
         perf_stat_run smtp-sink
     fi
-    port=$(free_port)
+    port=$(free_ports 1)
     prefix=$WORK/perfrec
     log "perf record: smtpsink natively, pipelined, $PERF_MSGS messages (port $port)"
-    start_server smtpsink native "$port" "$prefix"
+    start_profiled smtpsink native "$port" "$prefix"
     gen_cmd pipelined "$PERF_MSGS" "$port"
     pcmd=(perf record -g -o "$prefix.data" -p "$SRV_CHILD" -- "${GEN[@]}")
     COMMANDS+=("$(show_cmd timeout "$RUN_TIMEOUT" "${pcmd[@]}")")
     if timeout "$RUN_TIMEOUT" "${pcmd[@]}" >"$prefix.gen" 2>"$prefix.err"; then
         check_gen pipelined "$PERF_MSGS" "$prefix.gen"
-        stop_server
+        stop_profiled
         COMMANDS+=("perf report -i perf.data --stdio --no-children --sort symbol -g none")
         PERF_HEADER=$(perf report -i "$prefix.data" --stdio --no-children --sort symbol -g none 2>/dev/null |
             grep -E '^# (Samples|Event count)' | sed 's/^# //' | paste -sd ';' - | sed 's/;/; /' || true)
@@ -476,7 +387,7 @@ if [[ -z $PERF_NOTE ]]; then
             --percent-limit 0.5 2>/dev/null | grep -vE '^#|^[[:space:]]*$' | head -n 10 |
             sed -E 's/([[:space:]]+-)+[[:space:]]*$//; s/[[:space:]]*$//' || true)
     else
-        stop_server
+        stop_profiled
         PERF_NOTE="perf record failed: $(tail -n 3 "$prefix.err" | tr '\n' ' ')"
     fi
 fi
@@ -519,9 +430,9 @@ postfix_ver=$(dpkg-query -W -f='${Version}' postfix 2>/dev/null || echo unknown)
         if [[ $wl == 1mib ]]; then SINK_BIG_BYTE=$b_byte; fi
     done
     printf '\n'
-    verdict=$(awk -v r="${RATIO[pipelined]}" 'BEGIN { print (r <= 0.1 ? "meets" : "misses") }')
+    target_verdict=$(awk -v r="${RATIO[pipelined]}" 'BEGIN { print (r <= 0.1 ? "meets" : "misses") }')
     printf -- '- Target (pipelined 1 KiB, smtpsink / smtp-sink <= 0.10): **%s** (ratio %s).\n' \
-        "$verdict" "${RATIO[pipelined]}"
+        "$target_verdict" "${RATIO[pipelined]}"
     printf -- '- Reference from the issue: smtp-sink ~60k Ir per 1 KiB message, ~50 Ir per body byte; measured %s Ir/msg (pipelined)%s.\n' \
         "$SINK_PIPE_MSG" "${SINK_BIG_BYTE:+ and $SINK_BIG_BYTE Ir/body byte (1 MiB)}"
     printf -- '- callgrind counts user-space instructions only; the kernel (TCP, syscalls) is not included (see perf below).\n\n'
