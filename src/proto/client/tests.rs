@@ -280,21 +280,20 @@ fn server_421_and_garbage_close_the_session() {
     assert_eq!(errors(&ev), [(Stage::Greeting, 554)]);
 }
 
+/// A session greeted by a server that offers PIPELINING only.
+fn greeted_with_pipelining(cs: &ClientSettings, src: &Fixed) -> (ClientSession, Instant) {
+    let t = Instant::now();
+    let mut c = ClientSession::new(t);
+    let greeting = b"220 hi\r\n250-srv\r\n250 PIPELINING\r\n";
+    c.on_input(cs, src, greeting, t, &mut Vec::new(), &mut Vec::new());
+    (c, t)
+}
+
 #[test]
 fn bdat_needs_chunking() {
     let src = Fixed::new(1, 100);
     let cs = settings(true, true, true, 4);
-    let t = Instant::now();
-    let mut c = ClientSession::new(t);
-    let (mut out, mut ev) = (Vec::new(), Vec::new());
-    c.on_input(
-        &cs,
-        &src,
-        b"220 hi\r\n250-srv\r\n250 PIPELINING\r\n",
-        t,
-        &mut out,
-        &mut ev,
-    );
+    let (c, _) = greeted_with_pipelining(&cs, &src);
     assert!(!c.can_start(&cs));
     assert!(c.lacks_chunking(&cs));
 }
@@ -303,17 +302,8 @@ fn bdat_needs_chunking() {
 fn pipelined_data_sends_the_next_envelope_with_the_end_of_data() {
     let src = Fixed::new(1, 100);
     let cs = settings(true, true, false, 1);
-    let t = Instant::now();
-    let mut c = ClientSession::new(t);
+    let (mut c, t) = greeted_with_pipelining(&cs, &src);
     let (mut out, mut ev) = (Vec::new(), Vec::new());
-    c.on_input(
-        &cs,
-        &src,
-        b"220 hi\r\n250-srv\r\n250 PIPELINING\r\n",
-        t,
-        &mut out,
-        &mut ev,
-    );
     out.clear();
     c.start(&cs, &src, 0, t, t, &mut out);
     c.start(&cs, &src, 1, t, t, &mut out);
