@@ -5,7 +5,7 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use smtpsink::config::Config;
-use smtpsink::reactor::{Limits, Server};
+use smtpsink::reactor::Server;
 use smtpsink::sink::{Discard, Sink, Verify};
 use std::process::ExitCode;
 
@@ -48,14 +48,7 @@ fn raise_fd_limit(config: &Config) {
 
 fn serve<S: Sink>(config: &Config, sink: S, what: &str) -> Result<(), String> {
     raise_fd_limit(config);
-    let server = Server::bind(
-        &config.listen,
-        config.backlog,
-        config.settings(),
-        Limits::from(config),
-        sink,
-    )
-    .map_err(|e| e.to_string())?;
+    let server = Server::from_config(config, sink).map_err(|e| e.to_string())?;
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()

@@ -4,11 +4,10 @@
 //! every read has a deadline, so a hang fails instead of blocking CI.
 
 use smtpsink::config::Config;
-use smtpsink::reactor::{Limits, Report, Server, ShutdownHandle};
+use smtpsink::reactor::{Background, Report, Server, ShutdownHandle};
 use smtpsink::sink::Discard;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -16,28 +15,20 @@ const DEADLINE: Duration = Duration::from_secs(10);
 struct Running {
     addr: SocketAddr,
     handle: ShutdownHandle,
-    thread: JoinHandle<Report<Discard>>,
+    server: Background<Discard>,
 }
 
 fn start_with(tune: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
     config.hostname = "sink.test".into();
     tune(&mut config);
-    let server = Server::bind(
-        &config.listen,
-        config.backlog,
-        config.settings(),
-        Limits::from(&config),
-        Discard::default(),
-    )
-    .expect("bind");
-    let addr = server.local_addrs()[0];
-    let handle = server.shutdown_handle();
-    let thread = std::thread::spawn(move || server.run().expect("run"));
+    let server = Server::from_config(&config, Discard::default())
+        .expect("bind")
+        .spawn();
     Running {
-        addr,
-        handle,
-        thread,
+        addr: server.addrs[0],
+        handle: server.handle.clone(),
+        server,
     }
 }
 
@@ -47,8 +38,11 @@ fn start() -> Running {
 
 impl Running {
     fn stop(self) -> Report<Discard> {
-        self.handle.request();
-        self.thread.join().expect("server thread")
+        self.server.stop().expect("run")
+    }
+
+    fn join(self) -> Report<Discard> {
+        self.server.join().expect("run")
     }
 }
 
@@ -385,10 +379,11 @@ fn graceful_shutdown_lets_data_finish() {
         format!("250 2.0.0 Ok: queued\r\n{shutdown}")
     );
     busy.expect_closed();
-    let report = server.thread.join().expect("server thread");
+    let addr = server.addr;
+    let report = server.join();
     assert_eq!((report.sink.messages, report.sink.bytes), (1, 25));
     // No longer listening.
-    assert!(TcpStream::connect(server.addr).is_err());
+    assert!(TcpStream::connect(addr).is_err());
 }
 
 #[test]
@@ -401,7 +396,7 @@ fn second_shutdown_request_stops_at_once() {
     );
     server.handle.request();
     server.handle.request();
-    let report = server.thread.join().expect("server thread");
+    let report = server.join();
     assert_eq!(
         busy.replies(1),
         "421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"

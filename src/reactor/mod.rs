@@ -74,6 +74,29 @@ impl ShutdownHandle {
     }
 }
 
+/// A server running on its own thread.
+pub struct Background<S> {
+    /// The bound addresses.
+    pub addrs: Vec<SocketAddr>,
+    pub handle: ShutdownHandle,
+    thread: std::thread::JoinHandle<io::Result<Report<S>>>,
+}
+
+impl<S> Background<S> {
+    /// Waits for the server to finish (after a shutdown request).
+    pub fn join(self) -> io::Result<Report<S>> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("server thread panicked")))
+    }
+
+    /// Requests a graceful shutdown and waits for it.
+    pub fn stop(self) -> io::Result<Report<S>> {
+        self.handle.request();
+        self.join()
+    }
+}
+
 /// What a finished run leaves behind.
 pub struct Report<S> {
     pub stats: Stats,
@@ -174,6 +197,32 @@ impl<S: Sink> Server<S> {
             waker,
             draining_until: None,
         })
+    }
+
+    /// Binds as the configuration says.
+    pub fn from_config(config: &Config, sink: S) -> Result<Self, ListenError> {
+        Self::bind(
+            &config.listen,
+            config.backlog,
+            config.settings(),
+            Limits::from(config),
+            sink,
+        )
+    }
+
+    /// Runs the server on a thread of its own (tests, embedding).
+    pub fn spawn(self) -> Background<S>
+    where
+        S: Send + 'static,
+    {
+        let addrs = self.local_addrs.clone();
+        let handle = self.shutdown_handle();
+        let thread = std::thread::spawn(move || self.run());
+        Background {
+            addrs,
+            handle,
+            thread,
+        }
     }
 
     /// The bound addresses (with the real port when 0 was asked for).

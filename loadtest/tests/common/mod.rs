@@ -7,43 +7,32 @@ use smtpload::payload::{Payload, PayloadSpec};
 use smtpload::report::Results;
 use smtpsink::config::Config;
 use smtpsink::proto::client::ClientSettings;
-use smtpsink::reactor::{Limits, Report, Server, ShutdownHandle};
+use smtpsink::reactor::{Background, Report, Server};
 use smtpsink::sink::Verify;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// smtpsink with the verify sink, on an ephemeral loopback port.
 pub struct Sink {
     pub addr: SocketAddr,
-    handle: ShutdownHandle,
-    thread: JoinHandle<Report<Verify>>,
+    server: Background<Verify>,
 }
 
 impl Sink {
     pub fn start() -> Self {
         let config = Config::default_for("127.0.0.1:0".parse().unwrap());
-        let server = Server::bind(
-            &config.listen,
-            config.backlog,
-            config.settings(),
-            Limits::from(&config),
-            Verify::default(),
-        )
-        .expect("bind");
-        let addr = server.local_addrs()[0];
-        let handle = server.shutdown_handle();
-        let thread = std::thread::spawn(move || server.run().expect("run"));
+        let server = Server::from_config(&config, Verify::default())
+            .expect("bind")
+            .spawn();
         Self {
-            addr,
-            handle,
-            thread,
+            addr: server.addrs[0],
+            server,
         }
     }
 
     pub fn stop(self) -> Report<Verify> {
-        self.handle.request();
-        self.thread.join().expect("sink thread")
+        self.server.stop().expect("run")
     }
 }
 
