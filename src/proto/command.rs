@@ -31,7 +31,9 @@ pub enum Command<'a> {
     Help,
     Noop,
     Quit,
-    /// RFC 821 commands withdrawn by RFC 5321 appendix F: SEND, SOML, SAML, TURN.
+    /// Recognised but not implemented: RFC 821's SEND, SOML, SAML, TURN
+    /// (withdrawn by RFC 5321 appendix F) and extensions we do not offer
+    /// (STARTTLS, AUTH, ETRN, ATRN, BURL).
     Obsolete,
 }
 
@@ -73,7 +75,13 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
     let (verb, args) = split_verb(line);
     let v = |w: &[u8; 4]| verb.eq_ignore_ascii_case(w);
     if verb.len() != 4 {
-        return Err(reply::UNRECOGNIZED);
+        // Known extension verbs we do not offer are "not implemented"
+        // (RFC 5321 4.2.4), not unknown.
+        return if verb.eq_ignore_ascii_case(b"STARTTLS") {
+            Ok(Command::Obsolete)
+        } else {
+            Err(reply::UNRECOGNIZED)
+        };
     }
     if v(b"MAIL") {
         parse_mail(args).map(Command::Mail)
@@ -104,7 +112,15 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
         Ok(Command::Expn)
     } else if v(b"HELP") {
         Ok(Command::Help)
-    } else if v(b"SEND") || v(b"SOML") || v(b"SAML") || v(b"TURN") {
+    } else if v(b"SEND")
+        || v(b"SOML")
+        || v(b"SAML")
+        || v(b"TURN")
+        || v(b"AUTH")
+        || v(b"ETRN")
+        || v(b"ATRN")
+        || v(b"BURL")
+    {
         Ok(Command::Obsolete)
     } else {
         Err(reply::UNRECOGNIZED)
