@@ -55,38 +55,52 @@ impl Unstuffer {
     /// next read.
     pub fn scan(&mut self, input: &[u8], mut emit: impl FnMut(&[u8])) -> Scan {
         let mut pos = 0;
-        loop {
-            let rest = input.get(pos..).unwrap_or_default();
-            if self.at_line_start {
-                match rest {
-                    [b'.', b'\r', b'\n', ..] => {
-                        self.at_line_start = true;
-                        return Scan {
-                            consumed: pos + 3,
-                            end: true,
-                        };
+        if self.at_line_start {
+            match line_start(input) {
+                LineStart::End => {
+                    return Scan {
+                        consumed: 3,
+                        end: true,
                     }
-                    // Could still become the terminator: wait for more.
-                    [] | [b'.'] | [b'.', b'\r'] => {
-                        return Scan {
-                            consumed: pos,
-                            end: false,
-                        }
-                    }
-                    // A leading dot on any other line is stuffing: drop it.
-                    [b'.', ..] => pos += 1,
-                    _ => {}
                 }
-                self.at_line_start = false;
+                LineStart::Undecided => {
+                    return Scan {
+                        consumed: 0,
+                        end: false,
+                    }
+                }
+                LineStart::Stuffed => pos = 1,
+                LineStart::Plain => {}
             }
+            self.at_line_start = false;
+        }
+        loop {
             let rest = input.get(pos..).unwrap_or_default();
             match find_crlf_dot(rest) {
                 Some(i) => {
-                    // Emit through the CRLF; the dot is examined as a line start.
+                    // Emit through the CRLF; the dot after it starts a line.
                     let run = i + 2;
                     emit(rest.get(..run).unwrap_or_default());
                     pos += run;
-                    self.at_line_start = true;
+                    match line_start(input.get(pos..).unwrap_or_default()) {
+                        LineStart::End => {
+                            self.at_line_start = true;
+                            return Scan {
+                                consumed: pos + 3,
+                                end: true,
+                            };
+                        }
+                        LineStart::Undecided => {
+                            self.at_line_start = true;
+                            return Scan {
+                                consumed: pos,
+                                end: false,
+                            };
+                        }
+                        // A leading dot on any other line is stuffing: drop it.
+                        LineStart::Stuffed => pos += 1,
+                        LineStart::Plain => {}
+                    }
                 }
                 None => {
                     // Hold back a trailing CR or CRLF: with the next read it may
@@ -107,6 +121,28 @@ impl Unstuffer {
                 }
             }
         }
+    }
+}
+
+/// What the bytes at a line start say.
+enum LineStart {
+    /// `.CRLF`: the end of the data.
+    End,
+    /// `.`, `.CR` or nothing yet: wait for more input.
+    Undecided,
+    /// A dot followed by anything else: stuffing, to be dropped.
+    Stuffed,
+    /// No dot.
+    Plain,
+}
+
+#[inline]
+fn line_start(rest: &[u8]) -> LineStart {
+    match rest {
+        [b'.', b'\r', b'\n', ..] => LineStart::End,
+        [] | [b'.'] | [b'.', b'\r'] => LineStart::Undecided,
+        [b'.', ..] => LineStart::Stuffed,
+        _ => LineStart::Plain,
     }
 }
 
