@@ -22,7 +22,7 @@ pub enum BareLf {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "smtpsink", version, about, long_about = None)]
 pub struct Config {
-    /// Address to listen on, IP:PORT (repeat for several; IPv6 as [::1]:2525).
+    /// Address to listen on, IP:PORT (repeat for several; IPv6 as `[::1]:2525`).
     /// Never resolved through DNS.
     #[arg(
         long = "listen",
