@@ -45,7 +45,13 @@ pub struct Config {
     pub backlog: i32,
 
     /// Largest message body accepted, in octets; advertised by SIZE, larger ones get 552 5.3.4.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    /// At least 1: `SIZE 0` would mean "no limit" (RFC 1870).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 64 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub max_message_size: u64,
 
     /// Recipients per transaction; the next one gets 452 4.5.3 (RFC 5321 asks for at least 100).

@@ -514,3 +514,48 @@ fn data_and_fin_together_close_promptly() {
     assert_eq!(report.stats.counters.transactions, 50);
     assert_eq!(report.stats.counters.timeouts, 0);
 }
+
+#[test]
+fn long_line_limit_beyond_the_read_buffer() {
+    // A partial line may be longer than the 64 KiB read buffer when the limit
+    // allows it; it must still be completed and answered.
+    let server = start_with(|c| c.max_line_length = 65536);
+    let mut c = Client::greeted(server.addr);
+    c.send_expect(
+        "EHLO c\r\n",
+        &EHLO.replace("SIZE 67108864", "SIZE 67108864"),
+    );
+    let mail = format!("MAIL FROM:<a@b>{}\r\n", " SIZE=1".repeat(9370)); // 65,607 bytes
+    c.send(mail.as_bytes());
+    assert_eq!(c.replies(1), "250 2.1.0 Ok\r\n");
+    let noop = format!("NOOP {}\r\n", "x".repeat(65531)); // 65,538 bytes: over
+    c.send(noop.as_bytes());
+    assert_eq!(c.replies(1), "500 5.5.2 Error: line too long\r\n");
+    c.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+    server.stop();
+}
+
+#[test]
+fn closing_while_the_client_still_sends_keeps_the_replies() {
+    // QUIT followed by junk the server never reads: closing with unread input
+    // would reset the connection and could destroy replies still unread.
+    let server = start();
+    let mut c = Client::greeted(server.addr);
+    let mut writer = c.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut burst = b"NOOP\r\n".repeat(20_000);
+        burst.extend_from_slice(b"QUIT\r\n");
+        burst.extend(std::iter::repeat_n(b'j', 1 << 20));
+        let _ = writer.write_all(&burst);
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let the junk pile up unread
+    let mut all = Vec::new();
+    c.stream
+        .read_to_end(&mut all)
+        .expect("a clean close, not a reset");
+    sender.join().unwrap();
+    let text = String::from_utf8(all).unwrap();
+    assert_eq!(text.matches("250 2.0.0 Ok\r\n").count(), 20_000);
+    assert!(text.ends_with("221 2.0.0 Bye\r\n"));
+    server.stop();
+}

@@ -192,7 +192,7 @@ fn parse_bdat(args: &[u8]) -> Command<'static> {
 pub fn is_bdat(line: &[u8]) -> bool {
     line.get(..4)
         .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
-        && matches!(line.get(4), None | Some(b' ' | b'\r' | b'\n'))
+        && line.get(4).is_none_or(|b| *b <= b' ' || *b == 0x7f)
 }
 
 /// RFC 1870 size-value = 1*20DIGIT; a valid value too big for u64 is
@@ -453,7 +453,9 @@ mod tests {
             p("BDAT 99999999999999999999999"),
             Ok(Command::BadBdat { size: None })
         );
-        assert!(is_bdat(b"BDAT 5") && is_bdat(b"bdat") && !is_bdat(b"BDATX 5"));
+        assert!(
+            is_bdat(b"BDAT 5") && is_bdat(b"bdat") && is_bdat(b"bdat\t5") && !is_bdat(b"BDATX 5")
+        );
     }
 
     #[test]

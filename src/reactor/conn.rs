@@ -30,6 +30,20 @@ pub struct Conn {
     pub flush_queued: bool,
     /// Reading stopped because too much output was pending.
     pub read_paused: bool,
+    /// Closing: our FIN is sent and we read until the peer's, at most until
+    /// then (see [`Conn::discard_input`]).
+    pub lingering_until: Option<Instant>,
+}
+
+/// What a drain of unread input found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// The peer closed (or the socket failed): nothing more will come.
+    Eof,
+    /// Nothing unread right now.
+    Empty,
+    /// Still more after the budget.
+    More,
 }
 
 /// Result of trying to write pending output.
@@ -52,6 +66,7 @@ impl Conn {
             want_write: false,
             flush_queued: false,
             read_paused: false,
+            lingering_until: None,
         }
     }
 
@@ -59,8 +74,9 @@ impl Conn {
         self.out_pos < self.out.len()
     }
 
-    /// Writes pending output until done or the socket is full.
-    pub fn flush(&mut self, write_calls: &mut u64, bytes_out: &mut u64) -> Flush {
+    /// Writes pending output until done or the socket is full. A client
+    /// that is reading its replies is active, even if it sends nothing.
+    pub fn flush(&mut self, write_calls: &mut u64, bytes_out: &mut u64, now: Instant) -> Flush {
         while self.has_output() {
             *write_calls += 1;
             match self
@@ -71,6 +87,7 @@ impl Conn {
                 Ok(n) => {
                     self.out_pos += n;
                     *bytes_out += n as u64;
+                    self.last_active = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -97,14 +114,25 @@ impl Conn {
         }
     }
 
-    /// Best-effort drain of unread input before close, so the kernel sends
-    /// FIN after our last reply instead of a RST that could destroy it.
-    pub fn discard_input(&mut self, scratch: &mut [u8]) {
+    /// Reads and drops unread input, at most 256 KiB. Closing a socket with
+    /// unread input makes the kernel send RST, which can destroy replies the
+    /// peer has not read yet; so a close first drains, and lingers when more
+    /// keeps coming.
+    pub fn discard_input(&mut self, scratch: &mut [u8]) -> Drain {
         for _ in 0..4 {
             match self.sock.read(scratch) {
-                Ok(n) if n > 0 => {}
-                _ => return,
+                Ok(0) => return Drain::Eof,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drain::Empty,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Drain::Eof,
             }
         }
+        Drain::More
+    }
+
+    /// Sends FIN after whatever output is queued.
+    pub fn shutdown_write(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
 }

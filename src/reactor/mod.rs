@@ -18,10 +18,10 @@ pub mod conn;
 pub mod listener;
 
 use crate::config::Config;
-use crate::proto::server::{Ctx, Session, Settings, State};
+use crate::proto::server::{Ctx, Session, Settings, State, EXTENSION_ALLOWANCE};
 use crate::sink::Sink;
 use crate::stats::Stats;
-use conn::{Conn, Flush, OUTPUT_HIGH_WATER};
+use conn::{Conn, Drain, Flush, OUTPUT_HIGH_WATER};
 pub use listener::ListenError;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -42,6 +42,9 @@ const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1;
 /// How often idle deadlines are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// How long a closing connection waits for the peer's FIN while it keeps
+/// sending (see `Conn::discard_input`).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The session's view of the world for one call.
 fn cx<'a>(
@@ -179,6 +182,8 @@ impl<S: Sink> Server<S> {
             local_addrs.push(l.local_addr().unwrap_or(*addr));
             listeners.push(l);
         }
+        // Room for the longest partial line we keep, plus a read.
+        let scratch_len = SCRATCH.max(2 * (settings.max_line + EXTENSION_ALLOWANCE));
         Ok(Self {
             poll,
             listeners,
@@ -188,7 +193,7 @@ impl<S: Sink> Server<S> {
             limits,
             sink,
             stats: Stats::new(),
-            scratch: vec![0; SCRATCH],
+            scratch: vec![0; scratch_len],
             still_ready: VecDeque::new(),
             to_flush: Vec::new(),
             next_session: 0,
@@ -396,8 +401,16 @@ impl<S: Sink> Server<S> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if conn.lingering_until.is_some() {
+            if conn.discard_input(&mut self.scratch) == Drain::Eof {
+                self.finish_close(key, now);
+            }
+            return;
+        }
         let c = &mut self.stats.counters;
-        if conn.has_output() && conn.flush(&mut c.write_calls, &mut c.bytes_out) == Flush::Failed {
+        if conn.has_output()
+            && conn.flush(&mut c.write_calls, &mut c.bytes_out, now) == Flush::Failed
+        {
             return self.close(key, now);
         }
         let mut budget = READ_BUDGET;
@@ -497,7 +510,7 @@ impl<S: Sink> Server<S> {
             };
             conn.flush_queued = false;
             let c = &mut self.stats.counters;
-            match conn.flush(&mut c.write_calls, &mut c.bytes_out) {
+            match conn.flush(&mut c.write_calls, &mut c.bytes_out, now) {
                 Flush::Failed => self.close(key, now),
                 Flush::Done if conn.session.is_closed() => self.close(key, now),
                 Flush::Done if conn.read_paused => {
@@ -540,15 +553,31 @@ impl<S: Sink> Server<S> {
         }
     }
 
+    /// Ends the session and closes the connection: FIN after the last
+    /// reply, then, if the peer is still sending, a short linger that reads
+    /// until its FIN so that our close does not reset away unread replies.
     fn close(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.lingering_until.is_some() {
+            return;
+        }
+        conn.session
+            .disconnected(&mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now));
+        self.sink.closed(conn.session.id());
+        conn.shutdown_write();
+        match conn.discard_input(&mut self.scratch) {
+            Drain::More => conn.lingering_until = Some(now + LINGER),
+            Drain::Eof | Drain::Empty => self.finish_close(key, now),
+        }
+    }
+
+    fn finish_close(&mut self, key: usize, now: Instant) {
         if !self.conns.contains(key) {
             return;
         }
         let mut conn = self.conns.remove(key);
-        conn.session
-            .disconnected(&mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now));
-        self.sink.closed(conn.session.id());
-        conn.discard_input(&mut self.scratch);
         let _ = self.poll.registry().deregister(&mut conn.sock);
         self.stats.counters.connections_open -= 1;
         if self.accept_paused {
@@ -564,18 +593,31 @@ impl<S: Sink> Server<S> {
                 &mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now),
             );
             let c = &mut self.stats.counters;
-            conn.flush(&mut c.write_calls, &mut c.bytes_out);
+            conn.flush(&mut c.write_calls, &mut c.bytes_out, now);
         }
         self.close(key, now);
     }
 
-    /// Idle connections past the timeout get 421 4.4.2.
+    /// Idle connections past the timeout get 421 4.4.2; lingering ones past
+    /// their deadline are closed.
     fn expire(&mut self, now: Instant) {
+        let lingered: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.lingering_until.is_some_and(|t| now >= t))
+            .map(|(k, _)| k)
+            .collect();
+        for key in lingered {
+            self.finish_close(key, now);
+        }
         let timeout = self.limits.timeout;
         let expired: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| now.saturating_duration_since(c.last_active) >= timeout)
+            .filter(|(_, c)| {
+                c.lingering_until.is_none()
+                    && now.saturating_duration_since(c.last_active) >= timeout
+            })
             .map(|(k, _)| k)
             .collect();
         let reply = self.settings.rendered.timeout.clone();
@@ -595,7 +637,7 @@ impl<S: Sink> Server<S> {
         let idle: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.session.in_message())
+            .filter(|(_, c)| !c.session.in_message() && c.lingering_until.is_none())
             .map(|(k, _)| k)
             .collect();
         let reply = self.settings.rendered.shutdown.clone();
@@ -609,6 +651,8 @@ impl<S: Sink> Server<S> {
         let reply = self.settings.rendered.shutdown.clone();
         for key in keys {
             self.close_with(key, &reply, now);
+            // No lingering when stopping for good.
+            self.finish_close(key, now);
         }
     }
 }

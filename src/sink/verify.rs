@@ -17,8 +17,11 @@ use std::collections::HashMap;
 /// Header blocks longer than this are not searched: the message counts as
 /// unverifiable.
 pub const MAX_HEADER: usize = 64 * 1024;
-/// Sequence numbers above this are not tracked (a bit set of 16 MiB).
-const MAX_SEQ: u64 = 1 << 27;
+/// Sequence numbers above this are not tracked (a bit set of 4 MiB), and at
+/// most [`MAX_RUNS`] runs are: a client cannot make the server allocate more
+/// than 64 MiB for the bit sets however it picks its headers.
+const MAX_SEQ: u64 = 1 << 25;
+const MAX_RUNS: usize = 16;
 
 #[derive(Default)]
 struct Msg {
@@ -160,7 +163,9 @@ impl Sink for Verify {
                 } else {
                     self.corrupted += 1;
                 }
-                if !self.runs.entry(m.run.unwrap_or(0)).or_default().mark(seq) {
+                let run = m.run.unwrap_or(0);
+                let tracked = self.runs.len() < MAX_RUNS || self.runs.contains_key(&run);
+                if tracked && !self.runs.entry(run).or_default().mark(seq) {
                     self.duplicated += 1;
                 }
             }

@@ -548,6 +548,7 @@ fn bdat_lines_that_cannot_be_executed_end_the_session() {
         "BDAT 99999999999999999999999\r\n",
         "BDAT 6\n",
         "BDAT 6\x00\r\n",
+        "bdat\t3\r\nabc",
         &format!("BDAT 6 {}\r\n", "L".repeat(600)),
         &format!("BDAT 6 {}", "L".repeat(1100)),
     ] {
