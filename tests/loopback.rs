@@ -521,10 +521,7 @@ fn long_line_limit_beyond_the_read_buffer() {
     // allows it; it must still be completed and answered.
     let server = start_with(|c| c.max_line_length = 65536);
     let mut c = Client::greeted(server.addr);
-    c.send_expect(
-        "EHLO c
-", EHLO,
-    );
+    c.send_expect("EHLO c\r\n", EHLO);
     let mail = format!("MAIL FROM:<a@b>{}\r\n", " SIZE=1".repeat(9370)); // 65,607 bytes
     c.send(mail.as_bytes());
     assert_eq!(c.replies(1), "250 2.1.0 Ok\r\n");
