@@ -126,9 +126,11 @@ pub enum Event {
     },
 }
 
-/// One command waiting to be written.
+/// One command waiting to be written (or, for `Hello`, already written by
+/// the greeting handler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
+    Hello,
     Mail,
     Rcpt(u32),
     Data,
@@ -383,7 +385,7 @@ impl ClientSession {
                     out.extend_from_slice(s.helo_name.as_bytes());
                     out.extend_from_slice(b"\r\n");
                     self.expects.push_back(Expect {
-                        step: Step::Rset, // placeholder: EHLO has no step of its own
+                        step: Step::Hello,
                         seq: NO_MESSAGE,
                         sent: now,
                     });
@@ -533,7 +535,7 @@ impl ClientSession {
                         finished_ok = !m.failed && m.rcpt_ok > 0;
                     }
                 }
-                Step::Rset | Step::Quit => {}
+                Step::Hello | Step::Rset | Step::Quit => {}
             }
         }
         if drop_rest {
@@ -593,6 +595,8 @@ impl ClientSession {
                 Step::Body => src.data(seq, out),
                 Step::Bdat(i) => src.bdat(seq, i, out),
                 Step::Rset => out.extend_from_slice(b"RSET\r\n"),
+                // Written on the greeting, never queued.
+                Step::Hello => {}
                 Step::Quit => out.extend_from_slice(b"QUIT\r\n"),
             }
             if self.expects.is_empty() {
@@ -615,6 +619,7 @@ fn stage_of(step: Step) -> Stage {
         Step::Body => Stage::EndOfData,
         Step::Bdat(_) => Stage::Bdat,
         Step::Rset => Stage::Rset,
+        Step::Hello => Stage::Ehlo,
         Step::Quit => Stage::Quit,
     }
 }
