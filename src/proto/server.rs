@@ -124,6 +124,9 @@ pub struct Session {
     greeted: Greeted,
     tx: Tx,
     unstuffer: Unstuffer,
+    /// The server is shutting down: end the session with 421 as soon as the
+    /// message in progress is answered, before any command pipelined after it.
+    closing: bool,
 }
 
 impl Session {
@@ -134,6 +137,7 @@ impl Session {
             greeted: Greeted::No,
             tx: Tx::default(),
             unstuffer: Unstuffer::new(),
+            closing: false,
         }
     }
 
@@ -199,7 +203,17 @@ impl Session {
                 Some(n) => pos += n,
                 None => return pos,
             }
+            if self.closing && !self.in_message() {
+                self.close_with(&s.rendered.shutdown, cx);
+                return pos;
+            }
         }
+    }
+
+    /// Asks for the session to end with the shutdown 421 once the message in
+    /// progress (if any) has been answered; see [`Session::handle_input`].
+    pub fn close_after_message(&mut self) {
+        self.closing = true;
     }
 
     /// Delivers a sink verdict that was [`Verdict::Pending`]. Input processing

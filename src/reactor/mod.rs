@@ -640,6 +640,9 @@ impl<S: Sink> Server<S> {
             .filter(|(_, c)| !c.session.in_message() && c.lingering_until.is_none())
             .map(|(k, _)| k)
             .collect();
+        for (_, c) in self.conns.iter_mut() {
+            c.session.close_after_message();
+        }
         let reply = self.settings.rendered.shutdown.clone();
         for key in idle {
             self.close_with(key, &reply, now);

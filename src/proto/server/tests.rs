@@ -578,3 +578,38 @@ fn rcpt_after_bdat_is_out_of_sequence() {
         ),
     );
 }
+
+#[test]
+fn shutdown_closes_after_the_message_not_after_what_follows() {
+    let s = settings();
+    let mut session = Session::new(1);
+    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
+    let mut cx = Ctx {
+        out: &mut out,
+        sink: &mut sink,
+        stats: &mut stats,
+        now: Instant::now(),
+    };
+    let first: &[u8] = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nbody\r\n";
+    let used = session.handle_input(&s, first, &mut cx);
+    assert_eq!(
+        &first[used..],
+        b"\r\n",
+        "the CRLF that may precede the dot waits"
+    );
+    session.close_after_message();
+    let rest = b"\r\n.\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\n";
+    assert_eq!(
+        session.handle_input(&s, rest, &mut cx),
+        5,
+        "nothing after the final dot is read"
+    );
+    assert!(session.is_closed());
+    assert!(String::from_utf8_lossy(&out).ends_with(
+        "250 2.0.0 Ok: queued\r\n421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"
+    ));
+    assert_eq!(
+        sink.events.iter().filter(|e| e.starts_with("mail")).count(),
+        1
+    );
+}
