@@ -477,12 +477,6 @@ impl<S: Sink> Server<S> {
             conn.session
                 .disconnected(&mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now));
         }
-        if self.draining_until.is_some() && !conn.session.in_message() {
-            conn.session.close_with(
-                &self.settings.rendered.shutdown,
-                &mut cx(&mut conn.out, &mut self.sink, &mut self.stats, now),
-            );
-        }
         // Replies wait for the end of this turn of the loop, when every ready
         // connection's input has run dry (flush before sleep, as Redis does).
         if !conn.flush_queued && (conn.has_output() || conn.session.is_closed()) {
@@ -640,6 +634,7 @@ impl<S: Sink> Server<S> {
             .filter(|(_, c)| !c.session.in_message() && c.lingering_until.is_none())
             .map(|(k, _)| k)
             .collect();
+        // The rest end with 421 as soon as their message is answered.
         for (_, c) in self.conns.iter_mut() {
             c.session.close_after_message();
         }
