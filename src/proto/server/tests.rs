@@ -53,13 +53,50 @@ struct Outcome {
     state: State,
 }
 
+/// One session with its own output, recorder and statistics, driven step
+/// by step.
+struct Harness {
+    session: Session,
+    out: Vec<u8>,
+    sink: Recorder,
+    stats: Stats,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(sink: Recorder) -> Self {
+        Self {
+            session: Session::new(1),
+            out: Vec::new(),
+            sink,
+            stats: Stats::new(),
+            now: Instant::now(),
+        }
+    }
+
+    /// Calls `f` with the session and a context over this harness.
+    fn with<R>(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>) -> R) -> R {
+        let mut cx = Ctx {
+            out: &mut self.out,
+            sink: &mut self.sink,
+            stats: &mut self.stats,
+            now: self.now,
+        };
+        f(&mut self.session, &mut cx)
+    }
+
+    fn feed(&mut self, s: &Settings, input: &[u8]) -> usize {
+        self.with(|session, cx| session.handle_input(s, input, cx))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out).into_owned()
+    }
+}
+
 /// Runs `input` through a fresh session cut at `cuts` (sorted offsets).
 fn run_cuts(s: &Settings, input: &[u8], cuts: &[usize]) -> Outcome {
-    let mut session = Session::new(1);
-    let mut out = Vec::new();
-    let mut sink = Recorder::default();
-    let mut stats = Stats::new();
-    let now = Instant::now();
+    let mut h = Harness::new(Recorder::default());
     let mut pending: Vec<u8> = Vec::new();
     let mut consumed = 0;
     let mut fed = 0;
@@ -69,23 +106,17 @@ fn run_cuts(s: &Settings, input: &[u8], cuts: &[usize]) -> Outcome {
         }
         pending.extend_from_slice(&input[fed..cut]);
         fed = cut;
-        let mut cx = Ctx {
-            out: &mut out,
-            sink: &mut sink,
-            stats: &mut stats,
-            now,
-        };
-        let n = session.handle_input(s, &pending, &mut cx);
+        let n = h.feed(s, &pending);
         assert!(n <= pending.len());
         consumed += n;
         pending.drain(..n);
     }
     Outcome {
-        out,
-        sink,
-        stats,
+        state: h.session.state(),
+        out: h.out,
+        sink: h.sink,
+        stats: h.stats,
         consumed,
-        state: session.state(),
     }
 }
 
@@ -124,19 +155,15 @@ const EHLO: &str = "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BIT
 #[test]
 fn greeting_and_quit() {
     let s = settings();
-    let mut session = Session::new(7);
-    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
-    let mut cx = Ctx {
-        out: &mut out,
-        sink: &mut sink,
-        stats: &mut stats,
-        now: Instant::now(),
-    };
-    session.greet(&s, &mut cx);
-    let n = session.handle_input(&s, b"QUIT\r\nNOOP\r\n", &mut cx);
-    assert_eq!(n, 6, "nothing after QUIT is read");
-    assert!(session.is_closed());
-    assert_eq!(out, b"220 sink.test ESMTP smtpsink\r\n221 2.0.0 Bye\r\n");
+    let mut h = Harness::new(Recorder::default());
+    h.with(|session, cx| session.greet(&s, cx));
+    assert_eq!(
+        h.feed(&s, b"QUIT\r\nNOOP\r\n"),
+        6,
+        "nothing after QUIT is read"
+    );
+    assert!(h.session.is_closed());
+    assert_eq!(h.out, b"220 sink.test ESMTP smtpsink\r\n221 2.0.0 Bye\r\n");
 }
 
 #[test]
@@ -410,65 +437,44 @@ fn long_lines() {
 #[test]
 fn overflowing_line_is_not_buffered() {
     let s = settings();
-    let mut session = Session::new(1);
-    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
-    let mut cx = Ctx {
-        out: &mut out,
-        sink: &mut sink,
-        stats: &mut stats,
-        now: Instant::now(),
-    };
+    let mut h = Harness::new(Recorder::default());
     let junk = vec![b'j'; 4096];
-    assert_eq!(session.handle_input(&s, &junk, &mut cx), 4096);
-    assert_eq!(session.handle_input(&s, &junk, &mut cx), 4096);
-    assert_eq!(session.handle_input(&s, b"jj\r\nNOOP\r\n", &mut cx), 10);
-    assert_eq!(out, b"500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n");
+    assert_eq!(h.feed(&s, &junk), 4096);
+    assert_eq!(h.feed(&s, &junk), 4096);
+    assert_eq!(h.feed(&s, b"jj\r\nNOOP\r\n"), 10);
+    assert_eq!(h.out, b"500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n");
 }
 
 #[test]
 fn pending_verdict_holds_input() {
     let s = settings();
-    let mut session = Session::new(1);
-    let mut sink = Recorder {
+    let mut h = Harness::new(Recorder {
         verdict: Some(Verdict::Pending),
         ..Recorder::default()
-    };
-    let (mut out, mut stats) = (Vec::new(), Stats::new());
-    let mut cx = Ctx {
-        out: &mut out,
-        sink: &mut sink,
-        stats: &mut stats,
-        now: Instant::now(),
-    };
+    });
     let input = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
-    let n = session.handle_input(&s, input, &mut cx);
+    let n = h.feed(&s, input);
     assert_eq!(&input[n..], b"NOOP\r\n", "nothing read past the message");
-    assert_eq!(session.state(), State::AwaitVerdict);
-    assert!(session.in_message());
-    assert_eq!(session.handle_input(&s, &input[n..], &mut cx), 0);
-    session.resolve(Verdict::Rejected(reply::TOO_BIG), &mut cx);
-    assert_eq!(session.handle_input(&s, &input[n..], &mut cx), 6);
-    assert!(String::from_utf8_lossy(&out).ends_with("354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n"));
+    assert_eq!(h.session.state(), State::AwaitVerdict);
+    assert!(h.session.in_message());
+    assert_eq!(h.feed(&s, &input[n..]), 0);
+    h.with(|session, cx| session.resolve(Verdict::Rejected(reply::TOO_BIG), cx));
+    assert_eq!(h.feed(&s, &input[n..]), 6);
+    assert!(h.text().ends_with("354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n"));
 }
 
 #[test]
 fn shutdown_and_disconnect_abort_the_transaction() {
     let s = settings();
-    let mut session = Session::new(1);
-    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
-    let mut cx = Ctx {
-        out: &mut out,
-        sink: &mut sink,
-        stats: &mut stats,
-        now: Instant::now(),
-    };
-    session.handle_input(&s, b"HELO c\r\nMAIL FROM:<a@b>\r\n", &mut cx);
-    session.close_with(&s.rendered.shutdown, &mut cx);
-    assert!(session.is_closed());
-    assert_eq!(session.handle_input(&s, b"NOOP\r\n", &mut cx), 0);
-    assert!(String::from_utf8_lossy(&out)
+    let mut h = Harness::new(Recorder::default());
+    h.feed(&s, b"HELO c\r\nMAIL FROM:<a@b>\r\n");
+    h.with(|session, cx| session.close_with(&s.rendered.shutdown, cx));
+    assert!(h.session.is_closed());
+    assert_eq!(h.feed(&s, b"NOOP\r\n"), 0);
+    assert!(h
+        .text()
         .ends_with("421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"));
-    assert_eq!(sink.events, ["mail <a@b>", "abort"]);
+    assert_eq!(h.sink.events, ["mail <a@b>", "abort"]);
 }
 
 mod fuzz {
@@ -582,34 +588,27 @@ fn rcpt_after_bdat_is_out_of_sequence() {
 #[test]
 fn shutdown_closes_after_the_message_not_after_what_follows() {
     let s = settings();
-    let mut session = Session::new(1);
-    let (mut out, mut sink, mut stats) = (Vec::new(), Recorder::default(), Stats::new());
-    let mut cx = Ctx {
-        out: &mut out,
-        sink: &mut sink,
-        stats: &mut stats,
-        now: Instant::now(),
-    };
+    let mut h = Harness::new(Recorder::default());
     let first: &[u8] = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nbody\r\n";
-    let used = session.handle_input(&s, first, &mut cx);
+    let used = h.feed(&s, first);
     assert_eq!(
         &first[used..],
         b"\r\n",
         "the CRLF that may precede the dot waits"
     );
-    session.close_after_message();
+    h.session.close_after_message();
     let rest = b"\r\n.\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\n";
-    assert_eq!(
-        session.handle_input(&s, rest, &mut cx),
-        5,
-        "nothing after the final dot is read"
-    );
-    assert!(session.is_closed());
-    assert!(String::from_utf8_lossy(&out).ends_with(
+    assert_eq!(h.feed(&s, rest), 5, "nothing after the final dot is read");
+    assert!(h.session.is_closed());
+    assert!(h.text().ends_with(
         "250 2.0.0 Ok: queued\r\n421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"
     ));
     assert_eq!(
-        sink.events.iter().filter(|e| e.starts_with("mail")).count(),
+        h.sink
+            .events
+            .iter()
+            .filter(|e| e.starts_with("mail"))
+            .count(),
         1
     );
 }
