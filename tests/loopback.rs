@@ -69,6 +69,16 @@ impl Client {
         c
     }
 
+    /// Writes `bytes` from another thread, so the test can read replies
+    /// while a burst larger than the socket buffers is still going out. The
+    /// server may close before taking all of it; that is not an error here.
+    fn send_in_background(&self, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+        let mut writer = self.stream.try_clone().expect("clone socket");
+        std::thread::spawn(move || {
+            let _ = writer.write_all(&bytes);
+        })
+    }
+
     fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write");
     }
@@ -468,13 +478,10 @@ fn pipelined_flood_is_answered_in_full() {
     // once the client has taken them, with no new input event to prompt it.
     let server = start();
     let mut c = Client::greeted(server.addr);
-    let mut writer = c.stream.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        let mut burst = b"EHLO c\r\n".to_vec();
-        burst.extend(b"NOOP\r\n".repeat(100_000));
-        burst.extend_from_slice(b"QUIT\r\n");
-        writer.write_all(&burst).unwrap();
-    });
+    let mut burst = b"EHLO c\r\n".to_vec();
+    burst.extend(b"NOOP\r\n".repeat(100_000));
+    burst.extend_from_slice(b"QUIT\r\n");
+    let sender = c.send_in_background(burst);
     let mut all = String::new();
     c.stream.read_to_string(&mut all).unwrap();
     sender.join().unwrap();
@@ -538,13 +545,10 @@ fn closing_while_the_client_still_sends_keeps_the_replies() {
     // would reset the connection and could destroy replies still unread.
     let server = start();
     let mut c = Client::greeted(server.addr);
-    let mut writer = c.stream.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        let mut burst = b"NOOP\r\n".repeat(20_000);
-        burst.extend_from_slice(b"QUIT\r\n");
-        burst.extend(std::iter::repeat_n(b'j', 1 << 20));
-        let _ = writer.write_all(&burst);
-    });
+    let mut burst = b"NOOP\r\n".repeat(20_000);
+    burst.extend_from_slice(b"QUIT\r\n");
+    burst.extend(std::iter::repeat_n(b'j', 1 << 20));
+    let sender = c.send_in_background(burst);
     std::thread::sleep(Duration::from_millis(300)); // let the junk pile up unread
     let mut all = Vec::new();
     c.stream
