@@ -240,16 +240,12 @@ fn session(c: &mut Criterion) {
     g.bench_function("1000 pipelined 1 KiB messages", |b| {
         let mut out = Vec::with_capacity(64 * 1024);
         b.iter(|| {
-            let mut session = Session::new(1);
+            let now = Instant::now();
+            let mut session = Session::new(1, "127.0.0.1:1".parse().unwrap(), now);
             let mut sink = Discard::default();
             let mut stats = Stats::new();
             out.clear();
-            let mut cx = Ctx {
-                out: &mut out,
-                sink: &mut sink,
-                stats: &mut stats,
-                now: Instant::now(),
-            };
+            let mut cx = Ctx::new(&mut out, &mut sink, &mut stats, now);
             let used = session.handle_input(&s, black_box(&wire), &mut cx);
             assert_eq!(used, wire.len());
             assert_eq!(sink.messages, 1000);

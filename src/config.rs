@@ -1,7 +1,7 @@
 //! Command-line configuration (clap) and its validation. No globals: `main`
 //! builds one [`Config`] and hands the parts to the reactor and the protocol.
 
-use crate::proto::server::Settings;
+use crate::proto::server::{Settings, Timeouts};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -67,9 +67,30 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = BareLf::Accept)]
     pub bare_lf: BareLf,
 
-    /// Idle timeout in seconds; then 421 4.4.2 and close (RFC 5321 4.5.3.2 suggests 300).
+    /// Idle timeout in seconds: nothing received and no reply taken for this
+    /// long, then 421 4.4.2 and close (RFC 5321 4.5.3.2 suggests 300).
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+
+    /// A command line must be complete this many seconds after its first
+    /// byte, however steadily it trickles in; then 421 4.4.2 and close.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub command_timeout: Duration,
+
+    /// Message content (DATA, BDAT chunks) must arrive at least this fast,
+    /// in octets per second over each --data-window; slower: 421 4.4.2 and
+    /// close. 0 turns the check off.
+    #[arg(long, value_name = "BYTES", default_value_t = 500)]
+    pub data_min_rate: u64,
+
+    /// The window, in seconds, over which --data-min-rate is measured.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub data_window: Duration,
+
+    /// Most simultaneous connections from one client address; past it a new
+    /// one gets 421 4.7.0 and is closed. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_client: u32,
 
     /// On SIGINT/SIGTERM, seconds a message in progress may take to finish before 421.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
@@ -102,6 +123,12 @@ impl Config {
             self.max_line_length as usize,
         );
         s.reject_bare_lf = self.bare_lf == BareLf::Reject;
+        s.timeouts = Timeouts {
+            idle: self.timeout(),
+            command: self.command_timeout,
+            data_min_rate: self.data_min_rate,
+            data_window: self.data_window,
+        };
         s
     }
 
@@ -123,6 +150,17 @@ impl Config {
         c.listen = vec![listen];
         c
     }
+}
+
+/// Seconds, decimals allowed (`0.5`), more than zero.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 1e9) {
+        return Err(format!("{s} must be more than 0 and at most 1e9 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 #[cfg(test)]
@@ -148,5 +186,32 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.len(), 2);
         assert!(c.settings().reject_bare_lf);
+        let t = Config::try_parse_from(["smtpsink"])
+            .unwrap()
+            .settings()
+            .timeouts;
+        assert_eq!(t, Timeouts::default());
+        let c = Config::try_parse_from([
+            "smtpsink",
+            "--command-timeout",
+            "0.5",
+            "--data-window",
+            "2",
+            "--data-min-rate",
+            "0",
+            "--timeout",
+            "7",
+        ])
+        .unwrap();
+        let t = c.settings().timeouts;
+        assert_eq!(t.command, Duration::from_millis(500));
+        assert_eq!(t.data_window, Duration::from_secs(2));
+        assert_eq!((t.data_min_rate, t.idle), (0, Duration::from_secs(7)));
+        for bad in ["0", "-1", "x", "nan", "inf"] {
+            assert!(
+                Config::try_parse_from(["smtpsink", "--command-timeout", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -18,7 +18,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod completion;
 pub mod config;
+pub mod net;
 pub mod proto;
 pub mod reactor;
 pub mod sink;

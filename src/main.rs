@@ -6,7 +6,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use smtpsink::config::Config;
 use smtpsink::reactor::Server;
-use smtpsink::sink::{Discard, Sink, Verify};
+use smtpsink::sink::{Discard, Sink, Summary, Verify};
+use smtpsink::stats::Counters;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -46,9 +47,19 @@ fn raise_fd_limit(config: &Config) {
     }
 }
 
-fn serve<S: Sink>(config: &Config, sink: S, what: &str) -> Result<(), String> {
+fn serve<S: Sink + Summary>(config: &Config, sink: S, what: &str) -> Result<(), String> {
     raise_fd_limit(config);
-    let server = Server::from_config(config, sink).map_err(|e| e.to_string())?;
+    let mut server = Server::from_config(config, sink).map_err(|e| e.to_string())?;
+    if let Some(every) = config.stats_interval() {
+        let mut prev = Counters::default();
+        server.on_tick(
+            every,
+            Box::new(move |stats, elapsed| {
+                eprintln!("{}", stats.interval_line(&prev, elapsed, every));
+                prev = stats.counters;
+            }),
+        );
+    }
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()

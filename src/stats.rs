@@ -1,20 +1,47 @@
 //! Counters and latency histograms, and how they are printed.
 //!
-//! Owns: plain `u64` counters bumped on the hot path (no atomics: the loop is
-//! single-threaded) and one hdrhistogram of transaction latency in
+//! Owns: plain `u64` counters bumped on the hot path (no atomics: each loop
+//! is single-threaded; several loops' statistics are combined with
+//! [`Stats::merge`]) and one hdrhistogram of transaction latency in
 //! microseconds (MAIL accepted -> final reply sent), recorded saturating so an
-//! outlier can never fail. Never reads the clock: callers pass durations.
+//! outlier can never fail. The session reports to it through
+//! [`Observer`]; the I/O layer counts its syscalls into [`IoCounts`]. Never
+//! reads the clock: callers pass durations. [`histogram`] and [`micros`]
+//! are the one definition of our histogram bounds, shared with smtpload.
 
+use crate::net::IoCounts;
+use crate::proto::server::{Observer, Outcome, Timeout};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::time::Duration;
+
+/// Largest latency a histogram holds: one hour, in microseconds.
+pub const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+
+/// A latency histogram: 1 µs .. 1 h at 3 significant digits. Fixed bounds,
+/// so recording never allocates and never fails.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3)
+        .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
+}
+
+/// `d` in whole microseconds, at least 1 (a histogram's lowest value).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
 
 /// Plain counters; `Copy` so an interval line can diff two snapshots.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     pub connections: u64,
     pub connections_open: u64,
+    /// Connections answered `421 4.7.0` at accept (per-client limit).
+    pub connections_refused: u64,
+    /// Sessions closed for any timeout; the next two say how many of them
+    /// were for a slow command line and for slow message content.
     pub timeouts: u64,
+    pub command_timeouts: u64,
+    pub data_rate_timeouts: u64,
     pub transactions: u64,
     pub messages: u64,
     pub messages_rejected: u64,
@@ -22,10 +49,27 @@ pub struct Counters {
     pub body_bytes: u64,
     /// Replies by class: index 2 = 2xx ... 5 = 5xx.
     pub replies: [u64; 6],
-    pub read_calls: u64,
-    pub write_calls: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
+    pub io: IoCounts,
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Self) {
+        self.connections += o.connections;
+        self.connections_open += o.connections_open;
+        self.connections_refused += o.connections_refused;
+        self.timeouts += o.timeouts;
+        self.command_timeouts += o.command_timeouts;
+        self.data_rate_timeouts += o.data_rate_timeouts;
+        self.transactions += o.transactions;
+        self.messages += o.messages;
+        self.messages_rejected += o.messages_rejected;
+        self.recipients += o.recipients;
+        self.body_bytes += o.body_bytes;
+        for (a, b) in self.replies.iter_mut().zip(o.replies) {
+            *a += b;
+        }
+        self.io += o.io;
+    }
 }
 
 /// Everything the server reports.
@@ -42,33 +86,64 @@ impl Default for Stats {
     }
 }
 
-impl Stats {
-    pub fn new() -> Self {
-        Self {
-            counters: Counters::default(),
-            // 1 µs .. 1 h at 3 significant digits; fixed bounds, so recording never allocates.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .unwrap_or_else(|_| unreachable!("constant bounds are valid")),
-        }
-    }
-
-    /// Counts one reply by its class digit.
+impl Observer for Stats {
     #[inline]
-    pub fn reply(&mut self, reply: &[u8]) {
+    fn reply(&mut self, reply: &[u8]) {
         let class = usize::from(reply.first().map_or(0, |c| c.wrapping_sub(b'0')));
         if let Some(n) = self.counters.replies.get_mut(class) {
             *n += 1;
         }
     }
 
-    /// Records one transaction's latency.
     #[inline]
-    pub fn record_latency(&mut self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.latency.saturating_record(us);
+    fn transaction(&mut self) {
+        self.counters.transactions += 1;
+    }
+
+    #[inline]
+    fn recipient(&mut self) {
+        self.counters.recipients += 1;
+    }
+
+    fn message(&mut self, outcome: Outcome, body_bytes: u64, latency: Duration) {
+        match outcome {
+            Outcome::Accepted => {
+                self.counters.messages += 1;
+                self.counters.body_bytes += body_bytes;
+            }
+            Outcome::Rejected => self.counters.messages_rejected += 1,
+        }
+        self.latency.saturating_record(micros(latency));
+    }
+
+    fn timeout(&mut self, kind: Timeout) {
+        self.counters.timeouts += 1;
+        match kind {
+            Timeout::Idle => {}
+            Timeout::Command => self.counters.command_timeouts += 1,
+            Timeout::DataRate => self.counters.data_rate_timeouts += 1,
+        }
+    }
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        Self {
+            counters: Counters::default(),
+            latency: histogram(),
+        }
+    }
+
+    /// Adds `other` (another event loop's statistics) into these.
+    pub fn merge(&mut self, other: &Stats) {
+        self.counters += other.counters;
+        // Same fixed bounds on both sides: adding cannot fail.
+        let _ = self.latency.add(&other.latency);
     }
 
     /// One compact line for `--stats-interval`: totals and rates since `prev`.
+    // Rates and megabytes are for people: f64 precision is plenty.
+    #[allow(clippy::cast_precision_loss)]
     pub fn interval_line(&self, prev: &Counters, elapsed: Duration, interval: Duration) -> String {
         let c = &self.counters;
         let secs = interval.as_secs_f64().max(1e-9);
@@ -89,13 +164,25 @@ impl Stats {
     }
 
     /// The final report printed at shutdown.
+    #[allow(clippy::cast_precision_loss)]
     pub fn summary(&self, elapsed: Duration) -> String {
         let c = &self.counters;
         let secs = elapsed.as_secs_f64().max(1e-9);
         let mut s = String::new();
         let _ = writeln!(s, "smtpsink: final statistics after {secs:.3}s");
         let _ = writeln!(s, "  connections    {:>14}", c.connections);
-        let _ = writeln!(s, "  timeouts       {:>14}", c.timeouts);
+        if c.connections_refused > 0 {
+            let _ = writeln!(
+                s,
+                "  refused        {:>14}  (per-client limit)",
+                c.connections_refused
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  timeouts       {:>14}  (command line {}, data rate {})",
+            c.timeouts, c.command_timeouts, c.data_rate_timeouts
+        );
         let _ = writeln!(s, "  transactions   {:>14}", c.transactions);
         let _ = writeln!(
             s,
@@ -119,7 +206,7 @@ impl Stats {
         let _ = writeln!(
             s,
             "  syscalls       read={} write={}  bytes in={} out={}",
-            c.read_calls, c.write_calls, c.bytes_in, c.bytes_out
+            c.io.reads, c.io.writes, c.io.bytes_in, c.io.bytes_out
         );
         let h = &self.latency;
         if h.is_empty() {
@@ -152,9 +239,46 @@ mod tests {
         s.reply(b"550 no\r\n");
         s.reply(b"");
         assert_eq!(s.counters.replies, [1, 0, 1, 1, 0, 1]);
-        s.record_latency(Duration::from_micros(250));
-        s.record_latency(Duration::from_secs(100_000)); // saturates, never fails
+        s.message(Outcome::Accepted, 10, Duration::from_micros(250));
+        // Saturates, never fails.
+        s.message(Outcome::Rejected, 99, Duration::from_secs(100_000));
         assert_eq!(s.latency.len(), 2);
+        assert_eq!(
+            (
+                s.counters.messages,
+                s.counters.messages_rejected,
+                s.counters.body_bytes
+            ),
+            (1, 1, 10)
+        );
         assert!(s.summary(Duration::from_secs(1)).contains("p50=250"));
+    }
+
+    #[test]
+    fn statistics_of_several_loops_merge() {
+        let mut a = Stats::new();
+        let mut b = Stats::new();
+        a.transaction();
+        a.message(Outcome::Accepted, 100, Duration::from_micros(10));
+        a.counters.io.reads = 3;
+        b.transaction();
+        b.transaction();
+        b.recipient();
+        b.reply(b"421 bye\r\n");
+        b.timeout(Timeout::Command);
+        b.message(Outcome::Accepted, 50, Duration::from_micros(1000));
+        b.counters.io.reads = 4;
+        a.merge(&b);
+        let c = a.counters;
+        assert_eq!((c.transactions, c.messages, c.body_bytes), (3, 2, 150));
+        assert_eq!((c.recipients, c.replies[4], c.io.reads), (1, 1, 7));
+        assert_eq!(
+            (c.timeouts, c.command_timeouts, c.data_rate_timeouts),
+            (1, 1, 0)
+        );
+        assert_eq!(a.latency.len(), 2);
+        assert_eq!(a.latency.max(), b.latency.max());
+        assert_eq!(micros(Duration::ZERO), 1);
+        assert_eq!(micros(Duration::from_millis(3)), 3000);
     }
 }

@@ -257,7 +257,7 @@ fn pipelined_group_is_answered_in_one_write() {
     let report = server.stop();
     let s = report.stats.counters;
     // greeting, EHLO, the MAIL..DATA group, the end of data + QUIT: 4 writes.
-    assert_eq!(s.write_calls, 4, "{s:?}");
+    assert_eq!(s.io.writes, 4, "{s:?}");
     assert_eq!(
         (
             report.sink.messages,

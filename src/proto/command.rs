@@ -5,7 +5,7 @@
 //! protocol errors are values that name the reply to send.
 
 use super::address::{self, AddrError};
-use super::reply::{self, Reply};
+use super::reply::ReplyId;
 
 /// A parsed command line. Arguments borrow from the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,84 @@ pub enum Command<'a> {
     /// (withdrawn by RFC 5321 appendix F) and extensions we do not offer
     /// (STARTTLS, AUTH, ETRN, ATRN, BURL).
     Obsolete,
+    /// The end of the message content: the `CRLF.CRLF` of DATA (`bdat:
+    /// false`) or the end of the last BDAT chunk. Never parsed from a line:
+    /// the session dispatches it when the content ends, so the end of data
+    /// is a row of the verb table like any command (as in smtp-sink).
+    EndOfContent {
+        bdat: bool,
+    },
+}
+
+impl Command<'_> {
+    /// The verb-table row that handles this command.
+    pub fn verb(&self) -> Verb {
+        match self {
+            Command::Helo(_) => Verb::Helo,
+            Command::Ehlo(_) => Verb::Ehlo,
+            Command::Mail(_) => Verb::Mail,
+            Command::Rcpt(_) => Verb::Rcpt,
+            Command::Data => Verb::Data,
+            Command::Bdat { .. } | Command::BadBdat { .. } => Verb::Bdat,
+            Command::Rset => Verb::Rset,
+            Command::Vrfy => Verb::Vrfy,
+            Command::Expn => Verb::Expn,
+            Command::Help => Verb::Help,
+            Command::Noop => Verb::Noop,
+            Command::Quit => Verb::Quit,
+            Command::Obsolete => Verb::NotImplemented,
+            Command::EndOfContent { bdat: false } => Verb::EndOfData,
+            Command::EndOfContent { bdat: true } => Verb::LastChunk,
+        }
+    }
+}
+
+/// The rows of the verb table (see `server::verbs`): every command, plus the
+/// end of the content, which ends a transaction like a command would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    Helo,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    Bdat,
+    Rset,
+    Noop,
+    Vrfy,
+    Expn,
+    Help,
+    Quit,
+    /// SEND, SOML, SAML, TURN and extensions not offered.
+    NotImplemented,
+    /// `CRLF.CRLF` after DATA.
+    EndOfData,
+    /// The end of the last BDAT chunk (or of the chunk that made the message
+    /// too big).
+    LastChunk,
+}
+
+impl Verb {
+    /// Every verb, in declaration order (`ALL[v as usize] == v`).
+    pub const ALL: [Verb; 15] = [
+        Verb::Helo,
+        Verb::Ehlo,
+        Verb::Mail,
+        Verb::Rcpt,
+        Verb::Data,
+        Verb::Bdat,
+        Verb::Rset,
+        Verb::Noop,
+        Verb::Vrfy,
+        Verb::Expn,
+        Verb::Help,
+        Verb::Quit,
+        Verb::NotImplemented,
+        Verb::EndOfData,
+        Verb::LastChunk,
+    ];
+    /// How many verbs there are.
+    pub const COUNT: usize = Self::ALL.len();
 }
 
 /// `MAIL FROM:<reverse-path> [params]`, parameters already checked.
@@ -71,7 +149,7 @@ pub struct ParseCtx {
 }
 
 /// Parses one line (without CRLF). Errors are the reply to send.
-pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
+pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
     let (verb, args) = split_verb(line);
     let v = |w: &[u8; 4]| verb.eq_ignore_ascii_case(w);
     if verb.len() != 4 {
@@ -80,7 +158,7 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
         return if verb.eq_ignore_ascii_case(b"STARTTLS") {
             Ok(Command::Obsolete)
         } else {
-            Err(reply::UNRECOGNIZED)
+            Err(ReplyId::Unrecognized)
         };
     }
     if v(b"MAIL") {
@@ -88,23 +166,23 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
     } else if v(b"RCPT") {
         parse_rcpt(args, ctx).map(Command::Rcpt)
     } else if v(b"DATA") {
-        no_args(args, Command::Data, reply::SYNTAX_DATA)
+        no_args(args, Command::Data, ReplyId::SyntaxData)
     } else if v(b"BDAT") {
         Ok(parse_bdat(args))
     } else if v(b"EHLO") {
-        domain_arg(args, reply::SYNTAX_EHLO).map(Command::Ehlo)
+        domain_arg(args, ReplyId::SyntaxEhlo).map(Command::Ehlo)
     } else if v(b"HELO") {
-        domain_arg(args, reply::SYNTAX_HELO).map(Command::Helo)
+        domain_arg(args, ReplyId::SyntaxHelo).map(Command::Helo)
     } else if v(b"RSET") {
-        no_args(args, Command::Rset, reply::SYNTAX_RSET)
+        no_args(args, Command::Rset, ReplyId::SyntaxRset)
     } else if v(b"NOOP") {
         // NOOP may carry a string, which is ignored (RFC 5321 4.1.1.9).
         Ok(Command::Noop)
     } else if v(b"QUIT") {
-        no_args(args, Command::Quit, reply::SYNTAX_QUIT)
+        no_args(args, Command::Quit, ReplyId::SyntaxQuit)
     } else if v(b"VRFY") {
         if args.is_empty() {
-            Err(reply::SYNTAX_VRFY)
+            Err(ReplyId::SyntaxVrfy)
         } else {
             Ok(Command::Vrfy)
         }
@@ -123,7 +201,7 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, Reply> {
     {
         Ok(Command::Obsolete)
     } else {
-        Err(reply::UNRECOGNIZED)
+        Err(ReplyId::Unrecognized)
     }
 }
 
@@ -149,7 +227,7 @@ fn trim_end(s: &[u8]) -> &[u8] {
     s.get(..s.len() - n).unwrap_or_default()
 }
 
-fn no_args<'a>(args: &[u8], cmd: Command<'a>, err: Reply) -> Result<Command<'a>, Reply> {
+fn no_args<'a>(args: &[u8], cmd: Command<'a>, err: ReplyId) -> Result<Command<'a>, ReplyId> {
     if args.is_empty() {
         Ok(cmd)
     } else {
@@ -159,7 +237,7 @@ fn no_args<'a>(args: &[u8], cmd: Command<'a>, err: Reply) -> Result<Command<'a>,
 
 /// HELO/EHLO take one domain or address literal. We check its shape loosely:
 /// one token, no spaces (clients send all sorts of names; none is looked up).
-fn domain_arg(args: &[u8], err: Reply) -> Result<&[u8], Reply> {
+fn domain_arg(args: &[u8], err: ReplyId) -> Result<&[u8], ReplyId> {
     if args.is_empty() || args.contains(&b' ') {
         Err(err)
     } else {
@@ -240,7 +318,7 @@ fn path_and_params<'a>(args: &'a [u8], prefix: &[u8]) -> Option<(&'a [u8], &'a [
 }
 
 /// Iterates `KEYWORD[=VALUE]` parameters separated by spaces (RFC 5321 4.1.2).
-fn params(s: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), Reply>> {
+fn params(s: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), ReplyId>> {
     s.split(|b| *b == b' ').filter(|p| !p.is_empty()).map(|p| {
         let (key, value) = match memchr::memchr(b'=', p) {
             Some(eq) => (p.get(..eq).unwrap_or_default(), p.get(eq + 1..)),
@@ -257,13 +335,13 @@ fn params(s: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), Reply
         if key_ok && value_ok {
             Ok((key, value))
         } else {
-            Err(reply::BAD_PARAM_SYNTAX)
+            Err(ReplyId::BadParamSyntax)
         }
     })
 }
 
-fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
-    let (path, rest) = path_and_params(args, b"FROM:").ok_or(reply::SYNTAX_MAIL)?;
+fn parse_mail(args: &[u8]) -> Result<Mail<'_>, ReplyId> {
+    let (path, rest) = path_and_params(args, b"FROM:").ok_or(ReplyId::SyntaxMail)?;
     let mut mail = Mail::default();
     // SIZE, BODY and SMTPUTF8 may be repeated, the last one counting: real
     // clients repeat them (Python's send_message adds SMTPUTF8 and
@@ -273,9 +351,9 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
     for p in params(rest) {
         let (key, value) = p?;
         if key.eq_ignore_ascii_case(b"SIZE") {
-            mail.size = Some(value.and_then(parse_size).ok_or(reply::BAD_PARAM_SYNTAX)?);
+            mail.size = Some(value.and_then(parse_size).ok_or(ReplyId::BadParamSyntax)?);
         } else if key.eq_ignore_ascii_case(b"BODY") {
-            let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+            let v = value.ok_or(ReplyId::BadParamSyntax)?;
             mail.body = if v.eq_ignore_ascii_case(b"7BIT") {
                 Body::SevenBit
             } else if v.eq_ignore_ascii_case(b"8BITMIME") {
@@ -283,55 +361,55 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, Reply> {
             } else if v.eq_ignore_ascii_case(b"BINARYMIME") {
                 Body::BinaryMime
             } else {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             };
         } else if key.eq_ignore_ascii_case(b"SMTPUTF8") {
             if value.is_some() {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             }
             mail.smtputf8 = true;
         } else if key.eq_ignore_ascii_case(b"RET") {
             // RFC 3461 4.3: RET=FULL / RET=HDRS.
-            let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+            let v = value.ok_or(ReplyId::BadParamSyntax)?;
             if !(v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS"))
                 || std::mem::replace(&mut ret, true)
             {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             }
         } else if key.eq_ignore_ascii_case(b"ENVID") {
             // RFC 3461 4.4: xtext, at most 100 characters.
-            let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+            let v = value.ok_or(ReplyId::BadParamSyntax)?;
             if v.len() > 100 || !is_xtext(v) || std::mem::replace(&mut envid, true) {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             }
         } else {
-            return Err(reply::UNSUPPORTED_MAIL_PARAM);
+            return Err(ReplyId::UnsupportedMailParam);
         }
     }
     if !path.is_empty() {
         mail.path = address::check_path(path, mail.smtputf8).map_err(|e| match e {
-            AddrError::Syntax => reply::BAD_SENDER,
-            AddrError::NeedsUtf8 => reply::NEEDS_SMTPUTF8,
-            AddrError::TooLong => reply::SENDER_TOO_LONG,
+            AddrError::Syntax => ReplyId::BadSender,
+            AddrError::NeedsUtf8 => ReplyId::NeedsSmtputf8,
+            AddrError::TooLong => ReplyId::SenderTooLong,
         })?;
     }
     Ok(mail)
 }
 
-fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
-    let (path, rest) = path_and_params(args, b"TO:").ok_or(reply::SYNTAX_RCPT)?;
+fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, ReplyId> {
+    let (path, rest) = path_and_params(args, b"TO:").ok_or(ReplyId::SyntaxRcpt)?;
     // RFC 3461 4: NOTIFY and ORCPT may each appear once.
     let (mut notify, mut orcpt) = (false, false);
     for p in params(rest) {
         let (key, value) = p?;
         let known = key.eq_ignore_ascii_case(b"NOTIFY") || key.eq_ignore_ascii_case(b"ORCPT");
         if !known {
-            return Err(reply::UNSUPPORTED_RCPT_PARAM);
+            return Err(ReplyId::UnsupportedRcptParam);
         }
-        let v = value.ok_or(reply::BAD_PARAM_SYNTAX)?;
+        let v = value.ok_or(ReplyId::BadParamSyntax)?;
         if key.eq_ignore_ascii_case(b"NOTIFY") {
             if std::mem::replace(&mut notify, true) {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             }
             // RFC 3461 4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY.
             let never = v.eq_ignore_ascii_case(b"NEVER");
@@ -341,11 +419,11 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
                     || w.eq_ignore_ascii_case(b"DELAY")
             });
             if !(never || list_ok) {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             }
         } else {
             if std::mem::replace(&mut orcpt, true) {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             }
             // RFC 3461 4.2: addr-type ";" xtext.
             let ok = memchr::memchr(b';', v).is_some_and(|semi| {
@@ -356,7 +434,7 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
                     && (is_xtext(addr.get(1..).unwrap_or_default()) || ctx.smtputf8)
             });
             if !ok {
-                return Err(reply::BAD_PARAM_SYNTAX);
+                return Err(ReplyId::BadParamSyntax);
             }
         }
     }
@@ -365,9 +443,9 @@ fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, Reply> {
         return Ok(Rcpt { path });
     }
     let path = address::check_path(path, ctx.smtputf8).map_err(|e| match e {
-        AddrError::Syntax => reply::BAD_RECIPIENT,
-        AddrError::NeedsUtf8 => reply::NEEDS_SMTPUTF8,
-        AddrError::TooLong => reply::RECIPIENT_TOO_LONG,
+        AddrError::Syntax => ReplyId::BadRecipient,
+        AddrError::NeedsUtf8 => ReplyId::NeedsSmtputf8,
+        AddrError::TooLong => ReplyId::RecipientTooLong,
     })?;
     Ok(Rcpt { path })
 }
@@ -398,7 +476,7 @@ mod tests {
 
     const CTX: ParseCtx = ParseCtx { smtputf8: false };
 
-    fn p(line: &str) -> Result<Command<'_>, Reply> {
+    fn p(line: &str) -> Result<Command<'_>, ReplyId> {
         parse(line.as_bytes(), CTX)
     }
 
@@ -420,18 +498,18 @@ mod tests {
         ] {
             assert_eq!(p(v), Ok(Command::Obsolete), "{v}");
         }
-        assert_eq!(p("FOO"), Err(reply::UNRECOGNIZED));
-        assert_eq!(p(""), Err(reply::UNRECOGNIZED));
-        assert_eq!(p("MAILX FROM:<>"), Err(reply::UNRECOGNIZED));
+        assert_eq!(p("FOO"), Err(ReplyId::Unrecognized));
+        assert_eq!(p(""), Err(ReplyId::Unrecognized));
+        assert_eq!(p("MAILX FROM:<>"), Err(ReplyId::Unrecognized));
     }
 
     #[test]
     fn argument_syntax() {
-        assert_eq!(p("DATA x"), Err(reply::SYNTAX_DATA));
-        assert_eq!(p("RSET x"), Err(reply::SYNTAX_RSET));
-        assert_eq!(p("EHLO"), Err(reply::SYNTAX_EHLO));
-        assert_eq!(p("HELO a b"), Err(reply::SYNTAX_HELO));
-        assert_eq!(p("VRFY"), Err(reply::SYNTAX_VRFY));
+        assert_eq!(p("DATA x"), Err(ReplyId::SyntaxData));
+        assert_eq!(p("RSET x"), Err(ReplyId::SyntaxRset));
+        assert_eq!(p("EHLO"), Err(ReplyId::SyntaxEhlo));
+        assert_eq!(p("HELO a b"), Err(ReplyId::SyntaxHelo));
+        assert_eq!(p("VRFY"), Err(ReplyId::SyntaxVrfy));
         assert_eq!(
             p("BDAT 10"),
             Ok(Command::Bdat {
@@ -498,12 +576,12 @@ mod tests {
             m("MAIL FROM:<ä@b> SMTPUTF8"),
             Ok(("ä@b".into(), None, Body::SevenBit, true))
         );
-        assert_eq!(m("MAIL FROM:<ä@b>"), Err(reply::NEEDS_SMTPUTF8));
+        assert_eq!(m("MAIL FROM:<ä@b>"), Err(ReplyId::NeedsSmtputf8));
         assert_eq!(
             m("MAIL FROM:<a@b> FOO=1"),
-            Err(reply::UNSUPPORTED_MAIL_PARAM)
+            Err(ReplyId::UnsupportedMailParam)
         );
-        assert_eq!(m("MAIL FROM:<a@b> SIZE=x"), Err(reply::BAD_PARAM_SYNTAX));
+        assert_eq!(m("MAIL FROM:<a@b> SIZE=x"), Err(ReplyId::BadParamSyntax));
         // 1*20DIGIT is valid syntax even past u64: merely too big (RFC 1870 3).
         assert_eq!(
             m("MAIL FROM:<a@b> SIZE=99999999999999999999"),
@@ -511,33 +589,33 @@ mod tests {
         );
         assert_eq!(
             m("MAIL FROM:<a@b> SIZE=999999999999999999999"),
-            Err(reply::BAD_PARAM_SYNTAX)
+            Err(ReplyId::BadParamSyntax)
         );
         assert_eq!(
             m("MAIL FROM:<a@b> RET=FULL RET=HDRS"),
-            Err(reply::BAD_PARAM_SYNTAX)
+            Err(ReplyId::BadParamSyntax)
         );
         assert_eq!(
             m(&format!("MAIL FROM:<{}@b>", "a".repeat(65))),
-            Err(reply::SENDER_TOO_LONG)
+            Err(ReplyId::SenderTooLong)
         );
         assert_eq!(
             m("MAIL FROM:<a@b> SIZE=1 SIZE=2"),
             Ok(("a@b".into(), Some(2), Body::SevenBit, false))
         );
-        assert_eq!(m("MAIL FROM:<a@b> BODY=9BIT"), Err(reply::BAD_PARAM_SYNTAX));
-        assert_eq!(m("MAIL FROM:<a@b> RET=ALL"), Err(reply::BAD_PARAM_SYNTAX));
+        assert_eq!(m("MAIL FROM:<a@b> BODY=9BIT"), Err(ReplyId::BadParamSyntax));
+        assert_eq!(m("MAIL FROM:<a@b> RET=ALL"), Err(ReplyId::BadParamSyntax));
         assert_eq!(
             m("MAIL FROM:<a@b> SMTPUTF8=yes"),
-            Err(reply::BAD_PARAM_SYNTAX)
+            Err(ReplyId::BadParamSyntax)
         );
-        assert_eq!(m("MAIL FROM:a@b"), Err(reply::SYNTAX_MAIL));
-        assert_eq!(m("MAIL TO:<a@b>"), Err(reply::SYNTAX_MAIL));
-        assert_eq!(m("MAIL FROM:<a@b"), Err(reply::SYNTAX_MAIL));
-        assert_eq!(m("MAIL FROM:<a@b>x"), Err(reply::SYNTAX_MAIL));
-        assert_eq!(m("MAIL"), Err(reply::SYNTAX_MAIL));
-        assert_eq!(m("MAIL FROM:<a>"), Err(reply::BAD_SENDER));
-        assert_eq!(m("MAIL FROM:<a..b@c>"), Err(reply::BAD_SENDER));
+        assert_eq!(m("MAIL FROM:a@b"), Err(ReplyId::SyntaxMail));
+        assert_eq!(m("MAIL TO:<a@b>"), Err(ReplyId::SyntaxMail));
+        assert_eq!(m("MAIL FROM:<a@b"), Err(ReplyId::SyntaxMail));
+        assert_eq!(m("MAIL FROM:<a@b>x"), Err(ReplyId::SyntaxMail));
+        assert_eq!(m("MAIL"), Err(ReplyId::SyntaxMail));
+        assert_eq!(m("MAIL FROM:<a>"), Err(ReplyId::BadSender));
+        assert_eq!(m("MAIL FROM:<a..b@c>"), Err(ReplyId::BadSender));
         assert_eq!(
             m("MAIL FROM:<a@[127.0.0.1]>"),
             Ok(("a@[127.0.0.1]".into(), None, Body::SevenBit, false))
@@ -546,17 +624,17 @@ mod tests {
             m("MAIL FROM:<a@[IPv6:::1]>"),
             Ok(("a@[IPv6:::1]".into(), None, Body::SevenBit, false))
         );
-        assert_eq!(m("MAIL FROM:<a@[300.0.0.1]>"), Err(reply::BAD_SENDER));
+        assert_eq!(m("MAIL FROM:<a@[300.0.0.1]>"), Err(ReplyId::BadSender));
     }
 
     #[test]
     fn rcpt_paths_and_params() {
         let unknown = parse(b"RCPT TO:<a@b> FOO", CTX);
-        assert_eq!(unknown, Err(reply::UNSUPPORTED_RCPT_PARAM));
+        assert_eq!(unknown, Err(ReplyId::UnsupportedRcptParam));
         let twice = parse(b"RCPT TO:<a@b> NOTIFY=NEVER NOTIFY=DELAY", CTX);
-        assert_eq!(twice, Err(reply::BAD_PARAM_SYNTAX));
+        assert_eq!(twice, Err(ReplyId::BadParamSyntax));
         let long = format!("RCPT TO:<{}@b>", "a".repeat(65));
-        assert_eq!(parse(long.as_bytes(), CTX), Err(reply::RECIPIENT_TOO_LONG));
+        assert_eq!(parse(long.as_bytes(), CTX), Err(ReplyId::RecipientTooLong));
         assert!(parse(b"RCPT TO:<a@b> ORCPT=rfc822;a+2bb", CTX).is_ok());
         let r = |s: &str, utf8: bool| match parse(s.as_bytes(), ParseCtx { smtputf8: utf8 }) {
             Ok(Command::Rcpt(r)) => Ok(String::from_utf8(r.path.to_vec()).unwrap()),
@@ -568,7 +646,7 @@ mod tests {
             r("RCPT TO:<Postmaster@x.example>", false),
             Ok("Postmaster@x.example".into())
         );
-        assert_eq!(r("RCPT TO:<>", false), Err(reply::BAD_RECIPIENT));
+        assert_eq!(r("RCPT TO:<>", false), Err(ReplyId::BadRecipient));
         assert_eq!(
             r(
                 "RCPT TO:<a@b> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40b",
@@ -579,21 +657,21 @@ mod tests {
         assert_eq!(r("RCPT TO:<a@b> NOTIFY=NEVER", false), Ok("a@b".into()));
         assert_eq!(
             r("RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS", false),
-            Err(reply::BAD_PARAM_SYNTAX)
+            Err(ReplyId::BadParamSyntax)
         );
         assert_eq!(
             r("RCPT TO:<a@b> ORCPT=rfc822", false),
-            Err(reply::BAD_PARAM_SYNTAX)
+            Err(ReplyId::BadParamSyntax)
         );
         assert_eq!(
             r("RCPT TO:<a@b> SIZE=1", false),
-            Err(reply::UNSUPPORTED_RCPT_PARAM)
+            Err(ReplyId::UnsupportedRcptParam)
         );
         assert_eq!(
             r("RCPT TO:<δ@ε.example>", false),
-            Err(reply::NEEDS_SMTPUTF8)
+            Err(ReplyId::NeedsSmtputf8)
         );
         assert_eq!(r("RCPT TO:<δ@ε.example>", true), Ok("δ@ε.example".into()));
-        assert_eq!(r("RCPT FROM:<a@b>", false), Err(reply::SYNTAX_RCPT));
+        assert_eq!(r("RCPT FROM:<a@b>", false), Err(ReplyId::SyntaxRcpt));
     }
 }

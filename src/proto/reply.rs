@@ -1,133 +1,255 @@
-//! Reply texts (RFC 5321 4.2, RFC 3463 enhanced status codes, RFC 2034).
+//! Reply texts (RFC 5321 4.2, RFC 3463 enhanced status codes, RFC 2034), and
+//! the reply parser clients use.
 //!
-//! Owns: every fixed reply line, pre-encoded with its CRLF so the hot path
-//! only copies bytes. Replies that name the host (greeting, EHLO, 421) are
-//! rendered once per server by [`Rendered`]. Every reply but the greeting,
-//! HELO/EHLO and the 354 intermediate reply carries an enhanced code (RFC 3463
-//! defines classes 2, 4 and 5 only, so 354 cannot carry one).
+//! Owns: the name of every reply the server can send ([`ReplyId`]) and the
+//! table of their texts ([`Replies`]), rendered once per server from the
+//! settings: the host name goes in at start, any text can be replaced before
+//! the server runs, and the hot path only copies bytes (no formatting, no
+//! allocation per reply). Every reply but the greeting, HELO/EHLO and the 354
+//! intermediate reply carries an enhanced code (RFC 3463 defines classes 2, 4
+//! and 5 only, so 354 cannot carry one).
+//!
+//! The EHLO block is rendered twice, for a session before and after it is
+//! secured: extensions such as STARTTLS are offered only on one side.
 
-/// One complete reply line (or lines), CRLF included.
-pub type Reply = &'static [u8];
+use super::decimal;
+use std::fmt;
 
-pub const OK: Reply = b"250 2.0.0 Ok\r\n";
-pub const SENDER_OK: Reply = b"250 2.1.0 Ok\r\n";
-pub const RECIPIENT_OK: Reply = b"250 2.1.5 Ok\r\n";
-pub const QUEUED: Reply = b"250 2.0.0 Ok: queued\r\n";
-pub const START_DATA: Reply = b"354 End data with <CR><LF>.<CR><LF>\r\n";
-pub const VRFY: Reply =
-    b"252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
-pub const HELP: Reply =
-    b"214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET VRFY EXPN HELP NOOP QUIT\r\n";
-pub const BYE: Reply = b"221 2.0.0 Bye\r\n";
+/// Declares [`ReplyId`] and the default text of each reply. `{host}` is
+/// replaced by the server's host name when the table is rendered.
+macro_rules! replies {
+    ($($(#[$doc:meta])* $id:ident = $text:expr;)*) => {
+        /// Names every reply the server sends; [`Replies`] holds their texts.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum ReplyId {
+            $($(#[$doc])* $id,)*
+        }
 
-pub const UNRECOGNIZED: Reply = b"500 5.5.2 Error: command not recognized\r\n";
-pub const LINE_TOO_LONG: Reply = b"500 5.5.2 Error: line too long\r\n";
-pub const BARE_LF: Reply = b"500 5.5.2 Error: bare <LF> received; end lines with <CR><LF>\r\n";
-pub const BAD_CHAR: Reply = b"500 5.5.2 Error: control character in command\r\n";
-pub const NOT_IMPLEMENTED: Reply = b"502 5.5.1 Error: command not implemented\r\n";
+        impl ReplyId {
+            /// Every reply, in declaration order (`ALL[id as usize] == id`).
+            pub const ALL: &'static [ReplyId] = &[$(ReplyId::$id,)*];
 
-pub const SYNTAX_HELO: Reply = b"501 5.5.4 Syntax: HELO hostname\r\n";
-pub const SYNTAX_EHLO: Reply = b"501 5.5.4 Syntax: EHLO hostname\r\n";
-pub const SYNTAX_MAIL: Reply = b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n";
-pub const SYNTAX_RCPT: Reply = b"501 5.5.4 Syntax: RCPT TO:<address>\r\n";
-pub const SYNTAX_DATA: Reply = b"501 5.5.4 Syntax: DATA\r\n";
-pub const SYNTAX_BDAT: Reply = b"501 5.5.4 Syntax: BDAT size [LAST]\r\n";
-pub const SYNTAX_RSET: Reply = b"501 5.5.4 Syntax: RSET\r\n";
-pub const SYNTAX_QUIT: Reply = b"501 5.5.4 Syntax: QUIT\r\n";
-pub const SYNTAX_VRFY: Reply = b"501 5.5.4 Syntax: VRFY address\r\n";
-pub const BAD_SENDER: Reply = b"501 5.1.7 Bad sender address syntax\r\n";
-pub const BAD_RECIPIENT: Reply = b"501 5.1.3 Bad recipient address syntax\r\n";
-pub const SENDER_TOO_LONG: Reply = b"501 5.1.7 Error: sender path too long\r\n";
-pub const RECIPIENT_TOO_LONG: Reply = b"501 5.1.3 Error: recipient path too long\r\n";
-pub const BAD_PARAM_SYNTAX: Reply = b"501 5.5.4 Error: bad parameter syntax\r\n";
-pub const NEEDS_SMTPUTF8: Reply = b"553 5.6.7 Error: non-ASCII address requires SMTPUTF8\r\n";
-pub const UNSUPPORTED_MAIL_PARAM: Reply = b"555 5.5.4 Error: unsupported MAIL parameter\r\n";
-pub const UNSUPPORTED_RCPT_PARAM: Reply = b"555 5.5.4 Error: unsupported RCPT parameter\r\n";
-
-pub const NEED_HELO: Reply = b"503 5.5.1 Error: send HELO/EHLO first\r\n";
-pub const NESTED_MAIL: Reply = b"503 5.5.1 Error: nested MAIL command\r\n";
-pub const NEED_MAIL: Reply = b"503 5.5.1 Error: need MAIL command\r\n";
-pub const NEED_RCPT: Reply = b"503 5.5.1 Error: need RCPT command\r\n";
-pub const DATA_AFTER_BDAT: Reply = b"503 5.5.1 Error: DATA not allowed after BDAT\r\n";
-pub const BINARYMIME_NEEDS_BDAT: Reply = b"503 5.5.1 Error: BODY=BINARYMIME requires BDAT\r\n";
-
-pub const RCPT_AFTER_BDAT: Reply = b"503 5.5.1 Error: RCPT after BDAT\r\n";
-/// Closes the connection: after a BDAT line we cannot execute we cannot tell
-/// chunk bytes from commands (Postfix answers the same way).
-pub const BDAT_DESYNC: Reply = b"521 5.5.4 Error: unusable BDAT command; closing connection\r\n";
-
-pub const TOO_MANY_RECIPIENTS: Reply = b"452 4.5.3 Error: too many recipients\r\n";
-pub const TOO_BIG: Reply = b"552 5.3.4 Error: message size exceeds fixed limit\r\n";
-pub const BARE_LF_IN_DATA: Reply = b"550 5.5.2 Error: bare <LF> received in message data\r\n";
-
-/// Replies that name the server, rendered once from the configuration.
-#[derive(Debug, Clone)]
-pub struct Rendered {
-    pub greeting: Vec<u8>,
-    pub helo: Vec<u8>,
-    pub ehlo: Vec<u8>,
-    pub shutdown: Vec<u8>,
-    pub timeout: Vec<u8>,
-}
-
-impl Rendered {
-    /// Renders the host-specific replies. `max_size` is advertised by SIZE.
-    pub fn new(hostname: &str, max_size: u64) -> Self {
-        let lines = |ls: &[String]| -> Vec<u8> {
-            let mut out = Vec::new();
-            for (i, l) in ls.iter().enumerate() {
-                let sep = if i + 1 == ls.len() { ' ' } else { '-' };
-                out.extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+            /// The built-in text, before the host name is filled in.
+            pub const fn default_text(self) -> &'static str {
+                match self {
+                    $(ReplyId::$id => $text,)*
+                }
             }
-            out
+        }
+    };
+}
+
+replies! {
+    /// The 220 greeting.
+    Greeting = "220 {host} ESMTP smtpsink";
+    /// The reply to HELO.
+    Helo = "250 {host}";
+    /// The reply to EHLO: the extension block (see [`Replies::text`]).
+    Ehlo = "250 {host}";
+    Ok = "250 2.0.0 Ok";
+    SenderOk = "250 2.1.0 Ok";
+    RecipientOk = "250 2.1.5 Ok";
+    /// The final reply to an accepted message.
+    Queued = "250 2.0.0 Ok: queued";
+    /// One BDAT chunk taken; `{size}` becomes its octet count.
+    ChunkReceived = "250 2.0.0 {size} octets received";
+    StartData = "354 End data with <CR><LF>.<CR><LF>";
+    Vrfy = "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery";
+    Help = "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET VRFY EXPN HELP NOOP QUIT";
+    Bye = "221 2.0.0 Bye";
+
+    Unrecognized = "500 5.5.2 Error: command not recognized";
+    LineTooLong = "500 5.5.2 Error: line too long";
+    BareLf = "500 5.5.2 Error: bare <LF> received; end lines with <CR><LF>";
+    BadChar = "500 5.5.2 Error: control character in command";
+    NotImplemented = "502 5.5.1 Error: command not implemented";
+
+    SyntaxHelo = "501 5.5.4 Syntax: HELO hostname";
+    SyntaxEhlo = "501 5.5.4 Syntax: EHLO hostname";
+    SyntaxMail = "501 5.5.4 Syntax: MAIL FROM:<address>";
+    SyntaxRcpt = "501 5.5.4 Syntax: RCPT TO:<address>";
+    SyntaxData = "501 5.5.4 Syntax: DATA";
+    SyntaxBdat = "501 5.5.4 Syntax: BDAT size [LAST]";
+    SyntaxRset = "501 5.5.4 Syntax: RSET";
+    SyntaxQuit = "501 5.5.4 Syntax: QUIT";
+    SyntaxVrfy = "501 5.5.4 Syntax: VRFY address";
+    BadSender = "501 5.1.7 Bad sender address syntax";
+    BadRecipient = "501 5.1.3 Bad recipient address syntax";
+    SenderTooLong = "501 5.1.7 Error: sender path too long";
+    RecipientTooLong = "501 5.1.3 Error: recipient path too long";
+    BadParamSyntax = "501 5.5.4 Error: bad parameter syntax";
+    NeedsSmtputf8 = "553 5.6.7 Error: non-ASCII address requires SMTPUTF8";
+    UnsupportedMailParam = "555 5.5.4 Error: unsupported MAIL parameter";
+    UnsupportedRcptParam = "555 5.5.4 Error: unsupported RCPT parameter";
+
+    NeedHelo = "503 5.5.1 Error: send HELO/EHLO first";
+    NestedMail = "503 5.5.1 Error: nested MAIL command";
+    NeedMail = "503 5.5.1 Error: need MAIL command";
+    NeedRcpt = "503 5.5.1 Error: need RCPT command";
+    DataAfterBdat = "503 5.5.1 Error: DATA not allowed after BDAT";
+    BinarymimeNeedsBdat = "503 5.5.1 Error: BODY=BINARYMIME requires BDAT";
+    RcptAfterBdat = "503 5.5.1 Error: RCPT after BDAT";
+    /// Closes the connection: after a BDAT line we cannot execute we cannot
+    /// tell chunk bytes from commands (Postfix answers the same way).
+    BdatDesync = "521 5.5.4 Error: unusable BDAT command; closing connection";
+
+    TooManyRecipients = "452 4.5.3 Error: too many recipients";
+    TooBig = "552 5.3.4 Error: message size exceeds fixed limit";
+    BareLfInData = "550 5.5.2 Error: bare <LF> received in message data";
+    /// For sinks that fail to keep a message (RFC 3463 4.3.0).
+    LocalError = "451 4.3.0 Error: local error in processing";
+    /// For sinks out of space (RFC 3463 4.3.1).
+    InsufficientStorage = "452 4.3.1 Error: insufficient system storage";
+
+    /// Graceful shutdown.
+    Shutdown = "421 4.3.2 {host} Service shutting down, closing transmission channel";
+    /// No input for `--timeout`, or a command line not complete within `--command-timeout`.
+    Timeout = "421 4.4.2 {host} Error: timeout exceeded, closing transmission channel";
+    /// Message content slower than `--data-min-rate` over a `--data-window`.
+    DataTooSlow = "421 4.4.2 {host} Error: data transfer too slow, closing transmission channel";
+    /// `--max-connections-per-client` reached.
+    TooManyConnections = "421 4.7.0 {host} Error: too many connections from your address";
+}
+
+impl ReplyId {
+    /// How many replies there are.
+    pub const COUNT: usize = Self::ALL.len();
+}
+
+/// How an extension is offered in the EHLO block (RFC 3207: STARTTLS only
+/// before TLS; some sites offer AUTH only after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Always,
+    BeforeTls,
+    AfterTls,
+}
+
+/// A reply text that is not one well-formed SMTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadReply(pub String);
+
+impl fmt::Display for BadReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a valid SMTP reply: {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BadReply {}
+
+/// The text of every reply, rendered once per server. Texts are complete
+/// replies, CRLF included; multi-line replies are allowed.
+#[derive(Debug, Clone)]
+pub struct Replies {
+    texts: Vec<Box<[u8]>>,
+    /// The EHLO block before and after the transport is secured.
+    ehlo_plain: Box<[u8]>,
+    ehlo_secure: Box<[u8]>,
+    /// Where the octet count goes in [`ReplyId::ChunkReceived`].
+    chunk_split: usize,
+}
+
+impl Replies {
+    /// Renders the default texts for `hostname` and an EHLO block of the
+    /// given extensions (keyword and parameters, e.g. `SIZE 1000`).
+    pub fn new(hostname: &str, extensions: &[(String, Offer)]) -> Self {
+        let texts: Vec<Box<[u8]>> = ReplyId::ALL
+            .iter()
+            .map(|id| crlf(&id.default_text().replace("{host}", hostname)))
+            .collect();
+        let block = |secure: bool| -> Box<[u8]> {
+            let mut lines = vec![hostname];
+            lines.extend(extensions.iter().filter_map(|(kw, offer)| {
+                let shown = match offer {
+                    Offer::Always => true,
+                    Offer::BeforeTls => !secure,
+                    Offer::AfterTls => secure,
+                };
+                shown.then_some(kw.as_str())
+            }));
+            let mut out = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                out.extend_from_slice(if i + 1 == lines.len() {
+                    b"250 "
+                } else {
+                    b"250-"
+                });
+                out.extend_from_slice(l.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.into_boxed_slice()
         };
-        let ehlo = [
-            hostname.to_string(),
-            "PIPELINING".into(),
-            format!("SIZE {max_size}"),
-            "8BITMIME".into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "SMTPUTF8".into(),
-            "CHUNKING".into(),
-            "BINARYMIME".into(),
-            "DSN".into(),
-            "HELP".into(),
-        ];
-        Self {
-            greeting: format!("220 {hostname} ESMTP smtpsink\r\n").into_bytes(),
-            helo: format!("250 {hostname}\r\n").into_bytes(),
-            ehlo: lines(&ehlo),
-            shutdown: format!(
-                "421 4.3.2 {hostname} Service shutting down, closing transmission channel\r\n"
-            )
-            .into_bytes(),
-            timeout: format!(
-                "421 4.4.2 {hostname} Error: timeout exceeded, closing transmission channel\r\n"
-            )
-            .into_bytes(),
+        let mut r = Self {
+            texts,
+            ehlo_plain: block(false),
+            ehlo_secure: block(true),
+            chunk_split: 0,
+        };
+        r.chunk_split = r.find_chunk_split();
+        r
+    }
+
+    /// The text of `id`; for [`ReplyId::Ehlo`], the block for a session that
+    /// is (`secure`) or is not secured.
+    #[inline]
+    pub fn text(&self, id: ReplyId, secure: bool) -> &[u8] {
+        match id {
+            ReplyId::Ehlo if secure => &self.ehlo_secure,
+            ReplyId::Ehlo => &self.ehlo_plain,
+            _ => self.texts.get(id as usize).map_or(&[][..], |t| &t[..]),
+        }
+    }
+
+    /// Replaces the text of `id` (a CRLF is added when missing). The text
+    /// must be one complete reply: three-digit code, the same code on every
+    /// line, `-` on all but the last; `{size}` in `ChunkReceived` marks the
+    /// octet count. Replacing `Ehlo` replaces both blocks.
+    pub fn set(&mut self, id: ReplyId, text: &str) -> Result<(), BadReply> {
+        let bytes = crlf(text);
+        match parse(&bytes) {
+            Parsed::Complete { code, len } if len == bytes.len() && (200..600).contains(&code) => {}
+            _ => return Err(BadReply(text.to_string())),
+        }
+        match id {
+            ReplyId::Ehlo => {
+                self.ehlo_plain = bytes.clone();
+                self.ehlo_secure = bytes;
+            }
+            _ => {
+                if let Some(t) = self.texts.get_mut(id as usize) {
+                    *t = bytes;
+                }
+            }
+        }
+        self.chunk_split = self.find_chunk_split();
+        Ok(())
+    }
+
+    fn find_chunk_split(&self) -> usize {
+        let t = self.text(ReplyId::ChunkReceived, false);
+        memchr::memmem::find(t, b"{size}").unwrap_or(t.len())
+    }
+
+    /// Appends the reply to one BDAT chunk of `n` octets without `format!`.
+    pub fn chunk_received(&self, n: u64, out: &mut Vec<u8>) {
+        let t = self.text(ReplyId::ChunkReceived, false);
+        let (head, tail) = t.split_at(self.chunk_split.min(t.len()));
+        out.extend_from_slice(head);
+        if let Some(tail) = tail.strip_prefix(b"{size}") {
+            decimal::write(n, 0, out);
+            out.extend_from_slice(tail);
         }
     }
 }
 
-/// Appends `250 2.0.0 <n> octets received` (one BDAT chunk) without
-/// going through `format!`.
-pub fn chunk_received(n: u64, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"250 2.0.0 ");
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+/// `text` with CRLF line ends, one CRLF at the end.
+fn crlf(text: &str) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    for line in text.trim_end_matches(['\r', '\n']).split('\n') {
+        out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(digits.get(i..).unwrap_or_default());
-    out.extend_from_slice(b" octets received\r\n");
+    out.into_boxed_slice()
 }
 
 /// A reply as a client sees it (RFC 5321 4.2).
@@ -205,10 +327,28 @@ pub fn ehlo_keywords(reply: &[u8]) -> impl Iterator<Item = &[u8]> {
 mod tests {
     use super::*;
 
+    fn standard(host: &str, size: u64) -> Replies {
+        let ext: Vec<(String, Offer)> = [
+            "PIPELINING".to_string(),
+            format!("SIZE {size}"),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "CHUNKING".into(),
+            "BINARYMIME".into(),
+            "DSN".into(),
+            "HELP".into(),
+        ]
+        .into_iter()
+        .map(|k| (k, Offer::Always))
+        .collect();
+        Replies::new(host, &ext)
+    }
+
     #[test]
     fn ehlo_block_is_well_formed() {
-        let r = Rendered::new("sink.test", 1000);
-        let text = String::from_utf8(r.ehlo).unwrap();
+        let r = standard("sink.test", 1000);
+        let text = String::from_utf8(r.text(ReplyId::Ehlo, false).to_vec()).unwrap();
         let lines: Vec<&str> = text.split_terminator("\r\n").collect();
         assert_eq!(lines[0], "250-sink.test");
         assert_eq!(lines[2], "250-SIZE 1000");
@@ -216,20 +356,102 @@ mod tests {
         assert!(lines[..lines.len() - 1]
             .iter()
             .all(|l| l.starts_with("250-")));
-        assert_eq!(r.greeting, b"220 sink.test ESMTP smtpsink\r\n");
+        assert_eq!(
+            r.text(ReplyId::Greeting, false),
+            b"220 sink.test ESMTP smtpsink\r\n"
+        );
+        assert_eq!(
+            r.text(ReplyId::Timeout, false),
+            &b"421 4.4.2 sink.test Error: timeout exceeded, closing transmission channel\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn every_default_text_is_one_reply_with_an_enhanced_code_where_allowed() {
+        let r = standard("h", 10);
+        for &id in ReplyId::ALL {
+            let t = r.text(id, false);
+            let Parsed::Complete { code, len } = parse(t) else {
+                panic!("{id:?}: {t:?}");
+            };
+            assert_eq!(len, t.len(), "{id:?}");
+            // RFC 3463: greeting, HELO/EHLO and 354 carry no enhanced code.
+            let plain = matches!(
+                id,
+                ReplyId::Greeting | ReplyId::Helo | ReplyId::Ehlo | ReplyId::StartData
+            );
+            let class = code / 100;
+            let enhanced = format!("{class}.");
+            let has = t.get(4..6) == Some(enhanced.as_bytes());
+            assert_eq!(has, !plain, "{id:?}");
+        }
+        assert_eq!(ReplyId::ALL[ReplyId::Bye as usize], ReplyId::Bye);
+    }
+
+    #[test]
+    fn offers_differ_before_and_after_tls() {
+        let r = Replies::new(
+            "h",
+            &[
+                ("PIPELINING".into(), Offer::Always),
+                ("STARTTLS".into(), Offer::BeforeTls),
+                ("AUTH PLAIN".into(), Offer::AfterTls),
+            ],
+        );
+        assert_eq!(
+            r.text(ReplyId::Ehlo, false),
+            b"250-h\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
+        );
+        assert_eq!(
+            r.text(ReplyId::Ehlo, true),
+            b"250-h\r\n250-PIPELINING\r\n250 AUTH PLAIN\r\n"
+        );
+    }
+
+    #[test]
+    fn texts_can_be_replaced() {
+        let mut r = standard("h", 10);
+        r.set(ReplyId::RecipientOk, "550 5.1.1 No such user")
+            .unwrap();
+        assert_eq!(
+            r.text(ReplyId::RecipientOk, false),
+            b"550 5.1.1 No such user\r\n"
+        );
+        r.set(ReplyId::Bye, "221-so long\n221 bye\r\n").unwrap();
+        assert_eq!(r.text(ReplyId::Bye, false), b"221-so long\r\n221 bye\r\n");
+        for bad in [
+            "hello",
+            "25 short",
+            "250-a\r\n251 b",
+            "999 nine",
+            "250-only",
+        ] {
+            assert!(r.set(ReplyId::Ok, bad).is_err(), "{bad}");
+        }
+        assert_eq!(r.text(ReplyId::Ok, false), b"250 2.0.0 Ok\r\n");
+        r.set(ReplyId::ChunkReceived, "250 got {size} bytes")
+            .unwrap();
+        let mut out = Vec::new();
+        r.chunk_received(12, &mut out);
+        assert_eq!(out, b"250 got 12 bytes\r\n");
+        r.set(ReplyId::ChunkReceived, "250 fine").unwrap();
+        out.clear();
+        r.chunk_received(12, &mut out);
+        assert_eq!(out, b"250 fine\r\n");
     }
 
     #[test]
     fn parses_replies() {
-        let r = Rendered::new("h", 10);
+        let r = standard("h", 10);
+        let ehlo = r.text(ReplyId::Ehlo, false);
         assert_eq!(
-            parse(&r.ehlo),
+            parse(ehlo),
             Parsed::Complete {
                 code: 250,
-                len: r.ehlo.len()
+                len: ehlo.len()
             }
         );
-        let kw: Vec<&[u8]> = ehlo_keywords(&r.ehlo).collect();
+        let kw: Vec<&[u8]> = ehlo_keywords(ehlo).collect();
         assert!(
             kw.contains(&&b"PIPELINING"[..])
                 && kw.contains(&&b"SIZE"[..])
@@ -251,14 +473,15 @@ mod tests {
 
     #[test]
     fn chunk_counts() {
+        let r = standard("h", 10);
         for (n, want) in [
             (0u64, "0"),
             (7, "7"),
-            (1048576, "1048576"),
+            (1_048_576, "1048576"),
             (u64::MAX, "18446744073709551615"),
         ] {
             let mut out = Vec::new();
-            chunk_received(n, &mut out);
+            r.chunk_received(n, &mut out);
             assert_eq!(
                 out,
                 format!("250 2.0.0 {want} octets received\r\n").as_bytes()

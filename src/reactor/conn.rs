@@ -1,138 +1,374 @@
-//! One client connection: the socket, its carried-over input, its unsent
-//! output, its session and its idle deadline.
+//! One client connection: its link (transport and buffers), its session, and
+//! where it is in its life.
 //!
-//! Input is read into the reactor's shared scratch buffer; only bytes the
-//! session could not consume yet (a partial line, a held-back CR) are kept
-//! here, so an idle connection holds a few hundred bytes at most. Output is
-//! appended here by the session and written once per batch.
+//! This is the glue between readiness and the protocol: it turns events into
+//! the session's semantic events (bytes in, replies taken, deadline passed,
+//! verdict arrived, closed) and acts on the session's [`Request`] after each
+//! one. The event loop above only sees [`Next`]: wait, serve again, remove.
+//!
+//! Replies go into the loop's shared output buffer and are written at the end
+//! of each serve, when this connection's input has run dry: one write per
+//! pipelined batch (RFC 2920), and a connection whose client keeps up never
+//! holds an output allocation. Only what the socket refuses is kept (in the
+//! link). Once that passes [`OUTPUT_HIGH_WATER`] the session stops answering,
+//! even in the middle of a batch: the rest of the batch waits in the carry
+//! and the rest of the input in the kernel, until the client reads.
 
-use crate::proto::server::Session;
-use mio::net::TcpStream;
-use std::io::{self, Read, Write};
+use super::{Env, LINGER};
+use crate::net::{Consumed, Drain, Flush, Keep, Link, ReadEnd, Transport};
+use crate::proto::reply::ReplyId;
+use crate::proto::server::{Ctx, Request, Session, Verdict};
+use mio::{Interest, Registry, Token};
+use std::io;
 use std::time::Instant;
 
-/// Output above this, not yet accepted by the kernel, pauses reading from the
-/// client until it drains: a client that never reads cannot grow us.
+/// Unsent output above this pauses the session: a client that never reads
+/// cannot grow us. Per connection we then hold at most this much output,
+/// plus one reply, plus one read buffer of unanswered input.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+/// Bytes read from one connection per turn before others get theirs.
+pub const READ_BUDGET: usize = 256 * 1024;
+/// Empty buffers bigger than this are released: a partial command line fits.
+const KEEP: Keep = Keep {
+    carry: 1024,
+    out: 0,
+};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Reading and answering.
+    Open,
+    /// Not reading: unsent output passed the high-water mark. Resumes when
+    /// the client has taken all of it.
+    Backlogged,
+    /// Not reading: the session waits for a verdict or a held reply's time.
+    Parked,
+    /// The session ended: writing what is left, then closing; at most until then.
+    Closing { until: Instant },
+    /// FIN sent: reading until the client's FIN, at most until then, so our
+    /// close does not reset away replies it has not read.
+    Lingering { until: Instant },
+}
+
+/// What the loop does with a connection after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing until its next event, deadline or completion.
+    Wait,
+    /// Serve it again before the loop sleeps (budget spent, or resumed).
+    Again,
+    /// Closed: remove it.
+    Remove,
+}
 
 pub struct Conn {
-    pub sock: TcpStream,
-    pub session: Session,
-    /// Unconsumed input, to be placed before the next read.
-    pub carry: Vec<u8>,
-    /// Replies not yet written; `out_pos` bytes of it already were.
-    pub out: Vec<u8>,
-    pub out_pos: usize,
-    pub last_active: Instant,
-    /// WRITABLE interest is registered (only while output is pending).
-    pub want_write: bool,
-    /// Listed in the reactor's flush queue for this turn.
-    pub flush_queued: bool,
-    /// Reading stopped because too much output was pending.
-    pub read_paused: bool,
-    /// Closing: our FIN is sent and we read until the peer's, at most until
-    /// then (see [`Conn::discard_input`]).
-    pub lingering_until: Option<Instant>,
+    link: Link,
+    session: Session,
+    life: Life,
+    /// Input read earlier is waiting in the carry for a session that stopped
+    /// taking it: offer it before reading (no event will announce it again).
+    replay: bool,
 }
 
-/// What a drain of unread input found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drain {
-    /// The peer closed (or the socket failed): nothing more will come.
-    Eof,
-    /// Nothing unread right now.
-    Empty,
-    /// Still more after the budget.
-    More,
-}
-
-/// Result of trying to write pending output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flush {
-    Done,
-    Blocked,
-    Failed,
+/// Calls `f` with the session and a context over `env`, limited to what the
+/// output high-water mark leaves.
+macro_rules! with_cx {
+    ($env:expr, $limit:expr, |$cx:ident| $body:expr) => {{
+        let $cx = &mut Ctx {
+            out: &mut *$env.out,
+            out_limit: $limit,
+            sink: &mut *$env.sink,
+            observer: &mut *$env.stats,
+            now: $env.now,
+        };
+        $body
+    }};
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, session: Session, now: Instant) -> Self {
+    pub fn new(transport: Transport, session: Session) -> Self {
         Self {
-            sock,
+            link: Link::new(transport, KEEP),
             session,
-            carry: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            last_active: now,
-            want_write: false,
-            flush_queued: false,
-            read_paused: false,
-            lingering_until: None,
+            life: Life::Open,
+            replay: false,
         }
     }
 
-    pub fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+    /// Registers for READABLE; WRITABLE is added only while output is pending.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        self.link.register(registry, token, Interest::READABLE)
     }
 
-    /// Writes pending output until done or the socket is full. A client
-    /// that is reading its replies is active, even if it sends nothing.
-    pub fn flush(&mut self, write_calls: &mut u64, bytes_out: &mut u64, now: Instant) -> Flush {
-        while self.has_output() {
-            *write_calls += 1;
-            match self
-                .sock
-                .write(self.out.get(self.out_pos..).unwrap_or_default())
-            {
-                Ok(0) => return Flush::Failed,
-                Ok(n) => {
-                    self.out_pos += n;
-                    *bytes_out += n as u64;
-                    self.last_active = now;
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Heap bytes held in this connection's buffers.
+    pub fn footprint(&self) -> usize {
+        self.link.footprint()
+    }
+
+    /// When the loop must call [`Conn::on_timer`] next.
+    pub fn deadline(&self, env: &Env<'_>) -> Option<Instant> {
+        match self.life {
+            Life::Closing { until } | Life::Lingering { until } => Some(until),
+            Life::Open | Life::Backlogged | Life::Parked => self.session.deadline(env.settings),
+        }
+    }
+
+    /// The connection was accepted: greet (or, when `admitted` is false,
+    /// refuse with 421 4.7.0) and read whatever the client already sent.
+    pub fn start(&mut self, token: Token, admitted: bool, env: &mut Env<'_>) -> Next {
+        let s = env.settings;
+        if admitted {
+            with_cx!(env, usize::MAX, |cx| self.session.start(s, cx));
+            self.pump(token, false, env)
+        } else {
+            env.stats.counters.connections_refused += 1;
+            with_cx!(env, usize::MAX, |cx| self.session.close_with(
+                s,
+                ReplyId::TooManyConnections,
+                cx
+            ));
+            self.after_event(token, env, false)
+        }
+    }
+
+    /// A readiness event (readable, writable, or the peer closed: `drain`).
+    pub fn serve(&mut self, token: Token, drain: bool, env: &mut Env<'_>) -> Next {
+        match self.life {
+            Life::Lingering { .. } => match self.link.discard_input(env.scratch) {
+                Drain::Eof => Next::Remove,
+                Drain::Empty | Drain::More => Next::Wait,
+            },
+            Life::Closing { .. } => match self.flush(token, env) {
+                Flush::Done => self.close(token, env, false),
+                Flush::Blocked => Next::Wait,
+                Flush::Failed => Next::Remove,
+            },
+            Life::Parked => match self.flush(token, env) {
+                Flush::Failed => Next::Remove,
+                Flush::Done | Flush::Blocked => Next::Wait,
+            },
+            Life::Backlogged => match self.flush(token, env) {
+                // Everything taken: answer the rest of the batch, then read
+                // until the socket is dry (its events were not acted on).
+                Flush::Done => {
+                    self.life = Life::Open;
+                    self.pump(token, true, env)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Flush::Failed,
-            }
+                Flush::Blocked => Next::Wait,
+                Flush::Failed => Next::Remove,
+            },
+            Life::Open => match self.flush(token, env) {
+                Flush::Failed => Next::Remove,
+                Flush::Done | Flush::Blocked => self.pump(token, drain, env),
+            },
         }
-        self.out.clear();
-        self.out_pos = 0;
-        // A burst (a huge pipelined batch) may have grown the buffer; do not
-        // keep that memory on an idle connection.
-        if self.out.capacity() > OUTPUT_HIGH_WATER {
-            self.out = Vec::new();
-        }
-        Flush::Done
     }
 
-    /// Reads into `buf`, retrying on EINTR.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Its deadline passed.
+    pub fn on_timer(&mut self, token: Token, env: &mut Env<'_>) -> Next {
+        match self.life {
+            Life::Closing { .. } | Life::Lingering { .. } => Next::Remove,
+            Life::Open | Life::Backlogged | Life::Parked => {
+                let s = env.settings;
+                with_cx!(env, usize::MAX, |cx| self.session.on_timer(s, cx));
+                // A timer's close (a timeout) does not wait for a client that
+                // may not be reading.
+                self.after_event(token, env, true)
+            }
+        }
+    }
+
+    /// The sink's verdict on this connection's message arrived.
+    pub fn complete(&mut self, token: Token, verdict: Verdict, env: &mut Env<'_>) -> Next {
+        if self.life != Life::Parked {
+            return Next::Wait;
+        }
+        let s = env.settings;
+        with_cx!(env, usize::MAX, |cx| self.session.complete(s, verdict, cx));
+        self.after_event(token, env, false)
+    }
+
+    /// The server is shutting down (first request): 421 now, or after the
+    /// message in progress.
+    pub fn shutdown(&mut self, token: Token, env: &mut Env<'_>) -> Next {
+        if matches!(self.life, Life::Closing { .. } | Life::Lingering { .. }) {
+            return Next::Wait;
+        }
+        let s = env.settings;
+        with_cx!(env, usize::MAX, |cx| self.session.shutdown(s, cx));
+        self.after_event(token, env, false)
+    }
+
+    /// Ends the session at once with `reply` and writes what the socket
+    /// takes (second shutdown request, or the grace period is over).
+    pub fn abort(&mut self, reply: ReplyId, env: &mut Env<'_>) {
+        let s = env.settings;
+        with_cx!(env, usize::MAX, |cx| self.session.close_with(s, reply, cx));
+        let _ = self.link.send(env.out, &mut env.stats.counters.io);
+        env.out.clear();
+    }
+
+    /// Removed from the loop: tell the session (and so the sink) and
+    /// unregister.
+    pub fn finish(&mut self, env: &mut Env<'_>) {
+        with_cx!(env, usize::MAX, |cx| self.session.disconnected(cx));
+        env.out.clear();
+        self.link.deregister(env.registry);
+    }
+
+    /// After a timer, verdict or shutdown event: write what the session
+    /// said and act on its request.
+    fn after_event(&mut self, token: Token, env: &mut Env<'_>, force_close: bool) -> Next {
+        let sent = self.link.send(env.out, &mut env.stats.counters.io);
+        env.out.clear();
+        if sent == Flush::Failed {
+            return Next::Remove;
+        }
+        match self.session.take_request() {
+            Some(Request::Close) => self.close(token, env, force_close),
+            Some(Request::Await | Request::Hold { .. }) => {
+                self.life = Life::Parked;
+                self.want_write(token, env);
+                Next::Wait
+            }
+            None if self.life == Life::Parked => {
+                // Taking input again: what was read while parked waits in the
+                // carry, the rest in the socket.
+                self.life = Life::Open;
+                self.replay = true;
+                self.want_write(token, env);
+                Next::Again
+            }
+            None => {
+                self.want_write(token, env);
+                Next::Wait
+            }
+        }
+    }
+
+    /// Reads and answers until the input runs dry, the budget is spent, the
+    /// output passes the mark, or the session asks for something.
+    fn pump(&mut self, token: Token, drain: bool, env: &mut Env<'_>) -> Next {
+        let mut budget = READ_BUDGET;
         loop {
-            match self.sock.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
+            let s = env.settings;
+            let limit = OUTPUT_HIGH_WATER.saturating_sub(self.link.pending());
+            let session = &mut self.session;
+            let out = &mut *env.out;
+            let (sink, stats) = (&mut *env.sink, &mut *env.stats);
+            let mut io = stats.counters.io;
+            let before = io.bytes_in;
+            let mut take = |input: &[u8], _: &mut Vec<u8>| {
+                let cx = &mut Ctx {
+                    out: &mut *out,
+                    out_limit: limit,
+                    sink: &mut *sink,
+                    observer: &mut *stats,
+                    now: env.now,
+                };
+                let used = session.handle_input(s, input, cx);
+                Consumed {
+                    used,
+                    stop: !session.takes_input() || cx.out.len() >= limit,
+                }
+            };
+            let end = if std::mem::take(&mut self.replay) && self.link.replay(&mut take) {
+                ReadEnd::Stopped
+            } else {
+                self.link
+                    .read_with(env.scratch, budget, drain, &mut io, take)
+            };
+            budget =
+                budget.saturating_sub(usize::try_from(io.bytes_in - before).unwrap_or(usize::MAX));
+            let sent = self.link.send(env.out, &mut io);
+            env.stats.counters.io = io;
+            env.out.clear();
+            if sent == Flush::Failed {
+                return Next::Remove;
+            }
+            if !self.session.takes_input() {
+                self.replay = self.link.carried() > 0;
+                return self.after_event(token, env, false);
+            }
+            match end {
+                ReadEnd::Stopped
+                    if self.link.pending() >= OUTPUT_HIGH_WATER || sent == Flush::Blocked =>
+                {
+                    // The client is not reading: wait until it has taken it all.
+                    self.life = Life::Backlogged;
+                    self.replay = self.link.carried() > 0;
+                    self.want_write(token, env);
+                    return Next::Wait;
+                }
+                // The kernel took the output: answer the rest of the batch.
+                ReadEnd::Stopped => self.replay = true,
+                ReadEnd::Budget => {
+                    self.want_write(token, env);
+                    return Next::Again;
+                }
+                ReadEnd::Drained => {
+                    self.want_write(token, env);
+                    return Next::Wait;
+                }
+                ReadEnd::Closed => {
+                    // A client may half-close after its last command: it
+                    // still gets the replies to what it sent.
+                    with_cx!(env, usize::MAX, |cx| self.session.disconnected(cx));
+                    env.out.clear();
+                    return self.close(token, env, false);
+                }
             }
         }
     }
 
-    /// Reads and drops unread input, at most 256 KiB. Closing a socket with
-    /// unread input makes the kernel send RST, which can destroy replies the
-    /// peer has not read yet; so a close first drains, and lingers when more
-    /// keeps coming.
-    pub fn discard_input(&mut self, scratch: &mut [u8]) -> Drain {
-        for _ in 0..4 {
-            match self.sock.read(scratch) {
-                Ok(0) => return Drain::Eof,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drain::Empty,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Drain::Eof,
-            }
+    /// Writes pending output; a client taking replies is not idle.
+    fn flush(&mut self, token: Token, env: &mut Env<'_>) -> Flush {
+        if self.link.pending() == 0 {
+            return Flush::Done;
         }
-        Drain::More
+        let before = env.stats.counters.io.bytes_out;
+        let f = self.link.flush(&mut env.stats.counters.io);
+        if env.stats.counters.io.bytes_out > before {
+            self.session.wrote(env.now);
+        }
+        self.want_write(token, env);
+        f
     }
 
-    /// Sends FIN after whatever output is queued.
-    pub fn shutdown_write(&mut self) {
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    /// WRITABLE interest exactly while output is pending.
+    fn want_write(&mut self, token: Token, env: &Env<'_>) {
+        let on = self.link.pending() > 0;
+        self.link.want_write(env.registry, token, on);
+    }
+
+    /// The session is over: once its output is written (or at once, when
+    /// `force`), send FIN; then linger while the client keeps sending.
+    fn close(&mut self, token: Token, env: &mut Env<'_>, force: bool) -> Next {
+        if self.link.pending() > 0 && !force {
+            if !matches!(self.life, Life::Closing { .. }) {
+                let until = env
+                    .now
+                    .checked_add(env.settings.timeouts.idle)
+                    .unwrap_or(env.now);
+                self.life = Life::Closing { until };
+            }
+            self.want_write(token, env);
+            return Next::Wait;
+        }
+        self.link.shutdown_write();
+        match self.link.discard_input(env.scratch) {
+            Drain::More => {
+                self.life = Life::Lingering {
+                    until: env.now + LINGER,
+                };
+                Next::Wait
+            }
+            Drain::Eof | Drain::Empty => Next::Remove,
+        }
     }
 }

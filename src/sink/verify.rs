@@ -10,7 +10,7 @@
 //! Only the header block is copied (at most [`MAX_HEADER`] bytes); the body
 //! is hashed as it streams past.
 
-use super::{Discard, SessionId, Sink, Verdict};
+use super::{Discard, SessionId, Sink, Summary, Verdict};
 use memchr::memmem;
 use std::collections::HashMap;
 
@@ -185,7 +185,9 @@ impl Sink for Verify {
     fn closed(&mut self, id: SessionId) {
         self.sessions.remove(&id);
     }
+}
 
+impl Summary for Verify {
     fn summary(&self) -> String {
         format!(
             "  verify         intact={} corrupted={} duplicated={} lost={} unverifiable={}\n",

@@ -70,18 +70,13 @@ struct Run {
 fn run(cs: &ClientSettings, src: &Fixed, n: u64) -> Run {
     let ss = Settings::new("server.test", 1 << 20, 100, 512);
     let t = Instant::now();
-    let mut server = Session::new(1);
+    let mut server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
     let mut client = ClientSession::new(t);
     let (mut sink, mut stats) = (Discard::default(), Stats::new());
     let (mut to_client, mut to_server) = (Vec::new(), Vec::new());
     let mut events = Vec::new();
-    let mut cx = Ctx {
-        out: &mut to_client,
-        sink: &mut sink,
-        stats: &mut stats,
-        now: t,
-    };
-    server.greet(&ss, &mut cx);
+    let mut cx = Ctx::new(&mut to_client, &mut sink, &mut stats, t);
+    server.start(&ss, &mut cx);
     let mut next = 0;
     let mut server_reads = 0;
     for _ in 0..10_000 {
@@ -96,12 +91,7 @@ fn run(cs: &ClientSettings, src: &Fixed, n: u64) -> Run {
         }
         if !to_server.is_empty() {
             server_reads += 1;
-            let mut cx = Ctx {
-                out: &mut to_client,
-                sink: &mut sink,
-                stats: &mut stats,
-                now: t,
-            };
+            let mut cx = Ctx::new(&mut to_client, &mut sink, &mut stats, t);
             let used = server.handle_input(&ss, &to_server, &mut cx);
             to_server.drain(..used);
         }

@@ -1,0 +1,117 @@
+//! Deferred verdicts coming back to the event loop from other threads.
+//!
+//! A sink that answers `Verdict::Pending` (a storage thread that must fsync
+//! first, say) later calls [`Completer::complete`] from any thread. The
+//! verdict goes into a queue shared with the loop, and the loop's
+//! `mio::Waker` wakes it; the loop takes the whole queue in one lock
+//! ([`Completions::take`]), hands each verdict to its session and serves the
+//! connection again at once, since input it had already read is waiting.
+//! A verdict for a connection that is gone is dropped.
+
+use crate::proto::server::{SessionId, Verdict};
+use mio::Waker;
+use std::sync::{Arc, Mutex, PoisonError};
+
+type Queue = Arc<Mutex<Vec<(SessionId, Verdict)>>>;
+
+/// Sends verdicts to one event loop; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Completer {
+    queue: Queue,
+    waker: Arc<Waker>,
+}
+
+impl std::fmt::Debug for Completer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Completer")
+    }
+}
+
+impl Completer {
+    /// Delivers the verdict for the message `id` ended with.
+    pub fn complete(&self, id: SessionId, verdict: Verdict) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((id, verdict));
+        // A failed wake means the loop is gone; nothing is left to tell.
+        let _ = self.waker.wake();
+    }
+}
+
+/// The loop's end of the queue.
+pub struct Completions {
+    queue: Queue,
+    waker: Arc<Waker>,
+    /// Swapped with the shared queue, so the lock is held for a swap only.
+    taken: Vec<(SessionId, Verdict)>,
+}
+
+impl Completions {
+    /// A queue that wakes the loop through `waker`.
+    pub fn new(waker: Arc<Waker>) -> Self {
+        Self {
+            queue: Arc::default(),
+            waker,
+            taken: Vec::new(),
+        }
+    }
+
+    /// A sender for sinks and their threads.
+    pub fn completer(&self) -> Completer {
+        Completer {
+            queue: Arc::clone(&self.queue),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// Every verdict delivered since the last call, in arrival order.
+    pub fn take(&mut self) -> std::vec::Drain<'_, (SessionId, Verdict)> {
+        self.taken.clear();
+        {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::swap(&mut *q, &mut self.taken);
+        }
+        self.taken.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll, Token};
+    use std::time::Duration;
+
+    #[test]
+    fn verdicts_from_threads_wake_the_loop_in_order() {
+        let mut poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(7)).unwrap());
+        let mut c = Completions::new(waker);
+        assert_eq!(c.take().count(), 0);
+        let sender = c.completer();
+        let t = std::thread::spawn(move || {
+            sender.complete(1, Verdict::Accepted);
+            sender.complete(
+                2,
+                Verdict::Rejected(crate::proto::reply::ReplyId::LocalError),
+            );
+        });
+        t.join().unwrap();
+        let mut events = Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(10)))
+            .unwrap();
+        assert!(events.iter().any(|e| e.token() == Token(7)));
+        let got: Vec<_> = c.take().collect();
+        assert_eq!(
+            got,
+            [
+                (1, Verdict::Accepted),
+                (
+                    2,
+                    Verdict::Rejected(crate::proto::reply::ReplyId::LocalError)
+                )
+            ]
+        );
+        assert_eq!(c.take().count(), 0);
+    }
+}

@@ -1,0 +1,33 @@
+//! The I/O layer shared by the server's reactor and smtpload's driver.
+//!
+//! Owns: the byte stream under a connection ([`Transport`]: plain TCP now,
+//! TLS to come as a second variant) and the per-connection buffers and loops
+//! around it ([`Link`]): carried-over input offered again before the next
+//! read into a shared scratch buffer, pending output written with a partial
+//! write offset, readiness interest toggled only when it changes, and the
+//! drain-before-close dance. Knows nothing about SMTP: the protocol is a
+//! closure that says how much input it used.
+
+mod link;
+mod transport;
+
+pub use link::{Consumed, Drain, Flush, Keep, Link, ReadEnd};
+pub use transport::Transport;
+
+/// Syscalls and bytes, counted where they happen.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoCounts {
+    pub reads: u64,
+    pub writes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl std::ops::AddAssign for IoCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.reads += o.reads;
+        self.writes += o.writes;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+    }
+}

@@ -1,0 +1,739 @@
+//! The server side of one SMTP session, sans-IO (RFC 5321, 2920, 3030).
+//!
+//! Owns: session state ([`State`], changed only by `Session::enter`, which
+//! reports every `from -> to` to the [`Observer`]), the transaction (envelope
+//! counts, body size), the session's clocks (idle, command line, data rate)
+//! and the state machine over input bytes. Semantic events go in:
+//! [`Session::start`], [`Session::handle_input`] (bytes), [`Session::on_timer`],
+//! [`Session::complete`] (a sink's deferred verdict), [`Session::wrote`],
+//! [`Session::shutdown`], [`Session::disconnected`]. Out come replies (appended
+//! to the caller's buffer), calls to the [`Sink`] and [`Observer`] (small
+//! traits owned here, so this module depends on nothing above it), one typed
+//! [`Request`] to the I/O layer after each event, and [`Session::deadline`].
+//! No sockets, no clock reads (the time is passed in), no allocation per
+//! command or per message.
+//!
+//! Commands are rows of a table (`verbs`): the phases a verb is allowed in,
+//! a check step, a proceed step. End of data is a row too.
+//!
+//! Invariants: every command line gets exactly one reply; nothing after QUIT
+//! or a 421 is read; no input is consumed while a verdict is pending or a
+//! reply is held, or once the output holds `Ctx::out_limit` bytes.
+
+mod settings;
+mod verbs;
+
+pub use settings::{Settings, Timeouts};
+pub use verbs::{row, rows, Phase, Row};
+
+use super::command::{self, Body, Command, ParseCtx, Verb};
+use super::dot::Unstuffer;
+use super::line::{self, Frame};
+use super::reply::ReplyId;
+use core::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// MAIL and RCPT lines may exceed the 512-octet limit by what their
+/// extensions add (RFC 1870 SIZE, RFC 3461 ENVID/ORCPT, RFC 5321 4.5.3.1.4).
+pub const EXTENSION_ALLOWANCE: usize = 512;
+
+/// Identifies one session for the lifetime of its server. The reactor packs
+/// the connection's slot (low 32 bits) and a serial number (high 32) into it,
+/// so a deferred verdict finds its connection and a stale one is ignored.
+pub type SessionId = u64;
+
+/// The sink's answer at the end of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored (or deliberately dropped): `250 2.0.0 Ok: queued`.
+    Accepted,
+    /// Send this reply instead (4xx or 5xx): the message is not kept.
+    Rejected(ReplyId),
+    /// The reply waits for [`Session::complete`].
+    Pending,
+}
+
+/// Receives transactions. All calls for one id arrive in protocol order:
+/// `mail`, `rcpt`*, `begin`, `body`*, then `end` or `abort`; `abort` may also
+/// come at any point after `mail` (RSET, EHLO, QUIT, disconnect), even after
+/// an `end` that answered [`Verdict::Pending`] (the client left before the
+/// verdict: the message must not count as delivered). `closed` comes last.
+pub trait Sink {
+    /// MAIL accepted; `reverse_path` is empty for the null path.
+    fn mail(&mut self, _id: SessionId, _reverse_path: &[u8]) {}
+    /// RCPT accepted.
+    fn rcpt(&mut self, _id: SessionId, _forward_path: &[u8]) {}
+    /// The message content starts (354 sent, or the first BDAT chunk).
+    fn begin(&mut self, _id: SessionId) {}
+    /// A run of body bytes, already unstuffed (DATA) or raw (BDAT).
+    fn body(&mut self, id: SessionId, chunk: &[u8]);
+    /// The whole body has arrived.
+    fn end(&mut self, id: SessionId) -> Verdict;
+    /// The transaction was abandoned; forget it.
+    fn abort(&mut self, _id: SessionId) {}
+    /// The session ended; nothing more will come for `id`.
+    fn closed(&mut self, _id: SessionId) {}
+}
+
+/// How a message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Rejected,
+}
+
+/// Why a session was timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// Nothing sent or read for `Timeouts::idle`.
+    Idle,
+    /// A command line not complete within `Timeouts::command`.
+    Command,
+    /// Message content slower than `Timeouts::data_min_rate`.
+    DataRate,
+}
+
+/// Told what happened, for counting and tracing (the statistics implement it).
+pub trait Observer {
+    /// A reply was queued.
+    fn reply(&mut self, reply: &[u8]);
+    /// MAIL accepted: a transaction began.
+    fn transaction(&mut self);
+    /// RCPT accepted.
+    fn recipient(&mut self);
+    /// A message got its final reply, `latency` after its MAIL.
+    fn message(&mut self, outcome: Outcome, body_bytes: u64, latency: Duration);
+    /// The session is being closed for a timeout.
+    fn timeout(&mut self, kind: Timeout);
+    /// The session moved from one state to another.
+    fn transition(&mut self, _id: SessionId, _from: State, _to: State) {}
+}
+
+/// What one call works with besides the input.
+pub struct Ctx<'a> {
+    /// Replies are appended here.
+    pub out: &'a mut Vec<u8>,
+    /// Once `out` holds this many bytes, input is left unconsumed (the
+    /// reactor's output high-water mark: a client that does not read its
+    /// replies cannot make us hold more).
+    pub out_limit: usize,
+    pub sink: &'a mut dyn Sink,
+    pub observer: &'a mut dyn Observer,
+    pub now: Instant,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context without an output limit.
+    pub fn new(
+        out: &'a mut Vec<u8>,
+        sink: &'a mut dyn Sink,
+        observer: &'a mut dyn Observer,
+        now: Instant,
+    ) -> Self {
+        Self {
+            out,
+            out_limit: usize::MAX,
+            sink,
+            observer,
+            now,
+        }
+    }
+}
+
+/// Where the session is in the input stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Reading command lines.
+    Command,
+    /// Discarding an over-long command line up to its LF; then 500.
+    SkipLine,
+    /// Inside DATA, looking for `CRLF.CRLF`.
+    Data,
+    /// Inside a BDAT chunk: `remaining` raw octets still to come. With
+    /// `reject` set the chunk is consumed and that reply sent instead.
+    Chunk {
+        size: u64,
+        remaining: u64,
+        last: bool,
+        reject: Option<ReplyId>,
+    },
+    /// The message is complete; the sink has not answered yet.
+    Verdict,
+    /// QUIT answered or 421 sent: nothing more is read.
+    Closed,
+}
+
+/// What the session asks of the I/O layer; taken after every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Write the queued replies, then close the connection.
+    Close,
+    /// Read nothing until [`Session::complete`] brings the sink's verdict.
+    Await,
+    /// Read nothing until [`Session::on_timer`] at `until`: a reply is held.
+    Hold { until: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Greeted {
+    No,
+    Helo,
+    Ehlo,
+}
+
+/// The mail transaction (RFC 5321 3.3): begun by MAIL, ended by the final
+/// reply, RSET, HELO/EHLO or QUIT.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tx {
+    started: Option<Instant>,
+    recipients: u32,
+    smtputf8: bool,
+    body: Body,
+    /// A BDAT chunk was accepted: DATA is now out of sequence.
+    bdat: bool,
+    size: u64,
+    too_big: bool,
+    bare_lf: bool,
+}
+
+/// A reply decided but not necessarily sent yet (it may be held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Reply(ReplyId),
+    /// `250 ... <n> octets received` for one BDAT chunk.
+    Chunk(u64),
+    /// The final reply to a message; counted when it is sent.
+    Final {
+        verdict: Verdict,
+        bytes: u64,
+        started: Option<Instant>,
+    },
+}
+
+/// The current data-rate window (see [`Timeouts::data_min_rate`]).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    bytes: u64,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    peer: SocketAddr,
+    state: State,
+    greeted: Greeted,
+    /// The transport is secured (TLS): selects the EHLO block.
+    secure: bool,
+    tx: Tx,
+    unstuffer: Unstuffer,
+    /// The server is shutting down: end the session with 421 as soon as the
+    /// message in progress is answered, before any command pipelined after it.
+    closing: bool,
+    request: Option<Request>,
+    /// A reply waiting for its time, and that time.
+    held: Option<(Instant, Out)>,
+    /// Last byte read or reply taken by the client (the idle clock).
+    last_active: Instant,
+    /// When the first byte of the incomplete command line arrived.
+    line_since: Option<Instant>,
+    window: Window,
+}
+
+/// `t + d`, or `None` when that is past what the clock can represent.
+fn after(t: Instant, d: Duration) -> Option<Instant> {
+    t.checked_add(d)
+}
+
+impl Session {
+    /// A session for a connection from `peer`, accepted at `now`.
+    pub fn new(id: SessionId, peer: SocketAddr, now: Instant) -> Self {
+        Self {
+            id,
+            peer,
+            state: State::Command,
+            greeted: Greeted::No,
+            secure: false,
+            tx: Tx::default(),
+            unstuffer: Unstuffer::new(),
+            closing: false,
+            request: None,
+            held: None,
+            last_active: now,
+            line_since: None,
+            window: Window {
+                start: now,
+                bytes: 0,
+            },
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The client's address, as the connection reported it.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// True once nothing more will be read.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// True while input is consumed: not closed, no verdict awaited, no
+    /// reply held.
+    pub fn takes_input(&self) -> bool {
+        self.held.is_none() && !matches!(self.state, State::Verdict | State::Closed)
+    }
+
+    /// True while a message body is arriving, awaiting its verdict, or its
+    /// final reply is held; a graceful shutdown lets these finish.
+    pub fn in_message(&self) -> bool {
+        matches!(
+            self.state,
+            State::Data | State::Chunk { .. } | State::Verdict
+        ) || self.tx.bdat
+            || matches!(self.held, Some((_, Out::Final { .. })))
+    }
+
+    /// The request from the last event, if any; the I/O layer must act on it.
+    pub fn take_request(&mut self) -> Option<Request> {
+        self.request.take()
+    }
+
+    /// When [`Session::on_timer`] must be called next, if ever.
+    pub fn deadline(&self, s: &Settings) -> Option<Instant> {
+        if let Some((until, _)) = self.held {
+            return Some(until);
+        }
+        let t = &s.timeouts;
+        let other = match self.state {
+            State::Command | State::SkipLine => self.line_since.and_then(|l| after(l, t.command)),
+            State::Data | State::Chunk { .. } if t.data_min_rate > 0 => {
+                after(self.window.start, t.data_window)
+            }
+            State::Verdict | State::Closed => return None,
+            State::Data | State::Chunk { .. } => None,
+        };
+        match (after(self.last_active, t.idle), other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The connection is up: sends the 220 greeting.
+    pub fn start(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        self.say(s, ReplyId::Greeting, cx);
+        self.settle(s, cx);
+    }
+
+    /// The client took replies at `now` (activity for the idle clock: a slow
+    /// reader is not idle).
+    pub fn wrote(&mut self, now: Instant) {
+        self.last_active = now;
+    }
+
+    /// Consumes as much of `input` as can be decided now and returns how many
+    /// bytes that was. The caller keeps the rest and offers it again, with
+    /// more input appended, once the session takes input again.
+    pub fn handle_input(&mut self, s: &Settings, input: &[u8], cx: &mut Ctx<'_>) -> usize {
+        if !input.is_empty() {
+            self.last_active = cx.now;
+        }
+        let mut pos = 0;
+        while self.held.is_none() && cx.out.len() < cx.out_limit {
+            let rest = input.get(pos..).unwrap_or_default();
+            let step = match self.state {
+                State::Command => self.command(s, rest, cx),
+                State::SkipLine => self.skip_line(s, rest, cx),
+                State::Data => self.data(s, rest, cx),
+                State::Chunk { .. } => self.chunk(s, rest, cx),
+                State::Verdict | State::Closed => None,
+            };
+            match step {
+                Some(n) => pos += n,
+                None => break,
+            }
+            self.settle(s, cx);
+        }
+        self.settle(s, cx);
+        pos
+    }
+
+    /// A deadline passed (the caller may be late, never early matters not:
+    /// nothing happens before its time). Sends a held reply, or times the
+    /// client out, or opens the next data-rate window.
+    pub fn on_timer(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        let now = cx.now;
+        if let Some((until, out)) = self.held {
+            if now >= until {
+                self.held = None;
+                if matches!(self.state, State::Data | State::Chunk { .. }) {
+                    // Content may only start now that the reply went out.
+                    self.window = Window {
+                        start: now,
+                        bytes: 0,
+                    };
+                }
+                self.emit(s, out, cx);
+            }
+            return self.settle(s, cx);
+        }
+        let t = s.timeouts;
+        let passed = |d: Option<Instant>| d.is_some_and(|d| now >= d);
+        let idle = passed(after(self.last_active, t.idle));
+        match self.state {
+            State::Command | State::SkipLine => {
+                if idle {
+                    self.time_out(s, Timeout::Idle, cx);
+                } else if passed(self.line_since.and_then(|l| after(l, t.command))) {
+                    self.time_out(s, Timeout::Command, cx);
+                }
+            }
+            State::Data | State::Chunk { .. } => {
+                if idle {
+                    self.time_out(s, Timeout::Idle, cx);
+                } else if t.data_min_rate > 0 && passed(after(self.window.start, t.data_window)) {
+                    if self.window.bytes >= t.window_quota() {
+                        self.window = Window {
+                            start: now,
+                            bytes: 0,
+                        };
+                    } else {
+                        self.time_out(s, Timeout::DataRate, cx);
+                    }
+                }
+            }
+            State::Verdict | State::Closed => {}
+        }
+        self.settle(s, cx);
+    }
+
+    /// Delivers the sink's verdict on a message that was [`Verdict::Pending`].
+    /// Input is taken again from the next `handle_input` call on.
+    pub fn complete(&mut self, s: &Settings, verdict: Verdict, cx: &mut Ctx<'_>) {
+        if self.state != State::Verdict {
+            return;
+        }
+        let verb = if self.tx.bdat {
+            Verb::LastChunk
+        } else {
+            Verb::EndOfData
+        };
+        self.enter(State::Command, cx);
+        let out = self.finish(verdict);
+        self.answer(s, verb, out, cx);
+        self.settle(s, cx);
+    }
+
+    /// The server is shutting down: 421 now, or right after the final reply
+    /// to the message in progress, before any command pipelined after it.
+    pub fn shutdown(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        self.closing = true;
+        self.settle(s, cx);
+    }
+
+    /// Ends the session now with `reply` (a 421) and abandons any
+    /// transaction and any held reply.
+    pub fn close_with(&mut self, s: &Settings, reply: ReplyId, cx: &mut Ctx<'_>) {
+        self.close(s, reply, cx);
+        self.settle(s, cx);
+    }
+
+    /// The peer went away or the connection is being dropped: abandon any
+    /// transaction; no reply. Tells the sink the session is over.
+    pub fn disconnected(&mut self, cx: &mut Ctx<'_>) {
+        self.reset_tx(cx);
+        self.held = None;
+        if self.state != State::Closed {
+            self.enter(State::Closed, cx);
+        }
+        self.request = None;
+        cx.sink.closed(self.id);
+    }
+
+    /// The one place the state changes.
+    fn enter(&mut self, to: State, cx: &mut Ctx<'_>) {
+        if matches!(to, State::Data | State::Chunk { .. }) {
+            self.window = Window {
+                start: cx.now,
+                bytes: 0,
+            };
+        }
+        cx.observer.transition(self.id, self.state, to);
+        self.state = to;
+    }
+
+    /// After every event: finish a pending shutdown, then derive the request.
+    fn settle(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        if let Some((until, _)) = self.held {
+            self.request = Some(Request::Hold { until });
+            return;
+        }
+        if self.closing && !self.in_message() && self.state != State::Closed {
+            self.close(s, ReplyId::Shutdown, cx);
+        }
+        self.request = match self.state {
+            State::Closed => Some(Request::Close),
+            State::Verdict => Some(Request::Await),
+            _ => None,
+        };
+    }
+
+    fn close(&mut self, s: &Settings, reply: ReplyId, cx: &mut Ctx<'_>) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.held = None;
+        self.reset_tx(cx);
+        self.say(s, reply, cx);
+        self.enter(State::Closed, cx);
+    }
+
+    fn time_out(&mut self, s: &Settings, kind: Timeout, cx: &mut Ctx<'_>) {
+        cx.observer.timeout(kind);
+        let reply = match kind {
+            Timeout::DataRate => ReplyId::DataTooSlow,
+            Timeout::Idle | Timeout::Command => ReplyId::Timeout,
+        };
+        self.close(s, reply, cx);
+    }
+
+    /// Queues one reply.
+    #[inline]
+    fn say(&self, s: &Settings, id: ReplyId, cx: &mut Ctx<'_>) {
+        let r = s.replies.text(id, self.secure);
+        cx.observer.reply(r);
+        cx.out.extend_from_slice(r);
+    }
+
+    /// Sends `out` now, or holds it when `verb` has a delay.
+    fn answer(&mut self, s: &Settings, verb: Verb, out: Out, cx: &mut Ctx<'_>) {
+        match s.delay(verb).and_then(|d| after(cx.now, d)) {
+            Some(until) => self.held = Some((until, out)),
+            None => self.emit(s, out, cx),
+        }
+    }
+
+    fn emit(&mut self, s: &Settings, out: Out, cx: &mut Ctx<'_>) {
+        match out {
+            Out::Reply(id) => self.say(s, id, cx),
+            Out::Chunk(n) => {
+                let start = cx.out.len();
+                s.replies.chunk_received(n, cx.out);
+                cx.observer.reply(cx.out.get(start..).unwrap_or_default());
+            }
+            Out::Final {
+                verdict,
+                bytes,
+                started,
+            } => {
+                let latency =
+                    started.map_or(Duration::ZERO, |t| cx.now.saturating_duration_since(t));
+                match verdict {
+                    Verdict::Rejected(r) => {
+                        cx.observer.message(Outcome::Rejected, bytes, latency);
+                        self.say(s, r, cx);
+                    }
+                    Verdict::Accepted | Verdict::Pending => {
+                        cx.observer.message(Outcome::Accepted, bytes, latency);
+                        self.say(s, ReplyId::Queued, cx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the transaction with `verdict`; the reply to send.
+    fn finish(&mut self, verdict: Verdict) -> Out {
+        let out = Out::Final {
+            verdict,
+            bytes: self.tx.size,
+            started: self.tx.started,
+        };
+        self.tx = Tx::default();
+        out
+    }
+
+    fn command(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
+        let frame = line::next_line(rest, s.max_line + EXTENSION_ALLOWANCE);
+        if !matches!(frame, Frame::Partial | Frame::Line { .. }) && command::is_bdat(rest) {
+            // A BDAT line we will not execute: its chunk would be read as
+            // commands (a smuggling vector), so the session ends here.
+            self.close(s, ReplyId::BdatDesync, cx);
+            return Some(0);
+        }
+        match frame {
+            Frame::Partial => {
+                if !rest.is_empty() {
+                    // The command deadline runs from a line's first byte.
+                    self.line_since.get_or_insert(cx.now);
+                }
+                None
+            }
+            Frame::Overflow { consumed } => {
+                self.line_since.get_or_insert(cx.now);
+                self.enter(State::SkipLine, cx);
+                Some(consumed)
+            }
+            Frame::TooLong { consumed } => {
+                self.line_since = None;
+                self.say(s, ReplyId::LineTooLong, cx);
+                Some(consumed)
+            }
+            Frame::BareLf { consumed } => {
+                self.line_since = None;
+                self.say(s, ReplyId::BareLf, cx);
+                Some(consumed)
+            }
+            Frame::Line { line, consumed } => {
+                self.line_since = None;
+                self.execute(s, line, cx);
+                Some(consumed)
+            }
+        }
+    }
+
+    fn skip_line(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
+        match memchr::memchr(b'\n', rest) {
+            Some(lf) => {
+                self.line_since = None;
+                self.say(s, ReplyId::LineTooLong, cx);
+                self.enter(State::Command, cx);
+                Some(lf + 1)
+            }
+            None if rest.is_empty() => None,
+            None => Some(rest.len()),
+        }
+    }
+
+    /// One complete command line: checked for characters and length,
+    /// parsed, then run through the verb table.
+    fn execute(&mut self, s: &Settings, line: &[u8], cx: &mut Ctx<'_>) {
+        // NUL, bare CR, TAB and other controls have no place in a command.
+        let bad_char = line.iter().any(|&b| b < 0x20 || b == 0x7f);
+        let extended = line
+            .get(..5)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"MAIL ") || v.eq_ignore_ascii_case(b"RCPT "));
+        let limit = s.max_line + if extended { EXTENSION_ALLOWANCE } else { 0 };
+        let too_long = line.len() + 2 > limit;
+        if (bad_char || too_long) && command::is_bdat(line) {
+            return self.close(s, ReplyId::BdatDesync, cx);
+        }
+        if bad_char {
+            return self.say(s, ReplyId::BadChar, cx);
+        }
+        if too_long {
+            return self.say(s, ReplyId::LineTooLong, cx);
+        }
+        let pcx = ParseCtx {
+            smtputf8: self.tx.smtputf8,
+        };
+        match command::parse(line, pcx) {
+            // A bad BDAT with a usable size: its chunk is consumed, then
+            // refused (RFC 3030 2); without one we cannot find the next command.
+            Ok(Command::BadBdat { size: Some(size) }) => self.enter(
+                State::Chunk {
+                    size,
+                    remaining: size,
+                    last: false,
+                    reject: Some(ReplyId::SyntaxBdat),
+                },
+                cx,
+            ),
+            Ok(Command::BadBdat { size: None }) => self.close(s, ReplyId::BdatDesync, cx),
+            Ok(cmd) => self.dispatch(s, cmd, cx),
+            Err(r) => self.say(s, r, cx),
+        }
+    }
+
+    fn data(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
+        let (id, max, check_lf) = (self.id, s.max_message_size, s.reject_bare_lf);
+        let tx = &mut self.tx;
+        let sink = &mut *cx.sink;
+        let scan = self.unstuffer.scan(rest, |run| {
+            tx.size += run.len() as u64;
+            // Runs never end in a CR that precedes an LF (the scanner holds it
+            // back), so an LF at a run's start is always bare.
+            if check_lf && !tx.bare_lf {
+                tx.bare_lf = memchr::memchr_iter(b'\n', run)
+                    .any(|i| i == 0 || run.get(i - 1) != Some(&b'\r'));
+            }
+            if tx.size > max {
+                tx.too_big = true;
+            } else {
+                sink.body(id, run);
+            }
+        });
+        self.window.bytes += scan.consumed as u64;
+        if scan.end {
+            self.dispatch(s, Command::EndOfContent { bdat: false }, cx);
+            return Some(scan.consumed);
+        }
+        (scan.consumed > 0).then_some(scan.consumed)
+    }
+
+    fn chunk(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
+        let State::Chunk {
+            size,
+            remaining,
+            last,
+            reject,
+        } = self.state
+        else {
+            return None;
+        };
+        let n = usize::try_from(remaining).map_or(rest.len(), |r| r.min(rest.len()));
+        if reject.is_none() && n > 0 {
+            self.tx.size += n as u64;
+            if self.tx.size > s.max_message_size {
+                self.tx.too_big = true;
+            } else {
+                cx.sink.body(self.id, rest.get(..n).unwrap_or_default());
+            }
+        }
+        self.window.bytes += n as u64;
+        let remaining = remaining - n as u64;
+        if remaining > 0 {
+            // Progress inside one chunk, not a change of state.
+            self.state = State::Chunk {
+                size,
+                remaining,
+                last,
+                reject,
+            };
+            return (n > 0).then_some(n);
+        }
+        match reject {
+            Some(r) => {
+                self.enter(State::Command, cx);
+                self.answer(s, Verb::Bdat, Out::Reply(r), cx);
+            }
+            None if last || self.tx.too_big => {
+                self.dispatch(s, Command::EndOfContent { bdat: true }, cx);
+            }
+            None => {
+                self.enter(State::Command, cx);
+                self.answer(s, Verb::Bdat, Out::Chunk(size), cx);
+            }
+        }
+        Some(n)
+    }
+
+    fn reset_tx(&mut self, cx: &mut Ctx<'_>) {
+        if self.tx.started.is_some() {
+            cx.sink.abort(self.id);
+        }
+        self.tx = Tx::default();
+    }
+}
+
+#[cfg(test)]
+mod tests;

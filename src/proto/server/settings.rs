@@ -1,0 +1,127 @@
+//! Server-wide protocol settings, shared by every session of a server.
+//!
+//! Owns: the limits a session enforces, its timeouts, the reply texts
+//! (rendered once at start, each replaceable), and per-verb settings — the
+//! "flags on a row" of the verb table (smtp-sink's command table), today a
+//! delay before the reply. Sessions only read these; nothing here changes
+//! while a server runs.
+
+use super::super::command::Verb;
+use super::super::reply::{BadReply, Offer, Replies, ReplyId};
+use std::time::Duration;
+
+/// How long a client may take, and how slowly it may send (the defence
+/// against slow clients that would hold a connection slot forever; the model
+/// is Apache's `mod_reqtimeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// No byte from the client, and no reply taken by it, for this long:
+    /// `421 4.4.2` and close (RFC 5321 4.5.3.2.7 asks for at least 5 minutes).
+    pub idle: Duration,
+    /// A command line must be complete this long after its first byte,
+    /// however steadily its bytes trickle in.
+    pub command: Duration,
+    /// Message content (DATA, BDAT chunks) must arrive at no less than
+    /// `data_min_rate` octets per second, measured over windows of
+    /// `data_window`; 0 turns the check off.
+    pub data_min_rate: u64,
+    pub data_window: Duration,
+}
+
+impl Default for Timeouts {
+    /// 300 s idle, 60 s per command line, 500 octets/s over 30 s windows:
+    /// an MTA writes a command in one segment and streams content at wire
+    /// speed, so none of these touches a real one.
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(300),
+            command: Duration::from_secs(60),
+            data_min_rate: 500,
+            data_window: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Octets a data window must bring in (saturating).
+    pub fn window_quota(&self) -> u64 {
+        let ms = u64::try_from(self.data_window.as_millis()).unwrap_or(u64::MAX);
+        self.data_min_rate.saturating_mul(ms) / 1000
+    }
+}
+
+/// Everything a session needs to know about its server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Every reply text; [`Settings::set_reply`] replaces one.
+    pub replies: Replies,
+    /// Largest accepted message body, in octets (advertised by SIZE).
+    pub max_message_size: u64,
+    /// Recipients per transaction; the next gets 452 4.5.3.
+    pub max_recipients: u32,
+    /// Longest command line, CRLF included (RFC 5321: at least 512).
+    pub max_line: usize,
+    /// Reject (550 5.5.2) DATA bodies holding a bare LF instead of passing them.
+    pub reject_bare_lf: bool,
+    pub timeouts: Timeouts,
+    /// Per verb (indexed by `Verb as usize`): hold its reply this long.
+    delays: [Option<Duration>; Verb::COUNT],
+}
+
+impl Settings {
+    /// The standard settings for `hostname`, with default timeouts.
+    pub fn new(
+        hostname: &str,
+        max_message_size: u64,
+        max_recipients: u32,
+        max_line: usize,
+    ) -> Self {
+        Self {
+            replies: Replies::new(hostname, &extensions(max_message_size)),
+            max_message_size,
+            max_recipients,
+            max_line,
+            reject_bare_lf: false,
+            timeouts: Timeouts::default(),
+            delays: [None; Verb::COUNT],
+        }
+    }
+
+    /// Replaces the text of one reply (see [`Replies::set`]).
+    pub fn set_reply(&mut self, id: ReplyId, text: &str) -> Result<(), BadReply> {
+        self.replies.set(id, text)
+    }
+
+    /// Holds every reply to `verb` for `delay` before sending it; the
+    /// session reads nothing more from that client meanwhile. `Duration::ZERO`
+    /// removes the delay.
+    pub fn set_delay(&mut self, verb: Verb, delay: Duration) {
+        if let Some(d) = self.delays.get_mut(verb as usize) {
+            *d = (!delay.is_zero()).then_some(delay);
+        }
+    }
+
+    /// The delay before replies to `verb`, if any.
+    #[inline]
+    pub fn delay(&self, verb: Verb) -> Option<Duration> {
+        self.delays.get(verb as usize).copied().flatten()
+    }
+}
+
+/// The ESMTP extensions offered in the EHLO block, in order.
+fn extensions(max_message_size: u64) -> Vec<(String, Offer)> {
+    [
+        "PIPELINING".to_string(),
+        format!("SIZE {max_message_size}"),
+        "8BITMIME".into(),
+        "ENHANCEDSTATUSCODES".into(),
+        "SMTPUTF8".into(),
+        "CHUNKING".into(),
+        "BINARYMIME".into(),
+        "DSN".into(),
+        "HELP".into(),
+    ]
+    .into_iter()
+    .map(|k| (k, Offer::Always))
+    .collect()
+}

@@ -1,0 +1,431 @@
+//! The verb table: one row per verb, as smtp-sink's `command_table[]` and
+//! OpenSMTPD's check/proceed pairs.
+//!
+//! A row says in which [`Phase`]s of the dialogue its verb may run (and the
+//! reply when it may not), then has a *check* step (may this command run
+//! now? a refusal names its reply), a *proceed* step (do it: transaction
+//! changes, sink calls, the reply) and a *refuse* step (usually: send the
+//! refusal; BDAT must still consume its chunk). End of data and the last
+//! BDAT chunk are rows too, so a later rule can act on any of them alike.
+//! The session's dispatcher is the only caller; replies come from the
+//! settings' table, so a rule can change any of them.
+
+use super::{Ctx, Out, Session, Settings, State, Tx, Verdict};
+use crate::proto::command::{Body, Command, Verb};
+use crate::proto::dot::Unstuffer;
+use crate::proto::reply::ReplyId;
+
+/// Where the dialogue is, as far as command sequencing goes (RFC 5321 4.1.4,
+/// RFC 3030 2). Derived from the session, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No HELO/EHLO yet.
+    Fresh,
+    /// Greeted, no transaction.
+    Greeted,
+    /// MAIL accepted, no recipient yet.
+    Mail,
+    /// At least one recipient accepted.
+    Rcpt,
+    /// At least one BDAT chunk accepted: the envelope is closed.
+    Chunking,
+}
+
+impl Phase {
+    /// How many phases there are.
+    pub const COUNT: usize = 5;
+}
+
+type Check = fn(&Session, &Settings, &Command<'_>) -> Result<(), ReplyId>;
+type Proceed = fn(&mut Session, &Settings, Command<'_>, &mut Ctx<'_>) -> Option<Out>;
+type Refuse = fn(&mut Session, ReplyId, &Command<'_>, &mut Ctx<'_>) -> Option<Out>;
+
+/// One row of the verb table.
+pub struct Row {
+    pub verb: Verb,
+    /// As the verb appears on the wire; `.` for the end of data.
+    pub name: &'static str,
+    /// Per phase (indexed by `Phase as usize`): `None` if the verb may run,
+    /// else the reply that refuses it.
+    pub sequence: [Option<ReplyId>; Phase::COUNT],
+    check: Check,
+    proceed: Proceed,
+    refuse: Refuse,
+}
+
+impl Row {
+    /// The refusal for running this verb in `phase`, if any.
+    pub fn refusal(&self, phase: Phase) -> Option<ReplyId> {
+        self.sequence.get(phase as usize).copied().flatten()
+    }
+}
+
+const ANY: [Option<ReplyId>; Phase::COUNT] = [None; Phase::COUNT];
+/// Content may start once a recipient was accepted.
+const CONTENT: [Option<ReplyId>; Phase::COUNT] = [
+    Some(ReplyId::NeedMail),
+    Some(ReplyId::NeedMail),
+    Some(ReplyId::NeedRcpt),
+    None,
+    None,
+];
+
+fn ok(_: &Session, _: &Settings, _: &Command<'_>) -> Result<(), ReplyId> {
+    Ok(())
+}
+
+fn say_refusal(_: &mut Session, r: ReplyId, _: &Command<'_>, _: &mut Ctx<'_>) -> Option<Out> {
+    Some(Out::Reply(r))
+}
+
+/// A row whose proceed step only answers `reply`.
+macro_rules! answer_only {
+    ($verb:ident, $name:expr, $reply:ident) => {
+        Row {
+            verb: Verb::$verb,
+            name: $name,
+            sequence: ANY,
+            check: ok,
+            proceed: |_, _, _, _| Some(Out::Reply(ReplyId::$reply)),
+            refuse: say_refusal,
+        }
+    };
+}
+
+static ROWS: [Row; Verb::COUNT] = [
+    Row {
+        verb: Verb::Helo,
+        name: "HELO",
+        sequence: ANY,
+        check: ok,
+        proceed: Session::proceed_hello,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Ehlo,
+        name: "EHLO",
+        sequence: ANY,
+        check: ok,
+        proceed: Session::proceed_hello,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Mail,
+        name: "MAIL",
+        sequence: [
+            Some(ReplyId::NeedHelo),
+            None,
+            Some(ReplyId::NestedMail),
+            Some(ReplyId::NestedMail),
+            Some(ReplyId::NestedMail),
+        ],
+        check: Session::check_mail,
+        proceed: Session::proceed_mail,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Rcpt,
+        name: "RCPT",
+        sequence: [
+            Some(ReplyId::NeedMail),
+            Some(ReplyId::NeedMail),
+            None,
+            None,
+            // The envelope is complete once content began (RFC 3030 2).
+            Some(ReplyId::RcptAfterBdat),
+        ],
+        check: Session::check_rcpt,
+        proceed: Session::proceed_rcpt,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Data,
+        name: "DATA",
+        sequence: [
+            Some(ReplyId::NeedMail),
+            Some(ReplyId::NeedMail),
+            Some(ReplyId::NeedRcpt),
+            None,
+            Some(ReplyId::DataAfterBdat),
+        ],
+        check: Session::check_data,
+        proceed: Session::proceed_data,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Bdat,
+        name: "BDAT",
+        sequence: CONTENT,
+        check: ok,
+        proceed: Session::proceed_bdat,
+        refuse: Session::refuse_bdat,
+    },
+    Row {
+        verb: Verb::Rset,
+        name: "RSET",
+        sequence: ANY,
+        check: ok,
+        proceed: Session::proceed_rset,
+        refuse: say_refusal,
+    },
+    answer_only!(Noop, "NOOP", Ok),
+    answer_only!(Vrfy, "VRFY", Vrfy),
+    answer_only!(Expn, "EXPN", NotImplemented),
+    answer_only!(Help, "HELP", Help),
+    Row {
+        verb: Verb::Quit,
+        name: "QUIT",
+        sequence: ANY,
+        check: ok,
+        proceed: Session::proceed_quit,
+        refuse: say_refusal,
+    },
+    answer_only!(NotImplemented, "SEND/SOML/SAML/TURN/...", NotImplemented),
+    Row {
+        verb: Verb::EndOfData,
+        name: ".",
+        sequence: ANY,
+        check: Session::check_content,
+        proceed: Session::proceed_end,
+        refuse: Session::refuse_end,
+    },
+    Row {
+        verb: Verb::LastChunk,
+        name: "BDAT LAST",
+        sequence: ANY,
+        check: Session::check_content,
+        proceed: Session::proceed_end,
+        refuse: Session::refuse_end,
+    },
+];
+
+/// Every row, in [`Verb`] order.
+pub fn rows() -> &'static [Row] {
+    &ROWS
+}
+
+/// The row of `verb`.
+pub fn row(verb: Verb) -> &'static Row {
+    // The table is in `Verb` order (a test checks it), so `get` always finds
+    // the row; the fallback only keeps this free of panics.
+    static FALLBACK: Row = answer_only!(NotImplemented, "?", NotImplemented);
+    ROWS.get(verb as usize)
+        .filter(|r| r.verb == verb)
+        .unwrap_or(&FALLBACK)
+}
+
+impl Session {
+    fn phase(&self) -> Phase {
+        if self.greeted == super::Greeted::No {
+            Phase::Fresh
+        } else if self.tx.started.is_none() {
+            Phase::Greeted
+        } else if self.tx.bdat {
+            Phase::Chunking
+        } else if self.tx.recipients == 0 {
+            Phase::Mail
+        } else {
+            Phase::Rcpt
+        }
+    }
+
+    /// Runs `cmd` through its row: sequence, check, then proceed or refuse;
+    /// the answer is sent or held.
+    pub(super) fn dispatch(&mut self, s: &Settings, cmd: Command<'_>, cx: &mut Ctx<'_>) {
+        let verb = cmd.verb();
+        let row = row(verb);
+        let allowed = match row.refusal(self.phase()) {
+            Some(r) => Err(r),
+            None => (row.check)(self, s, &cmd),
+        };
+        let out = match allowed {
+            Ok(()) => (row.proceed)(self, s, cmd, cx),
+            Err(r) => (row.refuse)(self, r, &cmd, cx),
+        };
+        if let Some(out) = out {
+            self.answer(s, verb, out, cx);
+        }
+    }
+
+    fn proceed_hello(&mut self, _: &Settings, cmd: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        // A new greeting resets the transaction (RFC 5321 4.1.4).
+        self.reset_tx(cx);
+        if matches!(cmd, Command::Ehlo(_)) {
+            self.greeted = super::Greeted::Ehlo;
+            Some(Out::Reply(ReplyId::Ehlo))
+        } else {
+            self.greeted = super::Greeted::Helo;
+            Some(Out::Reply(ReplyId::Helo))
+        }
+    }
+
+    fn check_mail(&self, s: &Settings, cmd: &Command<'_>) -> Result<(), ReplyId> {
+        match cmd {
+            Command::Mail(m) if m.size.is_some_and(|n| n > s.max_message_size) => {
+                Err(ReplyId::TooBig)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn proceed_mail(&mut self, _: &Settings, cmd: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        let Command::Mail(m) = cmd else {
+            return Some(Out::Reply(ReplyId::SyntaxMail));
+        };
+        self.tx = Tx {
+            started: Some(cx.now),
+            smtputf8: m.smtputf8,
+            body: m.body,
+            ..Tx::default()
+        };
+        cx.observer.transaction();
+        cx.sink.mail(self.id, m.path);
+        Some(Out::Reply(ReplyId::SenderOk))
+    }
+
+    fn check_rcpt(&self, s: &Settings, _: &Command<'_>) -> Result<(), ReplyId> {
+        if self.tx.recipients >= s.max_recipients {
+            Err(ReplyId::TooManyRecipients)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn proceed_rcpt(&mut self, _: &Settings, cmd: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        let Command::Rcpt(r) = cmd else {
+            return Some(Out::Reply(ReplyId::SyntaxRcpt));
+        };
+        self.tx.recipients += 1;
+        cx.observer.recipient();
+        cx.sink.rcpt(self.id, r.path);
+        Some(Out::Reply(ReplyId::RecipientOk))
+    }
+
+    fn check_data(&self, _: &Settings, _: &Command<'_>) -> Result<(), ReplyId> {
+        if self.tx.body == Body::BinaryMime {
+            // RFC 3030 3: BINARYMIME content cannot be sent with DATA.
+            Err(ReplyId::BinarymimeNeedsBdat)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn proceed_data(&mut self, _: &Settings, _: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        cx.sink.begin(self.id);
+        self.unstuffer = Unstuffer::new();
+        self.enter(State::Data, cx);
+        Some(Out::Reply(ReplyId::StartData))
+    }
+
+    /// The chunk follows the line; its reply comes once it has been read.
+    fn proceed_bdat(&mut self, _: &Settings, cmd: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        let Command::Bdat { size, last } = cmd else {
+            return Some(Out::Reply(ReplyId::SyntaxBdat));
+        };
+        if !self.tx.bdat {
+            self.tx.bdat = true;
+            cx.sink.begin(self.id);
+        }
+        let chunk = State::Chunk {
+            size,
+            remaining: size,
+            last,
+            reject: None,
+        };
+        self.enter(chunk, cx);
+        None
+    }
+
+    /// A refused BDAT still has its chunk consumed (RFC 3030 2), so the
+    /// session stays in step; the refusal is the reply to the chunk.
+    fn refuse_bdat(&mut self, r: ReplyId, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        let &Command::Bdat { size, last } = cmd else {
+            return Some(Out::Reply(r));
+        };
+        let chunk = State::Chunk {
+            size,
+            remaining: size,
+            last,
+            reject: Some(r),
+        };
+        self.enter(chunk, cx);
+        None
+    }
+
+    fn proceed_rset(&mut self, _: &Settings, _: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        self.reset_tx(cx);
+        Some(Out::Reply(ReplyId::Ok))
+    }
+
+    fn proceed_quit(&mut self, _: &Settings, _: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        self.reset_tx(cx);
+        self.enter(State::Closed, cx);
+        Some(Out::Reply(ReplyId::Bye))
+    }
+
+    /// The content is complete: was it acceptable?
+    fn check_content(&self, _: &Settings, _: &Command<'_>) -> Result<(), ReplyId> {
+        if self.tx.too_big {
+            Err(ReplyId::TooBig)
+        } else if self.tx.bare_lf {
+            Err(ReplyId::BareLfInData)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Asks the sink; a pending verdict parks the session.
+    fn proceed_end(&mut self, _: &Settings, _: Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        match cx.sink.end(self.id) {
+            Verdict::Pending => {
+                self.enter(State::Verdict, cx);
+                None
+            }
+            verdict => {
+                self.enter(State::Command, cx);
+                Some(self.finish(verdict))
+            }
+        }
+    }
+
+    fn refuse_end(&mut self, r: ReplyId, _: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        cx.sink.abort(self.id);
+        self.enter(State::Command, cx);
+        Some(self.finish(Verdict::Rejected(r)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_in_verb_order_and_named() {
+        assert_eq!(rows().len(), Verb::COUNT);
+        for (i, r) in rows().iter().enumerate() {
+            assert_eq!(r.verb, Verb::ALL[i]);
+            assert_eq!(r.verb as usize, i);
+            assert!(std::ptr::eq(row(r.verb), r));
+            assert!(!r.name.is_empty());
+        }
+    }
+
+    #[test]
+    fn sequencing_follows_rfc_5321_and_3030() {
+        use Phase::*;
+        let refusal = |v, p| row(v).refusal(p);
+        assert_eq!(refusal(Verb::Mail, Fresh), Some(ReplyId::NeedHelo));
+        assert_eq!(refusal(Verb::Mail, Greeted), None);
+        assert_eq!(refusal(Verb::Mail, Rcpt), Some(ReplyId::NestedMail));
+        assert_eq!(refusal(Verb::Rcpt, Greeted), Some(ReplyId::NeedMail));
+        assert_eq!(refusal(Verb::Rcpt, Chunking), Some(ReplyId::RcptAfterBdat));
+        assert_eq!(refusal(Verb::Data, Mail), Some(ReplyId::NeedRcpt));
+        assert_eq!(refusal(Verb::Data, Chunking), Some(ReplyId::DataAfterBdat));
+        assert_eq!(refusal(Verb::Bdat, Chunking), None);
+        for p in [Fresh, Greeted, Mail, Rcpt, Chunking] {
+            for v in [Verb::Helo, Verb::Ehlo, Verb::Rset, Verb::Noop, Verb::Quit] {
+                assert_eq!(refusal(v, p), None, "{v:?} in {p:?}");
+            }
+        }
+    }
+}
