@@ -13,8 +13,9 @@ use crate::payload::Payload;
 use crate::report::{Recorder, Results};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Transport};
 use smtpsink::proto::client::{ClientSession, ClientSettings, Event, MessageSource, Stage};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,16 +69,18 @@ fn plain(e: &io::Error) -> String {
 }
 
 struct Conn {
-    sock: TcpStream,
+    link: Link,
     session: Option<ClientSession>,
     connecting_since: Instant,
-    carry: Vec<u8>,
-    out: Vec<u8>,
-    out_pos: usize,
-    want_write: bool,
     /// Listed in `touched` for this turn.
     touched: bool,
 }
+
+/// The client keeps its buffers: the same message sizes come again and again.
+const KEEP: Keep = Keep {
+    carry: usize::MAX,
+    out: usize::MAX,
+};
 
 const SCRATCH: usize = 64 * 1024;
 /// Wait before replacing a connection whose connect failed.
@@ -146,26 +149,22 @@ pub fn run(
 impl Driver<'_> {
     fn open(&mut self, now: Instant) {
         match TcpStream::connect(self.opts.target) {
-            Ok(mut sock) => {
+            Ok(sock) => {
                 let entry = self.conns.vacant_entry();
                 let token = Token(entry.key());
-                if self
-                    .poll
-                    .registry()
-                    .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                let mut link = Link::new(Transport::tcp(sock), KEEP);
+                // WRITABLE says when the connect has finished.
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if link
+                    .register(self.poll.registry(), token, interest)
                     .is_err()
                 {
                     return;
                 }
-                let _ = sock.set_nodelay(true);
                 entry.insert(Conn {
-                    sock,
+                    link,
                     session: None,
                     connecting_since: now,
-                    carry: Vec::new(),
-                    out: Vec::new(),
-                    out_pos: 0,
-                    want_write: true,
                     touched: false,
                 });
             }
@@ -334,7 +333,7 @@ impl Driver<'_> {
         }
         if everyone {
             for key in keys {
-                if self.conns.get(key).is_some_and(|c| c.out_pos < c.out.len()) {
+                if self.conns.get(key).is_some_and(|c| c.link.pending() > 0) {
                     self.touch(key);
                 }
             }
@@ -359,7 +358,7 @@ impl Driver<'_> {
         if spent || !session.can_start(s) {
             return false;
         }
-        session.start(s, self.src, self.next_seq, due, now, &mut conn.out);
+        session.start(s, self.src, self.next_seq, due, now, conn.link.out_mut());
         self.rec.started(self.next_seq, now);
         self.next_seq += 1;
         true
@@ -383,7 +382,7 @@ impl Driver<'_> {
                 self.rec.aborted = Some("the server does not offer CHUNKING".into());
                 self.stop_starting = true;
             }
-            session.quit(self.src, now, &mut conn.out);
+            session.quit(self.src, now, conn.link.out_mut());
         }
     }
 
@@ -396,8 +395,9 @@ impl Driver<'_> {
                 return;
             }
             // The connect finished, one way or the other.
-            match conn.sock.take_error() {
-                Ok(None) if conn.sock.peer_addr().is_ok() => {
+            let t = conn.link.transport();
+            match t.take_error() {
+                Ok(None) if t.peer_addr().is_ok() => {
                     self.ever_connected = true;
                     self.rec.connected(now - conn.connecting_since);
                     conn.session = Some(ClientSession::new(now));
@@ -413,58 +413,31 @@ impl Driver<'_> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if writable && flush(conn).is_err() {
+        let mut io = IoCounts::default();
+        if writable && conn.link.flush(&mut io) == Flush::Failed {
             return self.lost(key, now);
         }
-        let mut eof = false;
-        loop {
-            let carried = conn.carry.len();
-            if carried >= self.scratch.len() {
-                break;
-            }
-            match conn.sock.read(&mut self.scratch[carried..]) {
-                Ok(0) => {
-                    eof = true;
-                    break;
+        let Some(session) = conn.session.as_mut() else {
+            return;
+        };
+        let (opts, src, events) = (self.opts, self.src, &mut self.events);
+        let end = conn
+            .link
+            .read_with(&mut self.scratch, usize::MAX, hup, &mut io, |input, out| {
+                let used = session.on_input(&opts.client, src, input, now, out, events);
+                Consumed {
+                    used,
+                    stop: session.is_closed(),
                 }
-                Ok(n) => {
-                    self.scratch[..carried].copy_from_slice(&conn.carry);
-                    let input = &self.scratch[..carried + n];
-                    let Some(session) = conn.session.as_mut() else {
-                        break;
-                    };
-                    let used = session.on_input(
-                        &self.opts.client,
-                        self.src,
-                        input,
-                        now,
-                        &mut conn.out,
-                        &mut self.events,
-                    );
-                    conn.carry.clear();
-                    conn.carry.extend_from_slice(&input[used..]);
-                    // As in the server's reactor: on Linux a short read
-                    // drained the socket and edge-triggered epoll reports
-                    // every later arrival, unless the FIN came with it.
-                    if carried + n < self.scratch.len() && !hup && cfg!(target_os = "linux") {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
+            });
+        let eof = end == ReadEnd::Closed;
         self.drain_events();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let closed = conn.session.as_ref().is_some_and(ClientSession::is_closed);
         if eof || closed {
-            let _ = flush(conn);
+            let _ = conn.link.flush(&mut io);
             self.lost(key, now);
         } else {
             self.touch(key);
@@ -493,7 +466,7 @@ impl Driver<'_> {
             return;
         }
         let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.sock);
+        conn.link.deregister(self.poll.registry());
         match connect_error {
             Some(e) => self.connect_failed(e, now),
             None if self.work_left() => self.open(now),
@@ -512,22 +485,11 @@ impl Driver<'_> {
             if conn.session.is_none() {
                 continue;
             }
-            match flush(conn) {
-                Err(_) => self.lost(key, Instant::now()),
-                Ok(()) => {
-                    let want = conn.out_pos < conn.out.len();
-                    if want != conn.want_write {
-                        conn.want_write = want;
-                        let interest = if want {
-                            Interest::READABLE | Interest::WRITABLE
-                        } else {
-                            Interest::READABLE
-                        };
-                        let _ =
-                            self.poll
-                                .registry()
-                                .reregister(&mut conn.sock, Token(key), interest);
-                    }
+            match conn.link.flush(&mut IoCounts::default()) {
+                Flush::Failed => self.lost(key, Instant::now()),
+                Flush::Done | Flush::Blocked => {
+                    let want = conn.link.pending() > 0;
+                    conn.link.want_write(self.poll.registry(), Token(key), want);
                 }
             }
         }
@@ -572,24 +534,8 @@ impl Driver<'_> {
             self.drain_events();
             if self.conns.contains(key) {
                 let mut conn = self.conns.remove(key);
-                let _ = self.poll.registry().deregister(&mut conn.sock);
+                conn.link.deregister(self.poll.registry());
             }
         }
     }
-}
-
-/// Writes what the socket takes.
-fn flush(conn: &mut Conn) -> io::Result<()> {
-    while conn.out_pos < conn.out.len() {
-        match conn.sock.write(&conn.out[conn.out_pos..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => conn.out_pos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    conn.out.clear();
-    conn.out_pos = 0;
-    Ok(())
 }

@@ -28,8 +28,7 @@ pub fn merge(logs: &[Vec<u8>]) -> Result<BTreeMap<String, Histogram<u64>>, Strin
             match out.get_mut(&tag) {
                 Some(total) => total.add(&h).map_err(|e| format!("log {}: {e:?}", i + 1))?,
                 None => {
-                    let mut total = Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                        .map_err(|e| format!("{e:?}"))?;
+                    let mut total = smtpsink::stats::histogram();
                     total.add(&h).map_err(|e| format!("log {}: {e:?}", i + 1))?;
                     out.insert(tag, total);
                 }

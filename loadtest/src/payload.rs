@@ -7,7 +7,7 @@
 //! for every message of a run, so the hot path copies prepared bytes.
 
 use smtpsink::proto::client::MessageSource;
-use smtpsink::proto::dot;
+use smtpsink::proto::{decimal, dot};
 
 /// Width of the sequence number as written in headers: fixed, so every
 /// message of a run has the same length and BDAT chunk plan.
@@ -69,29 +69,12 @@ impl Template {
         for p in &self.0 {
             match p {
                 Piece::Lit(b) => out.extend_from_slice(b),
-                Piece::Seq => write_decimal(seq, 0, out),
-                Piece::Seq20 => write_decimal(seq, SEQ_WIDTH, out),
-                Piece::Rcpt => write_decimal(u64::from(rcpt), 0, out),
+                Piece::Seq => decimal::write(seq, 0, out),
+                Piece::Seq20 => decimal::write(seq, SEQ_WIDTH, out),
+                Piece::Rcpt => decimal::write(u64::from(rcpt), 0, out),
             }
         }
     }
-}
-
-/// Appends `n` in decimal, zero-padded to `width`.
-fn write_decimal(mut n: u64, width: usize, out: &mut Vec<u8>) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let digits = buf.len() - i;
-    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits)));
-    out.extend_from_slice(&buf[i..]);
 }
 
 /// A command line: either fixed for the run or rendered per message.
@@ -316,7 +299,7 @@ impl MessageSource for Payload {
         let start = i as usize * self.chunk;
         let end = (start + self.chunk).min(self.message_len());
         out.extend_from_slice(b"BDAT ");
-        write_decimal((end - start) as u64, 0, out);
+        decimal::write((end - start) as u64, 0, out);
         out.extend_from_slice(if i + 1 == self.chunks() {
             b" LAST\r\n"
         } else {
@@ -406,14 +389,5 @@ mod tests {
         assert!(p
             .message(0)
             .ends_with(b"Subject: x\r\n\r\nStra\xc3\x9fe\r\n.\r\n"));
-    }
-
-    #[test]
-    fn decimals() {
-        let mut out = Vec::new();
-        write_decimal(0, 0, &mut out);
-        write_decimal(123, 5, &mut out);
-        write_decimal(u64::MAX, 20, &mut out);
-        assert_eq!(out, b"00012318446744073709551615");
     }
 }

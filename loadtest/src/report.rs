@@ -8,6 +8,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use smtpsink::proto::client::{Event, Phase, Stage};
+use smtpsink::stats::{histogram, micros};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
@@ -36,15 +37,6 @@ fn index(p: Phase) -> usize {
         Phase::Envelope => 3,
         Phase::Data => 4,
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 1 h, 3 significant digits: fixed memory, recording never fails.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!())
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Collects events during a run.
