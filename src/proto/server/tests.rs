@@ -61,6 +61,7 @@ struct Harness {
     out: Vec<u8>,
     sink: Recorder,
     stats: Stats,
+    t0: Instant,
     now: Instant,
 }
 
@@ -72,6 +73,7 @@ impl Harness {
             out: Vec::new(),
             sink,
             stats: Stats::new(),
+            t0: now,
             now,
         }
     }
@@ -607,5 +609,281 @@ fn shutdown_closes_after_the_message_not_after_what_follows() {
             .filter(|e| e.starts_with("mail"))
             .count(),
         1
+    );
+}
+
+/// Settings with short, distinct timeouts for the clock tests.
+fn timed() -> Settings {
+    let mut s = settings();
+    s.timeouts = Timeouts {
+        idle: Duration::from_secs(10),
+        command: Duration::from_secs(3),
+        data_min_rate: 100,
+        data_window: Duration::from_secs(2),
+    };
+    s
+}
+
+impl Harness {
+    fn at(&mut self, secs: f64) -> &mut Self {
+        self.now = self.t0 + Duration::from_secs_f64(secs);
+        self
+    }
+
+    fn tick(&mut self, s: &Settings) {
+        self.with(|session, cx| session.on_timer(s, cx));
+    }
+}
+
+#[test]
+fn idle_clock_runs_from_the_last_byte_or_reply_taken() {
+    let s = timed();
+    let mut h = Harness::new(Recorder::default());
+    h.with(|session, cx| session.start(&s, cx));
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(10)));
+    h.at(4.0).feed(&s, b"NOOP\r\n");
+    h.session.wrote(h.t0 + Duration::from_secs(6));
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(16)));
+    h.at(15.9).tick(&s);
+    assert!(!h.session.is_closed(), "not before its time");
+    h.at(16.0).tick(&s);
+    assert!(h.session.is_closed());
+    assert_eq!(h.session.take_request(), Some(Request::Close));
+    assert!(h
+        .text()
+        .ends_with("250 2.0.0 Ok\r\n421 4.4.2 sink.test Error: timeout exceeded, closing transmission channel\r\n"));
+    let c = h.stats.counters;
+    assert_eq!(
+        (c.timeouts, c.command_timeouts, c.data_rate_timeouts),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn a_command_line_must_be_complete_in_time_however_it_trickles() {
+    let s = timed();
+    let mut h = Harness::new(Recorder::default());
+    // Complete lines never start the line clock.
+    h.at(1.0).feed(&s, b"NOOP\r\n");
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(11)));
+    // A partial line does, from its first byte; more bytes do not move it.
+    assert_eq!(h.at(2.0).feed(&s, b"NO"), 0);
+    assert_eq!(h.at(4.0).feed(&s, b"NOO"), 0);
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(5)));
+    // Completed in time, with the next line begun: its clock starts now.
+    assert_eq!(h.at(4.5).feed(&s, b"NOOP\r\nRS"), 6);
+    assert_eq!(
+        h.session.deadline(&s),
+        Some(h.t0 + Duration::from_millis(7500))
+    );
+    h.at(7.4).tick(&s);
+    assert!(!h.session.is_closed());
+    assert_eq!(h.at(7.4).feed(&s, b"RSE"), 0);
+    h.at(7.5).tick(&s);
+    assert!(h.session.is_closed());
+    assert_eq!(h.stats.counters.command_timeouts, 1);
+    // An over-long line being skipped is a line too.
+    let mut h = Harness::new(Recorder::default());
+    h.at(1.0).feed(&s, &[b'x'; 2000]);
+    assert_eq!(h.session.state(), State::SkipLine);
+    h.at(3.0).feed(&s, &[b'x'; 10]);
+    h.at(4.0).tick(&s);
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn content_must_keep_the_minimum_rate_per_window() {
+    let s = timed(); // 100 octets/s over 2 s windows: 200 per window
+    let mut h = Harness::new(Recorder::default());
+    h.feed(
+        &s,
+        b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+    );
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(2)));
+    h.at(1.0).feed(&s, &[b'y'; 250]);
+    h.at(2.0).tick(&s);
+    assert!(!h.session.is_closed(), "250 octets in the first window");
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(4)));
+    h.at(3.0).feed(&s, &[b'y'; 150]);
+    h.at(4.0).tick(&s);
+    assert!(h.session.is_closed(), "150 in the second");
+    assert!(h.text().ends_with(
+        "421 4.4.2 sink.test Error: data transfer too slow, closing transmission channel\r\n"
+    ));
+    assert_eq!(h.sink.events.last().map(String::as_str), Some("abort"));
+    assert_eq!(h.stats.counters.data_rate_timeouts, 1);
+    // Off with a zero rate; BDAT chunks count the same way.
+    let mut off = timed();
+    off.timeouts.data_min_rate = 0;
+    let mut h = Harness::new(Recorder::default());
+    h.feed(
+        &off,
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1000\r\n",
+    );
+    assert_eq!(
+        h.session.deadline(&off),
+        Some(h.t0 + Duration::from_secs(10))
+    );
+    let mut h = Harness::new(Recorder::default());
+    h.feed(
+        &s,
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1000\r\n",
+    );
+    h.at(2.0).tick(&s);
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn a_held_reply_waits_for_its_time_and_holds_the_input_behind_it() {
+    let mut s = settings();
+    s.set_delay(Verb::Mail, Duration::from_millis(500));
+    s.set_delay(Verb::Quit, Duration::from_millis(100));
+    let mut h = Harness::new(Recorder::default());
+    let input = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nQUIT\r\n";
+    let n = h.feed(&s, input);
+    assert_eq!(&input[n..], b"RCPT TO:<c@d>\r\nQUIT\r\n");
+    assert_eq!(h.text(), "250 sink.test\r\n", "the MAIL reply is held");
+    assert_eq!(h.sink.events, ["mail <a@b>"], "the action itself is not");
+    let until = h.t0 + Duration::from_millis(500);
+    assert_eq!(h.session.take_request(), Some(Request::Hold { until }));
+    assert_eq!(h.session.deadline(&s), Some(until));
+    assert!(!h.session.takes_input());
+    assert_eq!(h.feed(&s, &input[n..]), 0);
+    h.at(0.4).tick(&s);
+    assert_eq!(h.text(), "250 sink.test\r\n");
+    h.at(0.5).tick(&s);
+    assert_eq!(h.session.take_request(), None);
+    assert_eq!(h.feed(&s, &input[n..]), input.len() - n);
+    assert_eq!(
+        h.session.take_request(),
+        Some(Request::Hold {
+            until: h.t0 + Duration::from_millis(600)
+        }),
+        "the QUIT reply is held too, and the close waits for it"
+    );
+    assert_eq!(
+        h.text(),
+        "250 sink.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+    );
+    h.at(0.6).tick(&s);
+    assert_eq!(h.session.take_request(), Some(Request::Close));
+    assert!(h.text().ends_with("250 2.1.5 Ok\r\n221 2.0.0 Bye\r\n"));
+}
+
+#[test]
+fn a_held_final_reply_is_sent_before_a_shutdown_421() {
+    let mut s = settings();
+    s.set_delay(Verb::EndOfData, Duration::from_secs(1));
+    let mut h = Harness::new(Recorder::default());
+    h.feed(
+        &s,
+        b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert!(h.session.in_message(), "its final reply is still to come");
+    h.with(|session, cx| session.shutdown(&s, cx));
+    assert!(!h.session.is_closed());
+    h.at(1.0).tick(&s);
+    assert!(h.text().ends_with(
+        "250 2.0.0 Ok: queued\r\n421 4.3.2 sink.test Service shutting down, closing transmission channel\r\n"
+    ));
+    assert_eq!(h.session.take_request(), Some(Request::Close));
+    assert_eq!(h.stats.counters.messages, 1);
+    let us = h.stats.latency.max();
+    assert!(
+        (999_000..1_001_000).contains(&us),
+        "the hold is part of the latency: {us}"
+    );
+}
+
+#[test]
+fn answers_stop_at_the_output_limit_and_go_on_from_there() {
+    let s = settings();
+    let mut h = Harness::new(Recorder::default());
+    let input = b"NOOP\r\n".repeat(1000);
+    let mut cx_out = Vec::new();
+    let used = {
+        let mut cx = Ctx::new(&mut cx_out, &mut h.sink, &mut h.stats, h.now);
+        cx.out_limit = 100;
+        h.session.handle_input(&s, &input, &mut cx)
+    };
+    // The eighth 14-octet reply crosses 100 octets; nothing runs after it.
+    assert_eq!((used, cx_out.len()), (48, 112));
+    assert!(h.session.takes_input());
+    assert_eq!(h.feed(&s, &input[used..]), input.len() - used);
+    assert_eq!(h.stats.counters.replies[2], 1000);
+}
+
+/// Records every state change.
+#[derive(Default)]
+struct Transitions {
+    stats: Stats,
+    seen: Vec<(State, State)>,
+}
+
+impl Observer for Transitions {
+    fn reply(&mut self, r: &[u8]) {
+        self.stats.reply(r);
+    }
+    fn transaction(&mut self) {}
+    fn recipient(&mut self) {}
+    fn message(&mut self, o: super::Outcome, b: u64, l: Duration) {
+        self.stats.message(o, b, l);
+    }
+    fn timeout(&mut self, _: Timeout) {}
+    fn transition(&mut self, _: SessionId, from: State, to: State) {
+        self.seen.push((from, to));
+    }
+}
+
+#[test]
+fn every_state_change_is_reported_from_to() {
+    let s = settings();
+    let mut out = Vec::new();
+    let mut sink = Recorder::default();
+    let mut obs = Transitions::default();
+    let now = Instant::now();
+    let peer = "[2001:db8::1]:25".parse().unwrap();
+    let mut session = Session::new(9, peer, now);
+    assert_eq!(
+        session.peer(),
+        peer,
+        "the client address is known from accept on"
+    );
+    let mut cx = Ctx::new(&mut out, &mut sink, &mut obs, now);
+    let input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1 LAST\r\nyQUIT\r\n";
+    assert_eq!(session.handle_input(&s, input, &mut cx), input.len());
+    let chunk = State::Chunk {
+        size: 1,
+        remaining: 1,
+        last: true,
+        reject: None,
+    };
+    assert_eq!(
+        obs.seen,
+        [
+            (State::Command, State::Data),
+            (State::Data, State::Command),
+            (State::Command, chunk),
+            (chunk, State::Command),
+            (State::Command, State::Closed),
+        ]
+    );
+}
+
+#[test]
+fn reply_texts_come_from_the_settings() {
+    let mut s = settings();
+    s.set_reply(ReplyId::RecipientOk, "250 2.1.5 Recipient fine")
+        .unwrap();
+    s.set_reply(ReplyId::Queued, "250-2.0.0 Ok\r\n250 2.0.0 queued as X")
+        .unwrap();
+    s.set_reply(ReplyId::ChunkReceived, "250 2.0.0 took {size}")
+        .unwrap();
+    transcript_with(
+        &s,
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nxyBDAT 0 LAST\r\n",
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Recipient fine\r\n250 2.0.0 took 2\r\n250-2.0.0 Ok\r\n250 2.0.0 queued as X\r\n"
+        ),
     );
 }

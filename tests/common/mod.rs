@@ -1,0 +1,162 @@
+//! Shared by the integration tests: a server on an ephemeral loopback port
+//! and a raw client that reads whole replies with a deadline.
+// Each test crate uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use smtpsink::config::Config;
+use smtpsink::reactor::{Background, Report, Server, ShutdownHandle};
+use smtpsink::sink::Discard;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: ShutdownHandle,
+    server: Background<Discard>,
+}
+
+pub fn start_with(tune: impl FnOnce(&mut Config)) -> Running {
+    let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
+    config.hostname = "sink.test".into();
+    tune(&mut config);
+    let server = Server::from_config(&config, Discard::default())
+        .expect("bind")
+        .spawn();
+    Running {
+        addr: server.addrs[0],
+        handle: server.handle.clone(),
+        server,
+    }
+}
+
+pub fn start() -> Running {
+    start_with(|_| {})
+}
+
+impl Running {
+    pub fn stop(self) -> Report<Discard> {
+        self.server.stop().expect("run")
+    }
+
+    pub fn join(self) -> Report<Discard> {
+        self.server.join().expect("run")
+    }
+}
+
+/// A raw client: writes bytes, reads whole replies with a deadline.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects from `source` (any 127.0.0.0/8 address works on Linux's
+    /// loopback), so tests can be several clients.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Self {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        s.bind(&SocketAddr::new(source, 0).into())
+            .expect("bind source");
+        s.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = s.into();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and checks the greeting.
+    pub fn greeted(addr: SocketAddr) -> Self {
+        let mut c = Self::connect(addr);
+        assert_eq!(c.replies(1), "220 sink.test ESMTP smtpsink\r\n");
+        c
+    }
+
+    /// Writes `bytes` from another thread, so the test can read replies
+    /// while a burst larger than the socket buffers is still going out. The
+    /// server may close before taking all of it; that is not an error here.
+    pub fn send_in_background(&self, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+        let mut writer = self.stream.try_clone().expect("clone socket");
+        std::thread::spawn(move || {
+            let _ = writer.write_all(&bytes);
+        })
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads until `n` complete replies (multi-line replies count once) have
+    /// arrived and returns exactly their text.
+    pub fn replies(&mut self, n: usize) -> String {
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some(end) = reply_boundary(&self.buf, n) {
+                let text: Vec<u8> = self.buf.drain(..end).collect();
+                return String::from_utf8(text).expect("utf-8 replies");
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!(
+                    "closed early; have {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+                Err(e) => panic!("read: {e}; have {:?}", String::from_utf8_lossy(&self.buf)),
+            }
+        }
+    }
+
+    pub fn send_expect(&mut self, bytes: &str, want: &str) {
+        self.send(bytes.as_bytes());
+        let n = want
+            .split_terminator("\r\n")
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .count();
+        assert_eq!(self.replies(n), want, "after sending {bytes:?}");
+    }
+
+    /// Asserts the server closes the connection with nothing more to say.
+    pub fn expect_closed(&mut self) {
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Ok(k) => panic!(
+                "unexpected bytes: {:?}",
+                String::from_utf8_lossy(&chunk[..k])
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected close, got {e}"),
+        }
+    }
+}
+
+/// Offset just past the `n`th complete reply in `buf`, if all are there.
+pub fn reply_boundary(buf: &[u8], n: usize) -> Option<usize> {
+    let mut pos = 0;
+    let mut done = 0;
+    while done < n {
+        let lf = buf[pos..].iter().position(|b| *b == b'\n')?;
+        let line = &buf[pos..pos + lf + 1];
+        pos += lf + 1;
+        if line.get(3) != Some(&b'-') {
+            done += 1;
+        }
+    }
+    Some(pos)
+}
+
+pub const EHLO: &str = "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 67108864\r\n250-8BITMIME\r\n\
+250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250-DSN\r\n250 HELP\r\n";
