@@ -132,14 +132,17 @@ impl Config {
         s
     }
 
+    /// The idle timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
     }
 
+    /// How long messages in progress may take at shutdown.
     pub fn grace(&self) -> Duration {
         Duration::from_secs(self.grace)
     }
 
+    /// How often to print a statistics line, if at all.
     pub fn stats_interval(&self) -> Option<Duration> {
         (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval))
     }

@@ -33,22 +33,31 @@ pub fn micros(d: Duration) -> u64 {
 /// Plain counters; `Copy` so an interval line can diff two snapshots.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
+    /// Connections accepted.
     pub connections: u64,
+    /// Connections open now.
     pub connections_open: u64,
     /// Connections answered `421 4.7.0` at accept (per-client limit).
     pub connections_refused: u64,
-    /// Sessions closed for any timeout; the next two say how many of them
-    /// were for a slow command line and for slow message content.
+    /// Sessions closed for any timeout.
     pub timeouts: u64,
+    /// Of those, for a command line not complete in time.
     pub command_timeouts: u64,
+    /// Of those, for message content below the minimum rate.
     pub data_rate_timeouts: u64,
+    /// Transactions begun (MAIL accepted).
     pub transactions: u64,
+    /// Messages accepted (final 250).
     pub messages: u64,
+    /// Messages refused at the end of data.
     pub messages_rejected: u64,
+    /// Recipients accepted.
     pub recipients: u64,
+    /// Body octets of accepted messages.
     pub body_bytes: u64,
     /// Replies by class: index 2 = 2xx ... 5 = 5xx.
     pub replies: [u64; 6],
+    /// Syscalls and bytes on the wire.
     pub io: IoCounts,
 }
 
@@ -75,6 +84,7 @@ impl std::ops::AddAssign for Counters {
 /// Everything the server reports.
 #[derive(Debug, Clone)]
 pub struct Stats {
+    /// The counters.
     pub counters: Counters,
     /// Per-transaction latency in microseconds.
     pub latency: Histogram<u64>,
@@ -127,6 +137,7 @@ impl Observer for Stats {
 }
 
 impl Stats {
+    /// Zero counters, an empty histogram.
     pub fn new() -> Self {
         Self {
             counters: Counters::default(),
@@ -266,7 +277,7 @@ mod tests {
         b.recipient();
         b.reply(b"421 bye\r\n");
         b.timeout(Timeout::Command);
-        b.message(Outcome::Accepted, 50, Duration::from_micros(1000));
+        b.message(Outcome::Accepted, 50, Duration::from_millis(1));
         b.counters.io.reads = 4;
         a.merge(&b);
         let c = a.counters;

@@ -181,7 +181,7 @@ fn garbage_long_lines_and_nul_bytes_then_a_new_client() {
     c.send_expect("NOOP\r\n", "250 2.0.0 Ok\r\n");
     // Random binary junk, then a hard close: the server must shrug it off.
     let junk: Vec<u8> = (0..50_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
         .collect();
     let mut rude = Client::greeted(server.addr);
     rude.send(&junk);

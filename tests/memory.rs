@@ -178,7 +178,7 @@ fn clients_that_flood_until_every_buffer_is_full_hold_bounded_memory() {
     let sent: usize = clients.iter().map(|(_, s)| s).sum();
     eprintln!(
         "peak RSS growth with {CLIENTS} saturated clients: {peak} KiB ({} KiB offered each)",
-        sent / 1024 / CLIENTS as usize
+        sent / 1024 / usize::try_from(CLIENTS).unwrap()
     );
     assert!(
         peak < CLIENTS * 192 + 512,

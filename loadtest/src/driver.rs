@@ -23,10 +23,13 @@ use std::time::{Duration, Instant};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The server to load.
     pub target: SocketAddr,
+    /// Connections kept open at once.
     pub connections: usize,
     /// Stop after this many messages (`None`: run for `duration`).
     pub messages: Option<u64>,
+    /// Stop starting messages after this long (`None`: run to `messages`).
     pub duration: Option<Duration>,
     /// Messages per connection before it is closed and replaced (0: no limit).
     pub per_connection: u64,
@@ -38,6 +41,7 @@ pub struct Options {
     pub timeout: Duration,
     /// Stop the run once errors exceed this.
     pub max_errors: Option<u64>,
+    /// How each connection speaks SMTP.
     pub client: ClientSettings,
     /// Print a progress line to stderr about once a second.
     pub progress: bool,
@@ -48,6 +52,7 @@ pub struct Options {
 pub enum RunError {
     /// No connection could ever be established.
     Unreachable(SocketAddr, io::Error),
+    /// The event loop itself failed.
     Io(io::Error),
 }
 

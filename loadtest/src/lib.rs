@@ -4,7 +4,7 @@
 //! `ClientSession` (from the smtpsink library, shared with the server's
 //! reply and dot-stuffing code) per connection. Messages are prepared
 //! before the run ([`payload`]); latencies go into HDR histograms and come
-//! out as a report, JSON or an HdrHistogram interval log ([`report`]);
+//! out as a report, JSON or an `HdrHistogram` interval log ([`report`]);
 //! [`merge`] combines such logs from several generator hosts.
 
 pub mod driver;

@@ -44,7 +44,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
 
-    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [::1]:2525).
+    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [`::1`]:2525).
     #[arg(value_name = "HOST:PORT", required = true)]
     target: Option<String>,
 
@@ -127,7 +127,7 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
-    /// Write latency histograms every second to FILE (HdrHistogram interval log).
+    /// Write latency histograms every second to FILE (`HdrHistogram` interval log).
     #[arg(long, value_name = "FILE")]
     hist_log: Option<PathBuf>,
 
@@ -138,7 +138,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Merge HdrHistogram interval logs (from --hist-log) into one report.
+    /// Merge `HdrHistogram` interval logs (from --hist-log) into one report.
     Merge {
         #[arg(required = true, value_name = "FILE")]
         logs: Vec<PathBuf>,
@@ -185,7 +185,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         ^ u64::from(std::process::id()).rotate_left(32);
     let payload = Payload::new(&PayloadSpec {
         from: cli.from.clone(),

@@ -1,4 +1,4 @@
-//! `smtpload merge`: combines HdrHistogram interval logs (from `--hist-log`,
+//! `smtpload merge`: combines `HdrHistogram` interval logs (from `--hist-log`,
 //! possibly from several generator hosts) into one report per tag.
 
 use base64::Engine as _;
@@ -25,13 +25,12 @@ pub fn merge(logs: &[Vec<u8>]) -> Result<BTreeMap<String, Histogram<u64>>, Strin
                 .deserialize(&mut bytes.as_slice())
                 .map_err(|e| format!("log {}: bad histogram: {e:?}", i + 1))?;
             let tag = iv.tag().map_or("untagged", |t| t.as_str()).to_string();
-            match out.get_mut(&tag) {
-                Some(total) => total.add(&h).map_err(|e| format!("log {}: {e:?}", i + 1))?,
-                None => {
-                    let mut total = smtpsink::stats::histogram();
-                    total.add(&h).map_err(|e| format!("log {}: {e:?}", i + 1))?;
-                    out.insert(tag, total);
-                }
+            if let Some(total) = out.get_mut(&tag) {
+                total.add(&h).map_err(|e| format!("log {}: {e:?}", i + 1))?;
+            } else {
+                let mut total = smtpsink::stats::histogram();
+                total.add(&h).map_err(|e| format!("log {}: {e:?}", i + 1))?;
+                out.insert(tag, total);
             }
         }
     }

@@ -106,8 +106,11 @@ impl Line {
 /// What to send; see `smtpload --help`.
 #[derive(Debug, Clone)]
 pub struct PayloadSpec {
+    /// The MAIL FROM pattern (`{n}`: the message's sequence number).
     pub from: String,
+    /// The RCPT TO pattern (`{r}`: the recipient index, `{n}` as above).
     pub to: String,
+    /// Recipients per message.
     pub recipients: u32,
     /// Size of the generated message, headers included.
     pub size: usize,
@@ -188,6 +191,7 @@ MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
 }
 
 impl Payload {
+    /// Renders everything that does not change per message, once.
     pub fn new(spec: &PayloadSpec) -> Self {
         let mut head = Vec::new();
         head.push(Piece::Lit(b"Message-ID: <".to_vec()));
@@ -272,11 +276,11 @@ impl Payload {
 
 impl MessageSource for Payload {
     fn recipients(&self) -> u32 {
-        self.rcpts.len() as u32
+        u32::try_from(self.rcpts.len()).unwrap_or(u32::MAX)
     }
 
     fn chunks(&self) -> u32 {
-        self.message_len().div_ceil(self.chunk).max(1) as u32
+        u32::try_from(self.message_len().div_ceil(self.chunk).max(1)).unwrap_or(u32::MAX)
     }
 
     fn mail(&self, seq: u64, out: &mut Vec<u8>) {
@@ -360,7 +364,7 @@ mod tests {
             let mut c = Vec::new();
             p.bdat(7, i, &mut c);
             let nl = c.iter().position(|b| *b == b'\n').unwrap();
-            let line = std::str::from_utf8(&c[..nl + 1]).unwrap();
+            let line = std::str::from_utf8(&c[..=nl]).unwrap();
             let n: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
             assert_eq!(c.len() - nl - 1, n);
             assert_eq!(line.ends_with("LAST\r\n"), i == 10);

@@ -1,8 +1,8 @@
 //! Measurements and how they are reported: HDR histograms per phase (in
 //! microseconds, recorded saturating), errors by stage and reply code, the
 //! progress line, the final human report, `--json`, and `--hist-log` in the
-//! standard HdrHistogram interval log format (mergeable with `smtpload
-//! merge` or any HdrHistogram tool).
+//! standard `HdrHistogram` interval log format (mergeable with `smtpload
+//! merge` or any `HdrHistogram` tool).
 
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -56,10 +56,12 @@ pub struct Recorder {
     error_total: u64,
     last_progress: (Instant, u64),
     hist_log: Option<(PathBuf, Duration)>,
+    /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
 }
 
 impl Recorder {
+    /// A recorder that measures events from `measure_from` on (after the warm-up).
     pub fn new(measure_from: Instant) -> Self {
         let now = Instant::now();
         Self {
@@ -118,6 +120,7 @@ impl Recorder {
         }
     }
 
+    /// A connection was established `d` after its connect began.
     pub fn connected(&mut self, d: Duration) {
         self.connections += 1;
         if self.measuring(Instant::now()) {
@@ -125,19 +128,23 @@ impl Recorder {
         }
     }
 
+    /// A message was started.
     pub fn started(&mut self, _seq: u64, _now: Instant) {
         self.started += 1;
     }
 
+    /// Counts one error at `stage` (`code` 0: no reply).
     pub fn error(&mut self, stage: Stage, code: u16) {
         *self.errors.entry((stage, code)).or_insert(0) += 1;
         self.error_total += 1;
     }
 
+    /// Errors so far.
     pub fn error_count(&self) -> u64 {
         self.error_total
     }
 
+    /// Records one event of a client session.
     pub fn event(&mut self, e: Event) {
         match e {
             Event::Latency(p, d) => {
@@ -166,6 +173,7 @@ impl Recorder {
         }
     }
 
+    /// The once-a-second progress line.
     pub fn progress_line(&mut self, now: Instant) -> String {
         let (then, done_then) = self.last_progress;
         let done = self.ok + self.warmup_ok;
@@ -228,6 +236,7 @@ impl Recorder {
         }
     }
 
+    /// Ends the run: the results, and the last interval logged.
     pub fn finish(mut self, now: Instant) -> Results {
         self.interval(now);
         let measured = now.saturating_duration_since(self.measure_from.min(now));
@@ -251,24 +260,33 @@ impl Recorder {
 pub struct Results {
     /// From the end of the warm-up to the end of the run.
     pub measured: Duration,
+    /// Messages started.
     pub started: u64,
     /// Accepted messages started after the warm-up.
     pub ok: u64,
+    /// Messages that failed (refused, dropped, timed out).
     pub failed: u64,
+    /// Messages accepted during the warm-up (not measured).
     pub warmup_ok: u64,
+    /// Message bytes accepted in the measured time.
     pub bytes: u64,
+    /// Connections established.
     pub connections: u64,
+    /// Latency per phase, in microseconds, in report order.
     pub phases: Vec<(&'static str, Histogram<u64>)>,
+    /// Errors by stage and reply code (0: no reply).
     pub errors: BTreeMap<(Stage, u16), u64>,
     /// Set when the run stopped early, with the reason.
     pub aborted: Option<String>,
 }
 
 impl Results {
+    /// All errors.
     pub fn error_total(&self) -> u64 {
         self.errors.values().sum()
     }
 
+    /// Accepted messages per second of measured time.
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.measured.as_secs_f64().max(1e-9)
     }
@@ -277,7 +295,7 @@ impl Results {
     pub fn text(&self) -> String {
         let mut s = String::new();
         let secs = self.measured.as_secs_f64().max(1e-9);
-        let _ = writeln!(s, "smtpload: {:.3}s measured", secs);
+        let _ = writeln!(s, "smtpload: {secs:.3}s measured");
         let _ = writeln!(
             s,
             "  messages   {} accepted, {} failed, {} started ({} during warm-up)",

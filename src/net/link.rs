@@ -68,7 +68,9 @@ pub struct Consumed {
 /// the next use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keep {
+    /// For carried-over input.
     pub carry: usize,
+    /// For pending output.
     pub out: usize,
 }
 
@@ -86,6 +88,7 @@ pub struct Link {
 }
 
 impl Link {
+    /// A link over `transport`, not yet registered.
     pub fn new(transport: Transport, keep: Keep) -> Self {
         Self {
             transport,
@@ -97,6 +100,7 @@ impl Link {
         }
     }
 
+    /// The stream underneath (peer address, connect errors).
     pub fn transport(&self) -> &Transport {
         &self.transport
     }
@@ -108,6 +112,7 @@ impl Link {
         Ok(())
     }
 
+    /// Stops all events for this link (before it is dropped).
     pub fn deregister(&mut self, r: &Registry) {
         let _ = r.deregister(&mut self.transport);
     }
@@ -139,7 +144,7 @@ impl Link {
     /// offers each read, after the carried bytes, to `consume`, which may
     /// also queue output. On Linux a read that does not fill the buffer is
     /// taken as "drained" (edge-triggered epoll reports every later arrival),
-    /// which saves the read that would only say WouldBlock; not with `drain`
+    /// which saves the read that would only say `WouldBlock`; not with `drain`
     /// (the event also said the peer closed, which no later event repeats).
     pub fn read_with(
         &mut self,

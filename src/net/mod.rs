@@ -17,9 +17,13 @@ pub use transport::Transport;
 /// Syscalls and bytes, counted where they happen.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IoCounts {
+    /// `read` calls that returned data.
     pub reads: u64,
+    /// `write` calls.
     pub writes: u64,
+    /// Bytes read.
     pub bytes_in: u64,
+    /// Bytes written.
     pub bytes_out: u64,
 }
 

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 /// A connection's byte stream.
 #[derive(Debug)]
 pub enum Transport {
+    /// Plain TCP.
     Plain(TcpStream),
 }
 

@@ -9,8 +9,11 @@ use std::net::Ipv6Addr;
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrError {
+    /// Not a path RFC 5321 4.1.2 allows.
     Syntax,
+    /// Non-ASCII without SMTPUTF8 on MAIL (RFC 6531).
     NeedsUtf8,
+    /// Past a length limit of RFC 5321 4.5.3.1.
     TooLong,
 }
 
@@ -85,8 +88,9 @@ const ATEXT: u8 = 1; // RFC 5322 3.2.3 atext, plus any non-ASCII byte
 const ALNUM: u8 = 2; // Let-dig
 const UTF8: u8 = 4; // non-ASCII: U-label bytes when SMTPUTF8 is allowed
 
-// Indexing in a const initialiser is checked at compile time: it cannot panic.
-#[allow(clippy::indexing_slicing)]
+// Indexing in a const initialiser is checked at compile time: it cannot
+// panic; and `b < 256`, so `b as u8` keeps every bit.
+#[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;

@@ -68,15 +68,25 @@ pub enum Phase {
 /// Where a reply or failure happened, for the error table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stage {
+    /// Establishing the connection.
     Connect,
+    /// Waiting for the 220.
     Greeting,
+    /// EHLO or HELO.
     Ehlo,
+    /// MAIL FROM.
     Mail,
+    /// RCPT TO.
     Rcpt,
+    /// DATA (before the 354).
     Data,
+    /// A BDAT chunk that is not the last.
     Bdat,
+    /// The end of the message: the final reply.
     EndOfData,
+    /// RSET.
     Rset,
+    /// QUIT.
     Quit,
     /// The server sent something that is not a reply, or an unexpected one.
     Protocol,
@@ -87,6 +97,7 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage's name in reports.
     pub fn name(self) -> &'static str {
         match self {
             Stage::Connect => "connect",
@@ -109,19 +120,27 @@ impl Stage {
 /// What the session reports to the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
+    /// The server took this long for one phase.
     Latency(Phase, Duration),
     /// A message finished: accepted (`ok`) or not. `intended` is when the
     /// schedule wanted it started (open loop), `started` when MAIL went out.
     Done {
+        /// The message's sequence number.
         seq: u64,
+        /// Accepted by the server.
         ok: bool,
+        /// When the schedule wanted it started.
         intended: Instant,
+        /// When its MAIL went out.
         started: Instant,
+        /// When its last reply came (or the connection ended).
         finished: Instant,
     },
     /// A 4xx/5xx reply (`code`) or a failure without one (`code` 0).
     Error {
+        /// Where it happened.
         stage: Stage,
+        /// The reply code; 0 when there was no reply.
         code: u16,
     },
 }
@@ -131,12 +150,16 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Hello,
+    /// MAIL FROM.
     Mail,
     Rcpt(u32),
+    /// DATA (before the 354).
     Data,
     Body,
     Bdat(u32),
+    /// RSET.
     Rset,
+    /// QUIT.
     Quit,
 }
 
@@ -144,14 +167,18 @@ enum Step {
 #[derive(Debug, Clone, Copy)]
 struct Expect {
     step: Step,
+    /// The message's sequence number.
     seq: u64,
     sent: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
+    /// The message's sequence number.
     seq: u64,
+    /// When the schedule wanted it started.
     intended: Instant,
+    /// When its MAIL went out.
     started: Instant,
     /// Steps queued or replies awaited that belong to this message.
     outstanding: u32,
@@ -162,11 +189,23 @@ struct InFlight {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Conn {
+    /// Waiting for the 220.
     Greeting,
     Hello,
     Ready,
     Quitting,
     Closed,
+}
+
+/// What a reply to one step of a message means for the rest of it.
+#[derive(Debug, Default)]
+struct After {
+    /// The message was accepted.
+    finished_ok: bool,
+    /// Its steps still queued are not sent.
+    drop_rest: bool,
+    /// And RSET goes first: the server still holds the transaction.
+    reset: bool,
 }
 
 /// Marks steps that belong to no message (RSET, QUIT, EHLO).
@@ -210,10 +249,12 @@ impl ClientSession {
         self.started
     }
 
+    /// Messages started and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }
 
+    /// True once the connection is done with (QUIT answered, error, close).
     pub fn is_closed(&self) -> bool {
         self.conn == Conn::Closed
     }
@@ -376,53 +417,81 @@ impl ClientSession {
         out: &mut Vec<u8>,
         events: &mut Vec<Event>,
     ) {
-        let ok = (200..300).contains(&code);
         match self.conn {
-            Conn::Greeting => {
-                events.push(Event::Latency(Phase::Greeting, now - self.connected));
-                if code == 220 {
-                    out.extend_from_slice(if s.ehlo { b"EHLO " } else { b"HELO " });
-                    out.extend_from_slice(s.helo_name.as_bytes());
-                    out.extend_from_slice(b"\r\n");
-                    self.expects.push_back(Expect {
-                        step: Step::Hello,
-                        seq: NO_MESSAGE,
-                        sent: now,
-                    });
-                    self.conn = Conn::Hello;
-                } else {
-                    events.push(Event::Error {
-                        stage: Stage::Greeting,
-                        code,
-                    });
-                    self.closed(None, now, events);
-                }
-                return;
-            }
-            Conn::Hello => {
-                let sent = self.expects.pop_front().map_or(now, |e| e.sent);
-                events.push(Event::Latency(Phase::Ehlo, now - sent));
-                if ok {
-                    for kw in reply::ehlo_keywords(text) {
-                        self.pipelining |= s.pipelining && kw.eq_ignore_ascii_case(b"PIPELINING");
-                        self.chunking |= kw.eq_ignore_ascii_case(b"CHUNKING");
-                    }
-                    if !s.ehlo {
-                        self.pipelining = false;
-                    }
-                    self.conn = Conn::Ready;
-                } else {
-                    events.push(Event::Error {
-                        stage: Stage::Ehlo,
-                        code,
-                    });
-                    self.closed(None, now, events);
-                }
-                return;
-            }
-            Conn::Ready | Conn::Quitting => {}
-            Conn::Closed => return,
+            Conn::Greeting => self.on_greeting(s, code, now, out, events),
+            Conn::Hello => self.on_hello(s, code, text, now, events),
+            Conn::Ready | Conn::Quitting => self.on_answer(s, src, code, now, events),
+            Conn::Closed => {}
         }
+    }
+
+    /// The 220 (or not): EHLO/HELO goes out.
+    fn on_greeting(
+        &mut self,
+        s: &ClientSettings,
+        code: u16,
+        now: Instant,
+        out: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) {
+        events.push(Event::Latency(Phase::Greeting, now - self.connected));
+        if code == 220 {
+            out.extend_from_slice(if s.ehlo { b"EHLO " } else { b"HELO " });
+            out.extend_from_slice(s.helo_name.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            self.expects.push_back(Expect {
+                step: Step::Hello,
+                seq: NO_MESSAGE,
+                sent: now,
+            });
+            self.conn = Conn::Hello;
+        } else {
+            events.push(Event::Error {
+                stage: Stage::Greeting,
+                code,
+            });
+            self.closed(None, now, events);
+        }
+    }
+
+    /// The EHLO/HELO reply: which extensions the server offers.
+    fn on_hello(
+        &mut self,
+        s: &ClientSettings,
+        code: u16,
+        text: &[u8],
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) {
+        let sent = self.expects.pop_front().map_or(now, |e| e.sent);
+        events.push(Event::Latency(Phase::Ehlo, now - sent));
+        if (200..300).contains(&code) {
+            for kw in reply::ehlo_keywords(text) {
+                self.pipelining |= s.pipelining && kw.eq_ignore_ascii_case(b"PIPELINING");
+                self.chunking |= kw.eq_ignore_ascii_case(b"CHUNKING");
+            }
+            if !s.ehlo {
+                self.pipelining = false;
+            }
+            self.conn = Conn::Ready;
+        } else {
+            events.push(Event::Error {
+                stage: Stage::Ehlo,
+                code,
+            });
+            self.closed(None, now, events);
+        }
+    }
+
+    /// A reply to the oldest command awaiting one.
+    fn on_answer(
+        &mut self,
+        s: &ClientSettings,
+        src: &dyn MessageSource,
+        code: u16,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) {
         let Some(e) = self.expects.pop_front() else {
             // A reply nobody asked for.
             events.push(Event::Error {
@@ -442,7 +511,7 @@ impl ClientSession {
         match e.step {
             Step::Quit => return self.closed(None, now, events),
             Step::Rset => {
-                if !ok {
+                if !(200..300).contains(&code) {
                     events.push(Event::Error {
                         stage: Stage::Rset,
                         code,
@@ -455,94 +524,16 @@ impl ClientSession {
         let Some(idx) = self.inflight.iter().position(|m| m.seq == e.seq) else {
             return;
         };
-        let last_rcpt = src.recipients().saturating_sub(1);
-        let lockstep = !self.pipelining;
-        let mut finished_ok = false;
-        let mut drop_rest = false;
-        let mut reset = false;
-        {
-            let Some(m) = self.inflight.get_mut(idx) else {
-                return;
-            };
-            m.outstanding = m.outstanding.saturating_sub(1);
-            let refused = |m: &mut InFlight, events: &mut Vec<Event>, stage| {
-                events.push(Event::Error { stage, code });
-                m.failed = true;
-            };
-            match e.step {
-                Step::Mail => {
-                    if ok {
-                        m.mail_ok = true;
-                    } else {
-                        refused(m, events, Stage::Mail);
-                        drop_rest = lockstep;
-                    }
-                }
-                Step::Rcpt(i) => {
-                    if ok {
-                        m.rcpt_ok += 1;
-                    } else {
-                        events.push(Event::Error {
-                            stage: Stage::Rcpt,
-                            code,
-                        });
-                    }
-                    if i == last_rcpt {
-                        if s.bdat {
-                            events.push(Event::Latency(Phase::Envelope, now - m.started));
-                        }
-                        if m.rcpt_ok == 0 && lockstep {
-                            m.failed = true;
-                            drop_rest = true;
-                            reset = m.mail_ok;
-                        }
-                    }
-                }
-                Step::Data => {
-                    if code == 354 {
-                        events.push(Event::Latency(Phase::Envelope, now - m.started));
-                        self.awaiting_354 = false;
-                    } else {
-                        refused(m, events, Stage::Data);
-                        self.awaiting_354 = false;
-                        drop_rest = true;
-                        reset = m.mail_ok;
-                    }
-                }
-                Step::Body => {
-                    events.push(Event::Latency(Phase::Data, now - e.sent));
-                    if ok {
-                        // Accepted for nobody is not delivered.
-                        finished_ok = !m.failed && m.rcpt_ok > 0;
-                    } else {
-                        refused(m, events, Stage::EndOfData);
-                    }
-                }
-                Step::Bdat(i) => {
-                    let last = i + 1 == src.chunks();
-                    if last {
-                        events.push(Event::Latency(Phase::Data, now - e.sent));
-                    }
-                    if !ok && !m.failed {
-                        refused(m, events, if last { Stage::EndOfData } else { Stage::Bdat });
-                        drop_rest = lockstep;
-                    } else if !ok {
-                        events.push(Event::Error {
-                            stage: Stage::Bdat,
-                            code,
-                        });
-                    } else if last {
-                        finished_ok = !m.failed && m.rcpt_ok > 0;
-                    }
-                }
-                Step::Hello | Step::Rset | Step::Quit => {}
-            }
-        }
+        let After {
+            finished_ok,
+            drop_rest,
+            reset,
+        } = self.judge(s, src, e, code, now, idx, events);
         if drop_rest {
             let seq = e.seq;
             let before = self.queue.len();
             self.queue.retain(|(_, q)| *q != seq);
-            let dropped = (before - self.queue.len()) as u32;
+            let dropped = u32::try_from(before - self.queue.len()).unwrap_or(u32::MAX);
             if let Some(m) = self.inflight.get_mut(idx) {
                 m.outstanding = m.outstanding.saturating_sub(dropped);
             }
@@ -562,6 +553,100 @@ impl ClientSession {
                 });
             }
         }
+    }
+
+    /// What the reply `code` to step `e` of message `idx` means for it.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &mut self,
+        s: &ClientSettings,
+        src: &dyn MessageSource,
+        e: Expect,
+        code: u16,
+        now: Instant,
+        idx: usize,
+        events: &mut Vec<Event>,
+    ) -> After {
+        let ok = (200..300).contains(&code);
+        let last_rcpt = src.recipients().saturating_sub(1);
+        let lockstep = !self.pipelining;
+        let mut after = After::default();
+        let Some(m) = self.inflight.get_mut(idx) else {
+            return after;
+        };
+        m.outstanding = m.outstanding.saturating_sub(1);
+        let refused = |m: &mut InFlight, events: &mut Vec<Event>, stage| {
+            events.push(Event::Error { stage, code });
+            m.failed = true;
+        };
+        match e.step {
+            Step::Mail => {
+                if ok {
+                    m.mail_ok = true;
+                } else {
+                    refused(m, events, Stage::Mail);
+                    after.drop_rest = lockstep;
+                }
+            }
+            Step::Rcpt(i) => {
+                if ok {
+                    m.rcpt_ok += 1;
+                } else {
+                    events.push(Event::Error {
+                        stage: Stage::Rcpt,
+                        code,
+                    });
+                }
+                if i == last_rcpt {
+                    if s.bdat {
+                        events.push(Event::Latency(Phase::Envelope, now - m.started));
+                    }
+                    if m.rcpt_ok == 0 && lockstep {
+                        m.failed = true;
+                        after.drop_rest = true;
+                        after.reset = m.mail_ok;
+                    }
+                }
+            }
+            Step::Data => {
+                self.awaiting_354 = false;
+                if code == 354 {
+                    events.push(Event::Latency(Phase::Envelope, now - m.started));
+                } else {
+                    refused(m, events, Stage::Data);
+                    after.drop_rest = true;
+                    after.reset = m.mail_ok;
+                }
+            }
+            Step::Body => {
+                events.push(Event::Latency(Phase::Data, now - e.sent));
+                if ok {
+                    // Accepted for nobody is not delivered.
+                    after.finished_ok = !m.failed && m.rcpt_ok > 0;
+                } else {
+                    refused(m, events, Stage::EndOfData);
+                }
+            }
+            Step::Bdat(i) => {
+                let last = i + 1 == src.chunks();
+                if last {
+                    events.push(Event::Latency(Phase::Data, now - e.sent));
+                }
+                if !ok && !m.failed {
+                    refused(m, events, if last { Stage::EndOfData } else { Stage::Bdat });
+                    after.drop_rest = lockstep;
+                } else if !ok {
+                    events.push(Event::Error {
+                        stage: Stage::Bdat,
+                        code,
+                    });
+                } else if last {
+                    after.finished_ok = !m.failed && m.rcpt_ok > 0;
+                }
+            }
+            Step::Hello | Step::Rset | Step::Quit => {}
+        }
+        after
     }
 
     /// Writes queued commands as far as the mode allows.

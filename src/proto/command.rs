@@ -10,26 +10,41 @@ use super::reply::ReplyId;
 /// A parsed command line. Arguments borrow from the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
+    /// `HELO domain`.
     Helo(&'a [u8]),
+    /// `EHLO domain`.
     Ehlo(&'a [u8]),
+    /// `MAIL FROM:<path> [params]`.
     Mail(Mail<'a>),
+    /// `RCPT TO:<path> [params]`.
     Rcpt(Rcpt<'a>),
+    /// `DATA`.
     Data,
+    /// `BDAT size [LAST]` (RFC 3030).
     Bdat {
+        /// Octets in the chunk that follows the line.
         size: u64,
+        /// `LAST`: the chunk ends the message.
         last: bool,
     },
     /// A BDAT line with a usable size but a bad rest: the chunk is consumed,
     /// then refused. Without a usable size the session cannot find the next
     /// command and must close (`size: None`).
     BadBdat {
+        /// The chunk size, when it could be read.
         size: Option<u64>,
     },
+    /// `RSET`.
     Rset,
+    /// `VRFY string`.
     Vrfy,
+    /// `EXPN string`.
     Expn,
+    /// `HELP [string]`.
     Help,
+    /// `NOOP [string]`.
     Noop,
+    /// `QUIT`.
     Quit,
     /// Recognised but not implemented: RFC 821's SEND, SOML, SAML, TURN
     /// (withdrawn by RFC 5321 appendix F) and extensions we do not offer
@@ -40,6 +55,7 @@ pub enum Command<'a> {
     /// the session dispatches it when the content ends, so the end of data
     /// is a row of the verb table like any command (as in smtp-sink).
     EndOfContent {
+        /// The content came in BDAT chunks.
         bdat: bool,
     },
 }
@@ -71,17 +87,29 @@ impl Command<'_> {
 /// end of the content, which ends a transaction like a command would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
+    /// `HELO`.
     Helo,
+    /// `EHLO`.
     Ehlo,
+    /// `MAIL`.
     Mail,
+    /// `RCPT`.
     Rcpt,
+    /// `DATA`.
     Data,
+    /// `BDAT`, whatever its chunk.
     Bdat,
+    /// `RSET`.
     Rset,
+    /// `NOOP [string]`.
     Noop,
+    /// `VRFY string`.
     Vrfy,
+    /// `EXPN string`.
     Expn,
+    /// `HELP [string]`.
     Help,
+    /// `QUIT`.
     Quit,
     /// SEND, SOML, SAML, TURN and extensions not offered.
     NotImplemented,
@@ -121,23 +149,30 @@ pub struct Mail<'a> {
     /// The path between the angle brackets (empty for the null path), with
     /// any source route removed.
     pub path: &'a [u8],
+    /// `SIZE=` (RFC 1870).
     pub size: Option<u64>,
+    /// `BODY=` (RFC 6152, RFC 3030).
     pub body: Body,
+    /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
 }
 
 /// `RCPT TO:<forward-path> [params]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rcpt<'a> {
+    /// The path between the angle brackets.
     pub path: &'a [u8],
 }
 
 /// The BODY parameter (RFC 6152, RFC 3030).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Body {
+    /// `7BIT`, the default.
     #[default]
     SevenBit,
+    /// `8BITMIME`.
     EightBitMime,
+    /// `BINARYMIME`: BDAT only.
     BinaryMime,
 }
 
@@ -347,7 +382,7 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, ReplyId> {
     // clients repeat them (Python's send_message adds SMTPUTF8 and
     // BODY=8BITMIME again when the caller already gave them). RFC 3461 4
     // allows RET and ENVID once each.
-    let (mut ret, mut envid) = (false, false);
+    let (mut seen_ret, mut seen_envid) = (false, false);
     for p in params(rest) {
         let (key, value) = p?;
         if key.eq_ignore_ascii_case(b"SIZE") {
@@ -372,14 +407,14 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, ReplyId> {
             // RFC 3461 4.3: RET=FULL / RET=HDRS.
             let v = value.ok_or(ReplyId::BadParamSyntax)?;
             if !(v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS"))
-                || std::mem::replace(&mut ret, true)
+                || std::mem::replace(&mut seen_ret, true)
             {
                 return Err(ReplyId::BadParamSyntax);
             }
         } else if key.eq_ignore_ascii_case(b"ENVID") {
             // RFC 3461 4.4: xtext, at most 100 characters.
             let v = value.ok_or(ReplyId::BadParamSyntax)?;
-            if v.len() > 100 || !is_xtext(v) || std::mem::replace(&mut envid, true) {
+            if v.len() > 100 || !is_xtext(v) || std::mem::replace(&mut seen_envid, true) {
                 return Err(ReplyId::BadParamSyntax);
             }
         } else {

@@ -76,49 +76,46 @@ impl Unstuffer {
         }
         loop {
             let rest = input.get(pos..).unwrap_or_default();
-            match find_crlf_dot(rest) {
-                Some(i) => {
-                    // Emit through the CRLF; the dot after it starts a line.
-                    let run = i + 2;
+            if let Some(i) = find_crlf_dot(rest) {
+                // Emit through the CRLF; the dot after it starts a line.
+                let run = i + 2;
+                emit(rest.get(..run).unwrap_or_default());
+                pos += run;
+                match line_start(input.get(pos..).unwrap_or_default()) {
+                    LineStart::End => {
+                        self.at_line_start = true;
+                        return Scan {
+                            consumed: pos + 3,
+                            end: true,
+                        };
+                    }
+                    LineStart::Undecided => {
+                        self.at_line_start = true;
+                        return Scan {
+                            consumed: pos,
+                            end: false,
+                        };
+                    }
+                    // A leading dot on any other line is stuffing: drop it.
+                    LineStart::Stuffed => pos += 1,
+                    LineStart::Plain => {}
+                }
+            } else {
+                // Hold back a trailing CR or CRLF: with the next read it may
+                // become the CRLF before a dot.
+                let hold = if rest.ends_with(b"\r\n") {
+                    2
+                } else {
+                    usize::from(rest.ends_with(b"\r"))
+                };
+                let run = rest.len() - hold;
+                if run > 0 {
                     emit(rest.get(..run).unwrap_or_default());
-                    pos += run;
-                    match line_start(input.get(pos..).unwrap_or_default()) {
-                        LineStart::End => {
-                            self.at_line_start = true;
-                            return Scan {
-                                consumed: pos + 3,
-                                end: true,
-                            };
-                        }
-                        LineStart::Undecided => {
-                            self.at_line_start = true;
-                            return Scan {
-                                consumed: pos,
-                                end: false,
-                            };
-                        }
-                        // A leading dot on any other line is stuffing: drop it.
-                        LineStart::Stuffed => pos += 1,
-                        LineStart::Plain => {}
-                    }
                 }
-                None => {
-                    // Hold back a trailing CR or CRLF: with the next read it may
-                    // become the CRLF before a dot.
-                    let hold = if rest.ends_with(b"\r\n") {
-                        2
-                    } else {
-                        usize::from(rest.ends_with(b"\r"))
-                    };
-                    let run = rest.len() - hold;
-                    if run > 0 {
-                        emit(rest.get(..run).unwrap_or_default());
-                    }
-                    return Scan {
-                        consumed: pos + run,
-                        end: false,
-                    };
-                }
+                return Scan {
+                    consumed: pos + run,
+                    end: false,
+                };
             }
         }
     }

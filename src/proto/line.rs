@@ -10,17 +10,31 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame<'a> {
     /// A complete line, without its CRLF; `consumed` includes the CRLF.
-    Line { line: &'a [u8], consumed: usize },
+    Line {
+        /// The line, CRLF excluded.
+        line: &'a [u8],
+        /// Bytes it spans, CRLF included.
+        consumed: usize,
+    },
     /// A line ended by LF without CR before it.
-    BareLf { consumed: usize },
+    BareLf {
+        /// Bytes up to and including the LF.
+        consumed: usize,
+    },
     /// No line end yet and fewer than `cap` bytes: wait for more input.
     Partial,
     /// No line end within `cap` bytes: the caller consumes `consumed` bytes
     /// and discards input up to the next LF.
-    Overflow { consumed: usize },
+    Overflow {
+        /// Bytes to drop now (all of the input).
+        consumed: usize,
+    },
     /// A complete line longer than `cap`: consumed whole, never executed.
     /// (The same verdict [`Frame::Overflow`] reaches when it arrives in pieces.)
-    TooLong { consumed: usize },
+    TooLong {
+        /// Bytes it spans, LF included.
+        consumed: usize,
+    },
 }
 
 /// Frames the next line of `input`. `cap` is the longest line worth

@@ -18,11 +18,15 @@ use std::fmt;
 /// Declares [`ReplyId`] and the default text of each reply. `{host}` is
 /// replaced by the server's host name when the table is rendered.
 macro_rules! replies {
-    ($($(#[$doc:meta])* $id:ident = $text:expr;)*) => {
+    ($($(#[$doc:meta])* $id:ident = $text:literal;)*) => {
         /// Names every reply the server sends; [`Replies`] holds their texts.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum ReplyId {
-            $($(#[$doc])* $id,)*
+            $(
+                $(#[$doc])*
+                #[doc = concat!("\n\nDefault text: `", $text, "`")]
+                $id,
+            )*
         }
 
         impl ReplyId {
@@ -120,8 +124,11 @@ impl ReplyId {
 /// before TLS; some sites offer AUTH only after it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
+    /// In both blocks.
     Always,
+    /// Only before the session is secured.
     BeforeTls,
+    /// Only after.
     AfterTls,
 }
 
@@ -256,7 +263,12 @@ fn crlf(text: &str) -> Box<[u8]> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
     /// A complete reply: its code and the bytes it spans, CRLF included.
-    Complete { code: u16, len: usize },
+    Complete {
+        /// The three-digit reply code.
+        code: u16,
+        /// Bytes the reply spans, CRLF included.
+        len: usize,
+    },
     /// More bytes are needed.
     Partial,
     /// Not a reply: no three-digit code, codes that differ between lines,

@@ -62,6 +62,7 @@ pub enum Next {
     Remove,
 }
 
+/// One connection: link, session, life.
 pub struct Conn {
     link: Link,
     session: Session,
@@ -87,6 +88,7 @@ macro_rules! with_cx {
 }
 
 impl Conn {
+    /// A connection over `transport` (not registered yet) for `session`.
     pub fn new(transport: Transport, session: Session) -> Self {
         Self {
             link: Link::new(transport, KEEP),
@@ -101,13 +103,9 @@ impl Conn {
         self.link.register(registry, token, Interest::READABLE)
     }
 
+    /// Its session.
     pub fn session(&self) -> &Session {
         &self.session
-    }
-
-    /// Heap bytes held in this connection's buffers.
-    pub fn footprint(&self) -> usize {
-        self.link.footprint()
     }
 
     /// When the loop must call [`Conn::on_timer`] next.

@@ -1,6 +1,6 @@
 //! Listening sockets, tuned with socket2 before mio takes them over.
 //!
-//! SO_REUSEADDR so a restart does not wait out TIME_WAIT; IPV6_V6ONLY so
+//! `SO_REUSEADDR` so a restart does not wait out `TIME_WAIT`; `IPV6_V6ONLY` so
 //! `[::]:P` and `0.0.0.0:P` can both be bound; the backlog is ours to set.
 //! Errors name the address and say what went wrong in plain words.
 
@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 /// A listener that could not be set up.
 #[derive(Debug)]
 pub struct ListenError {
+    /// The address that could not be listened on.
     pub addr: SocketAddr,
+    /// Why.
     pub source: io::Error,
 }
 

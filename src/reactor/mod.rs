@@ -18,7 +18,7 @@
 //! Only set-up errors are returned to `main`.
 
 mod clients;
-pub mod conn;
+mod conn;
 pub mod listener;
 pub mod timer;
 
@@ -30,6 +30,7 @@ use crate::proto::server::{Session, SessionId, Settings, Sink, EXTENSION_ALLOWAN
 use crate::stats::Stats;
 use clients::Clients;
 use conn::{Conn, Next};
+pub use conn::{OUTPUT_HIGH_WATER, READ_BUDGET};
 pub use listener::ListenError;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -62,6 +63,7 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// Asks for a shutdown: graceful the first time, immediate the second.
     pub fn request(&self) {
         self.requests.fetch_add(1, Ordering::SeqCst);
         // A failed wake means the loop is gone already; nothing left to stop.
@@ -73,6 +75,7 @@ impl ShutdownHandle {
 pub struct Background<S> {
     /// The bound addresses.
     pub addrs: Vec<SocketAddr>,
+    /// Stops it.
     pub handle: ShutdownHandle,
     thread: std::thread::JoinHandle<io::Result<Report<S>>>,
 }
@@ -94,17 +97,22 @@ impl<S> Background<S> {
 
 /// What a finished run leaves behind.
 pub struct Report<S> {
+    /// Counters and latency of the whole run.
     pub stats: Stats,
+    /// The sink, with whatever it kept or counted.
     pub sink: S,
+    /// How long the server ran.
     pub elapsed: Duration,
 }
 
 /// Reactor knobs that are not protocol settings.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Most simultaneous connections; past it, new ones wait in the backlog.
     pub max_connections: usize,
     /// Connections one client address may hold (0: no limit).
     pub max_per_client: u32,
+    /// On the first shutdown request, how long messages in progress may take.
     pub grace: Duration,
     /// Non-blocking polls after a busy turn before the loop sleeps.
     pub spin_polls: u32,
@@ -132,17 +140,19 @@ struct Tick {
 }
 
 /// What a connection needs from its loop while it is served.
-pub struct Env<'a> {
-    pub settings: &'a Settings,
-    pub sink: &'a mut dyn Sink,
-    pub stats: &'a mut Stats,
+struct Env<'a> {
+    settings: &'a Settings,
+    sink: &'a mut dyn Sink,
+    stats: &'a mut Stats,
     /// The reply buffer all connections share; empty between events.
-    pub out: &'a mut Vec<u8>,
-    pub scratch: &'a mut [u8],
-    pub registry: &'a Registry,
-    pub now: Instant,
+    out: &'a mut Vec<u8>,
+    /// The read buffer all connections share.
+    scratch: &'a mut [u8],
+    registry: &'a Registry,
+    now: Instant,
 }
 
+/// One event loop with its listeners, connections and sink.
 pub struct Server<S: Sink> {
     poll: Poll,
     listeners: Vec<TcpListener>,
@@ -226,7 +236,7 @@ impl<S: Sink> Server<S> {
             sink,
             stats: Stats::new(),
             scratch: vec![0; scratch_len],
-            out: Vec::with_capacity(conn::OUTPUT_HIGH_WATER + 4096),
+            out: Vec::with_capacity(OUTPUT_HIGH_WATER + 4096),
             still_ready: VecDeque::new(),
             timers: Timers::new(),
             fired: Vec::new(),
@@ -300,6 +310,7 @@ impl<S: Sink> Server<S> {
         &self.local_addrs
     }
 
+    /// A handle that stops this server from any thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             waker: Arc::clone(&self.waker),
@@ -519,9 +530,8 @@ impl<S: Sink> Server<S> {
     /// Acts on shutdown requests; true when the loop must end.
     fn shutdown_step(&mut self, now: Instant) -> bool {
         match self.requests.load(Ordering::SeqCst) {
-            0 => {}
             1 if self.draining_until.is_none() => self.begin_drain(now),
-            1 => {}
+            0 | 1 => {}
             _ => {
                 self.close_all(now);
                 return true;

@@ -42,6 +42,7 @@ pub struct Timers {
 }
 
 impl Timers {
+    /// No deadlines.
     pub fn new() -> Self {
         Self::default()
     }
@@ -133,6 +134,7 @@ impl Timers {
         self.heap.len()
     }
 
+    /// True when no key has a heap entry.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

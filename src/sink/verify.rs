@@ -68,6 +68,7 @@ impl Seen {
 /// Counts like [`Discard`] and checks every message it is given.
 #[derive(Default)]
 pub struct Verify {
+    /// What a discard sink would count.
     pub counts: Discard,
     /// Messages whose body matched their hash.
     pub intact: u64,

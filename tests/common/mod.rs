@@ -102,7 +102,7 @@ impl Client {
     /// Reads until `n` complete replies (multi-line replies count once) have
     /// arrived and returns exactly their text.
     pub fn replies(&mut self, n: usize) -> String {
-        let mut chunk = [0u8; 65536];
+        let mut chunk = vec![0u8; 65536];
         loop {
             if let Some(end) = reply_boundary(&self.buf, n) {
                 let text: Vec<u8> = self.buf.drain(..end).collect();
@@ -149,7 +149,7 @@ pub fn reply_boundary(buf: &[u8], n: usize) -> Option<usize> {
     let mut done = 0;
     while done < n {
         let lf = buf[pos..].iter().position(|b| *b == b'\n')?;
-        let line = &buf[pos..pos + lf + 1];
+        let line = &buf[pos..=(pos + lf)];
         pos += lf + 1;
         if line.get(3) != Some(&b'-') {
             done += 1;

@@ -29,7 +29,7 @@ impl MessageSource for Fixed {
         self.rcpts
     }
     fn chunks(&self) -> u32 {
-        self.body.len().div_ceil(self.chunk) as u32
+        u32::try_from(self.body.len().div_ceil(self.chunk)).unwrap()
     }
     fn mail(&self, seq: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(format!("MAIL FROM:<s{seq}@x.test>\r\n").as_bytes());

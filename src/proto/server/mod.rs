@@ -78,7 +78,9 @@ pub trait Sink {
 /// How a message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Its final reply was a success.
     Accepted,
+    /// It was refused.
     Rejected,
 }
 
@@ -117,8 +119,11 @@ pub struct Ctx<'a> {
     /// reactor's output high-water mark: a client that does not read its
     /// replies cannot make us hold more).
     pub out_limit: usize,
+    /// Where transactions go.
     pub sink: &'a mut dyn Sink,
+    /// Told what happened (statistics, tracing).
     pub observer: &'a mut dyn Observer,
+    /// The time of the event.
     pub now: Instant,
 }
 
@@ -152,9 +157,13 @@ pub enum State {
     /// Inside a BDAT chunk: `remaining` raw octets still to come. With
     /// `reject` set the chunk is consumed and that reply sent instead.
     Chunk {
+        /// The chunk's announced size.
         size: u64,
+        /// Octets of it still to come.
         remaining: u64,
+        /// It ends the message (`BDAT n LAST`).
         last: bool,
+        /// The refusal to send once it is consumed.
         reject: Option<ReplyId>,
     },
     /// The message is complete; the sink has not answered yet.
@@ -171,7 +180,10 @@ pub enum Request {
     /// Read nothing until [`Session::complete`] brings the sink's verdict.
     Await,
     /// Read nothing until [`Session::on_timer`] at `until`: a reply is held.
-    Hold { until: Instant },
+    Hold {
+        /// When the held reply may go.
+        until: Instant,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +195,8 @@ enum Greeted {
 
 /// The mail transaction (RFC 5321 3.3): begun by MAIL, ended by the final
 /// reply, RSET, HELO/EHLO or QUIT.
+// Four independent facts about one transaction, not a state in disguise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Copy, Default)]
 struct Tx {
     started: Option<Instant>,
@@ -191,6 +205,7 @@ struct Tx {
     body: Body,
     /// A BDAT chunk was accepted: DATA is now out of sequence.
     bdat: bool,
+    /// The chunk's announced size.
     size: u64,
     too_big: bool,
     bare_lf: bool,
@@ -269,6 +284,7 @@ impl Session {
         }
     }
 
+    /// This session's id.
     pub fn id(&self) -> SessionId {
         self.id
     }
@@ -278,6 +294,7 @@ impl Session {
         self.peer
     }
 
+    /// Where the session is in the input stream.
     pub fn state(&self) -> State {
         self.state
     }

@@ -25,6 +25,7 @@ pub struct Timeouts {
     /// `data_min_rate` octets per second, measured over windows of
     /// `data_window`; 0 turns the check off.
     pub data_min_rate: u64,
+    /// See `data_min_rate`.
     pub data_window: Duration,
 }
 
@@ -63,6 +64,7 @@ pub struct Settings {
     pub max_line: usize,
     /// Reject (550 5.5.2) DATA bodies holding a bare LF instead of passing them.
     pub reject_bare_lf: bool,
+    /// How long and how slowly clients may take.
     pub timeouts: Timeouts,
     /// Per verb (indexed by `Verb as usize`): hold its reply this long.
     delays: [Option<Duration>; Verb::COUNT],

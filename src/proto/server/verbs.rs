@@ -1,5 +1,5 @@
 //! The verb table: one row per verb, as smtp-sink's `command_table[]` and
-//! OpenSMTPD's check/proceed pairs.
+//! `OpenSMTPD`'s check/proceed pairs.
 //!
 //! A row says in which [`Phase`]s of the dialogue its verb may run (and the
 //! reply when it may not), then has a *check* step (may this command run
@@ -42,6 +42,7 @@ type Refuse = fn(&mut Session, ReplyId, &Command<'_>, &mut Ctx<'_>) -> Option<Ou
 
 /// One row of the verb table.
 pub struct Row {
+    /// The verb this row handles.
     pub verb: Verb,
     /// As the verb appears on the wire; `.` for the end of data.
     pub name: &'static str,
@@ -70,10 +71,13 @@ const CONTENT: [Option<ReplyId>; Phase::COUNT] = [
     None,
 ];
 
+// Table steps: see the `impl Session` below.
+#[allow(clippy::unnecessary_wraps)]
 fn ok(_: &Session, _: &Settings, _: &Command<'_>) -> Result<(), ReplyId> {
     Ok(())
 }
 
+#[allow(clippy::unnecessary_wraps)]
 fn say_refusal(_: &mut Session, r: ReplyId, _: &Command<'_>, _: &mut Ctx<'_>) -> Option<Out> {
     Some(Out::Reply(r))
 }
@@ -214,6 +218,13 @@ pub fn row(verb: Verb) -> &'static Row {
         .unwrap_or(&FALLBACK)
 }
 
+// Every row's steps share one signature (the table holds plain function
+// pointers), so some take what they do not use or always answer.
+#[allow(
+    clippy::unnecessary_wraps,
+    clippy::needless_pass_by_value,
+    clippy::unused_self
+)]
 impl Session {
     fn phase(&self) -> Phase {
         if self.greeted == super::Greeted::No {
