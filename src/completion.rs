@@ -10,9 +10,18 @@
 
 use crate::proto::server::{SessionId, Verdict};
 use mio::Waker;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-type Queue = Arc<Mutex<Vec<(SessionId, Verdict)>>>;
+/// The verdicts, and a flag the loop reads without taking the lock: most
+/// turns of a busy loop have none.
+#[derive(Default)]
+struct Shared {
+    verdicts: Mutex<Vec<(SessionId, Verdict)>>,
+    any: AtomicBool,
+}
+
+type Queue = Arc<Shared>;
 
 /// Sends verdicts to one event loop; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -31,9 +40,11 @@ impl Completer {
     /// Delivers the verdict for the message `id` ended with.
     pub fn complete(&self, id: SessionId, verdict: Verdict) {
         self.queue
+            .verdicts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((id, verdict));
+        self.queue.any.store(true, Ordering::Release);
         // A failed wake means the loop is gone; nothing is left to tell.
         let _ = self.waker.wake();
     }
@@ -68,8 +79,12 @@ impl Completions {
     /// Every verdict delivered since the last call, in arrival order.
     pub fn take(&mut self) -> std::vec::Drain<'_, (SessionId, Verdict)> {
         self.taken.clear();
-        {
-            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.queue.any.swap(false, Ordering::Acquire) {
+            let mut q = self
+                .queue
+                .verdicts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             std::mem::swap(&mut *q, &mut self.taken);
         }
         self.taken.drain(..)

@@ -140,16 +140,14 @@ fn check_local(local: &[u8]) -> Result<(), AddrError> {
         }
         return Ok(());
     }
-    // Dot-string: atoms of atext separated by single dots, in one pass.
+    // Dot-string: atoms of atext separated by single dots, in one pass;
+    // the common byte (atext) is tested first and costs one lookup.
     let mut after_dot = true; // the start behaves like a dot: no dot may follow
     for &b in local {
-        if b == b'.' {
-            if after_dot {
-                return Err(AddrError::Syntax);
-            }
-            after_dot = true;
-        } else if class(b) & ATEXT != 0 {
+        if class(b) & ATEXT != 0 {
             after_dot = false;
+        } else if b == b'.' && !after_dot {
+            after_dot = true;
         } else {
             return Err(AddrError::Syntax);
         }
@@ -172,26 +170,23 @@ fn check_domain_or_literal(domain: &[u8]) -> Result<(), AddrError> {
 /// when `allow_utf8`; whether SMTPUTF8 was declared is checked later.
 fn check_domain(domain: &[u8], allow_utf8: bool) -> Result<(), AddrError> {
     let let_dig = ALNUM | if allow_utf8 { UTF8 } else { 0 };
-    let mut label = 0usize;
-    let mut last = b'.';
-    for &b in domain {
-        if b == b'.' {
-            // A label ends: not empty, not ending in a hyphen.
-            if label == 0 || last == b'-' {
-                return Err(AddrError::Syntax);
-            }
-            label = 0;
-        } else if class(b) & let_dig != 0 || (b == b'-' && label > 0) {
-            label += 1;
-            if label > 63 {
-                return Err(AddrError::Syntax);
-            }
-        } else {
-            return Err(AddrError::Syntax);
+    // A label: 1 to 63 octets, not ending in a hyphen (its first octet is
+    // a letter or digit: a hyphen there is refused below).
+    let label_fine = |l: &[u8]| (1..=63).contains(&l.len()) && l.last() != Some(&b'-');
+    let mut start = 0; // where the current label begins
+    for (i, &b) in domain.iter().enumerate() {
+        // The common byte, a letter or digit, costs one lookup; lengths are
+        // checked once per label.
+        if class(b) & let_dig != 0 {
+            continue;
         }
-        last = b;
+        match b {
+            b'.' if label_fine(domain.get(start..i).unwrap_or_default()) => start = i + 1,
+            b'-' if i > start => {}
+            _ => return Err(AddrError::Syntax),
+        }
     }
-    if label == 0 || last == b'-' {
+    if !label_fine(domain.get(start..).unwrap_or_default()) {
         return Err(AddrError::Syntax);
     }
     Ok(())

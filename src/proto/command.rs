@@ -183,11 +183,40 @@ pub struct ParseCtx {
     pub smtputf8: bool,
 }
 
+/// A four-letter verb folded to upper case as one number: `& 0xDF` clears
+/// the case bit of a letter, and maps no other byte onto a letter, so only
+/// the case variants of a verb compare equal to it.
+const fn verb_key(v: [u8; 4]) -> u32 {
+    u32::from_le_bytes(v) & 0xDFDF_DFDF
+}
+
 /// Parses one line (without CRLF). Errors are the reply to send.
 pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
+    const MAIL: u32 = verb_key(*b"MAIL");
+    const RCPT: u32 = verb_key(*b"RCPT");
+    const DATA: u32 = verb_key(*b"DATA");
+    const BDAT: u32 = verb_key(*b"BDAT");
+    const EHLO: u32 = verb_key(*b"EHLO");
+    const HELO: u32 = verb_key(*b"HELO");
+    const RSET: u32 = verb_key(*b"RSET");
+    const NOOP: u32 = verb_key(*b"NOOP");
+    const QUIT: u32 = verb_key(*b"QUIT");
+    const VRFY: u32 = verb_key(*b"VRFY");
+    const EXPN: u32 = verb_key(*b"EXPN");
+    const HELP: u32 = verb_key(*b"HELP");
+    // RFC 821's SEND, SOML, SAML, TURN and extensions we do not offer.
+    const NOT_IMPLEMENTED: [u32; 8] = [
+        verb_key(*b"SEND"),
+        verb_key(*b"SOML"),
+        verb_key(*b"SAML"),
+        verb_key(*b"TURN"),
+        verb_key(*b"AUTH"),
+        verb_key(*b"ETRN"),
+        verb_key(*b"ATRN"),
+        verb_key(*b"BURL"),
+    ];
     let (verb, args) = split_verb(line);
-    let v = |w: &[u8; 4]| verb.eq_ignore_ascii_case(w);
-    if verb.len() != 4 {
+    let Ok(four) = <[u8; 4]>::try_from(verb) else {
         // Known extension verbs we do not offer are "not implemented"
         // (RFC 5321 4.2.4), not unknown.
         return if verb.eq_ignore_ascii_case(b"STARTTLS") {
@@ -195,48 +224,24 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
         } else {
             Err(ReplyId::Unrecognized)
         };
-    }
-    if v(b"MAIL") {
-        parse_mail(args).map(Command::Mail)
-    } else if v(b"RCPT") {
-        parse_rcpt(args, ctx).map(Command::Rcpt)
-    } else if v(b"DATA") {
-        no_args(args, Command::Data, ReplyId::SyntaxData)
-    } else if v(b"BDAT") {
-        Ok(parse_bdat(args))
-    } else if v(b"EHLO") {
-        domain_arg(args, ReplyId::SyntaxEhlo).map(Command::Ehlo)
-    } else if v(b"HELO") {
-        domain_arg(args, ReplyId::SyntaxHelo).map(Command::Helo)
-    } else if v(b"RSET") {
-        no_args(args, Command::Rset, ReplyId::SyntaxRset)
-    } else if v(b"NOOP") {
+    };
+    match verb_key(four) {
+        MAIL => parse_mail(args).map(Command::Mail),
+        RCPT => parse_rcpt(args, ctx).map(Command::Rcpt),
+        DATA => no_args(args, Command::Data, ReplyId::SyntaxData),
+        BDAT => Ok(parse_bdat(args)),
+        EHLO => domain_arg(args, ReplyId::SyntaxEhlo).map(Command::Ehlo),
+        HELO => domain_arg(args, ReplyId::SyntaxHelo).map(Command::Helo),
+        RSET => no_args(args, Command::Rset, ReplyId::SyntaxRset),
         // NOOP may carry a string, which is ignored (RFC 5321 4.1.1.9).
-        Ok(Command::Noop)
-    } else if v(b"QUIT") {
-        no_args(args, Command::Quit, ReplyId::SyntaxQuit)
-    } else if v(b"VRFY") {
-        if args.is_empty() {
-            Err(ReplyId::SyntaxVrfy)
-        } else {
-            Ok(Command::Vrfy)
-        }
-    } else if v(b"EXPN") {
-        Ok(Command::Expn)
-    } else if v(b"HELP") {
-        Ok(Command::Help)
-    } else if v(b"SEND")
-        || v(b"SOML")
-        || v(b"SAML")
-        || v(b"TURN")
-        || v(b"AUTH")
-        || v(b"ETRN")
-        || v(b"ATRN")
-        || v(b"BURL")
-    {
-        Ok(Command::Obsolete)
-    } else {
-        Err(ReplyId::Unrecognized)
+        NOOP => Ok(Command::Noop),
+        QUIT => no_args(args, Command::Quit, ReplyId::SyntaxQuit),
+        VRFY if args.is_empty() => Err(ReplyId::SyntaxVrfy),
+        VRFY => Ok(Command::Vrfy),
+        EXPN => Ok(Command::Expn),
+        HELP => Ok(Command::Help),
+        k if NOT_IMPLEMENTED.contains(&k) => Ok(Command::Obsolete),
+        _ => Err(ReplyId::Unrecognized),
     }
 }
 
@@ -513,6 +518,19 @@ mod tests {
 
     fn p(line: &str) -> Result<Command<'_>, ReplyId> {
         parse(line.as_bytes(), CTX)
+    }
+
+    #[test]
+    fn verb_keys_match_only_case_variants() {
+        let mail = verb_key(*b"MAIL");
+        for b in 0..=255u8 {
+            for pos in 0..4 {
+                let mut v = *b"MAIL";
+                v[pos] = b;
+                let same = b.eq_ignore_ascii_case(&b"MAIL"[pos]);
+                assert_eq!(verb_key(v) == mail, same, "byte {b:#x} at {pos}");
+            }
+        }
     }
 
     #[test]

@@ -70,19 +70,18 @@ pub struct Conn {
     /// Input read earlier is waiting in the carry for a session that stopped
     /// taking it: offer it before reading (no event will announce it again).
     replay: bool,
+    /// What the loop's timers hold for this connection, so a deadline that
+    /// is not sooner costs a comparison, not a heap lookup.
+    armed: Option<Instant>,
 }
 
 /// Calls `f` with the session and a context over `env`, limited to what the
 /// output high-water mark leaves.
 macro_rules! with_cx {
     ($env:expr, $limit:expr, |$cx:ident| $body:expr) => {{
-        let $cx = &mut Ctx {
-            out: &mut *$env.out,
-            out_limit: $limit,
-            sink: &mut *$env.sink,
-            observer: &mut *$env.stats,
-            now: $env.now,
-        };
+        let mut ctx = Ctx::new(&mut *$env.out, &mut *$env.sink, &mut *$env.stats, $env.now);
+        ctx.out_limit = $limit;
+        let $cx = &mut ctx;
         $body
     }};
 }
@@ -95,6 +94,7 @@ impl Conn {
             session,
             life: Life::Open,
             replay: false,
+            armed: None,
         }
     }
 
@@ -108,11 +108,39 @@ impl Conn {
         &self.session
     }
 
+    /// Whether the loop must arm `at` for this connection: only when it is
+    /// sooner than what is armed. Records it.
+    #[inline]
+    pub fn needs_arming(&mut self, at: Instant) -> bool {
+        if self.armed.is_some_and(|armed| armed <= at) {
+            return false;
+        }
+        self.armed = Some(at);
+        true
+    }
+
+    /// The loop's timer for this connection fired: nothing is armed now.
+    pub fn disarmed(&mut self) {
+        self.armed = None;
+    }
+
     /// When the loop must call [`Conn::on_timer`] next.
     pub fn deadline(&self, env: &Env<'_>) -> Option<Instant> {
         match self.life {
             Life::Closing { until } | Life::Lingering { until } => Some(until),
             Life::Open | Life::Backlogged | Life::Parked => self.session.deadline(env.settings),
+        }
+    }
+
+    /// The deadline of what is in progress, which may be sooner than the
+    /// one armed (see `Session::short_deadline`).
+    #[inline]
+    pub fn short_deadline(&self, env: &Env<'_>) -> Option<Instant> {
+        match self.life {
+            Life::Closing { until } | Life::Lingering { until } => Some(until),
+            Life::Open | Life::Backlogged | Life::Parked => {
+                self.session.short_deadline(env.settings)
+            }
         }
     }
 
@@ -254,7 +282,7 @@ impl Conn {
     fn pump(&mut self, token: Token, drain: bool, env: &mut Env<'_>) -> Next {
         let mut budget = READ_BUDGET;
         loop {
-            let s = env.settings;
+            let (s, now) = (env.settings, env.now);
             let limit = OUTPUT_HIGH_WATER.saturating_sub(self.link.pending());
             let session = &mut self.session;
             let out = &mut *env.out;
@@ -262,18 +290,11 @@ impl Conn {
             let mut io = stats.counters.io;
             let before = io.bytes_in;
             let mut take = |input: &[u8], _: &mut Vec<u8>| {
-                let cx = &mut Ctx {
-                    out: &mut *out,
-                    out_limit: limit,
-                    sink: &mut *sink,
-                    observer: &mut *stats,
-                    now: env.now,
-                };
-                let used = session.handle_input(s, input, cx);
-                Consumed {
-                    used,
-                    stop: !session.takes_input() || cx.out.len() >= limit,
-                }
+                let mut cx = Ctx::new(&mut *out, &mut *sink, &mut *stats, now);
+                cx.out_limit = limit;
+                let used = session.handle_input(s, input, &mut cx);
+                let stop = !session.takes_input() || cx.out.len() >= limit;
+                Consumed { used, stop }
             };
             let end = if std::mem::take(&mut self.replay) && self.link.replay(&mut take) {
                 ReadEnd::Stopped

@@ -139,6 +139,17 @@ struct Tick {
     hook: TickHook,
 }
 
+/// Which deadline to arm after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    /// The connection's next deadline of any kind: its armed time was used
+    /// up (a timer fired, a verdict ended a wait without one) or never set.
+    Next,
+    /// Only one that may be sooner than the armed time; the idle deadline
+    /// only moves later, and the armed entry covers it.
+    Sooner,
+}
+
 /// What a connection needs from its loop while it is served.
 struct Env<'a> {
     settings: &'a Settings,
@@ -380,7 +391,9 @@ impl<S: Sink> Server<S> {
             Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                 self.accept(LISTENER_BASE - t, now);
             }
-            Token(key) => self.with_conn(key, now, |c, env| c.serve(Token(key), hup, env)),
+            Token(key) => self.with_conn(key, now, Arm::Sooner, |c, env| {
+                c.serve(Token(key), hup, env)
+            }),
         }
     }
 
@@ -388,17 +401,24 @@ impl<S: Sink> Server<S> {
     fn serve_still_ready(&mut self, now: Instant) {
         for _ in 0..self.still_ready.len() {
             if let Some(key) = self.still_ready.pop_front() {
-                self.with_conn(key, now, |c, env| c.serve(Token(key), true, env));
+                self.with_conn(key, now, Arm::Sooner, |c, env| {
+                    c.serve(Token(key), true, env)
+                });
             }
         }
     }
 
     fn fire_completions(&mut self, now: Instant) {
         let done: Vec<_> = self.completions.take().collect();
+        if done.is_empty() {
+            return;
+        }
         for (id, verdict) in done {
             let key = slot_of(id);
             if self.conns.get(key).is_some_and(|c| c.session().id() == id) {
-                self.with_conn(key, now, |c, env| c.complete(Token(key), verdict, env));
+                self.with_conn(key, now, Arm::Next, |c, env| {
+                    c.complete(Token(key), verdict, env)
+                });
             }
         }
     }
@@ -407,7 +427,10 @@ impl<S: Sink> Server<S> {
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.expired(now, &mut fired);
         for &key in &fired {
-            self.with_conn(key, now, |c, env| c.on_timer(Token(key), env));
+            self.with_conn(key, now, Arm::Next, |c, env| {
+                c.disarmed();
+                c.on_timer(Token(key), env)
+            });
         }
         if self.accept_retry.is_some_and(|t| now >= t) {
             self.accept_retry = None;
@@ -427,11 +450,13 @@ impl<S: Sink> Server<S> {
     }
 
     /// Runs `f` on connection `key` with the loop's shared parts, then does
-    /// what it says: re-arms its deadline, queues it again, or removes it.
+    /// what it says: queues it again or removes it, and arms its deadline as
+    /// `arm` says.
     fn with_conn(
         &mut self,
         key: usize,
         now: Instant,
+        arm: Arm,
         f: impl FnOnce(&mut Conn, &mut Env<'_>) -> Next,
     ) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -446,13 +471,19 @@ impl<S: Sink> Server<S> {
             registry: self.poll.registry(),
             now,
         };
-        match f(conn, &mut env) {
-            Next::Wait => self.timers.set(key, conn.deadline(&env)),
-            Next::Again => {
-                self.timers.set(key, conn.deadline(&env));
-                self.still_ready.push_back(key);
-            }
-            Next::Remove => self.remove(key, now),
+        let next = f(conn, &mut env);
+        if next == Next::Remove {
+            return self.remove(key, now);
+        }
+        let at = match arm {
+            Arm::Next => conn.deadline(&env),
+            Arm::Sooner => conn.short_deadline(&env),
+        };
+        if let Some(at) = at.filter(|&at| conn.needs_arming(at)) {
+            self.timers.arm(key, at);
+        }
+        if next == Next::Again {
+            self.still_ready.push_back(key);
         }
     }
 
@@ -490,7 +521,9 @@ impl<S: Sink> Server<S> {
             self.stats.counters.connections += 1;
             self.stats.counters.connections_open += 1;
             let admitted = self.clients.arrive(peer.ip());
-            self.with_conn(key, now, |c, env| c.start(Token(key), admitted, env));
+            self.with_conn(key, now, Arm::Next, |c, env| {
+                c.start(Token(key), admitted, env)
+            });
         }
     }
 
@@ -520,7 +553,7 @@ impl<S: Sink> Server<S> {
         };
         conn.finish(&mut env);
         self.clients.leave(conn.session().peer().ip());
-        self.timers.cancel(key);
+        self.timers.disarm(key);
         self.stats.counters.connections_open -= 1;
         if self.accept_paused && self.accept_retry.is_none() {
             self.resume_accepting(now);
@@ -557,7 +590,7 @@ impl<S: Sink> Server<S> {
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.with_conn(key, now, |c, env| c.shutdown(Token(key), env));
+            self.with_conn(key, now, Arm::Next, |c, env| c.shutdown(Token(key), env));
         }
     }
 
@@ -565,7 +598,7 @@ impl<S: Sink> Server<S> {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             // No lingering when stopping for good.
-            self.with_conn(key, now, |c, env| {
+            self.with_conn(key, now, Arm::Next, |c, env| {
                 c.abort(ReplyId::Shutdown, env);
                 Next::Remove
             });

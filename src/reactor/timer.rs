@@ -1,17 +1,18 @@
 //! Per-connection deadlines, and the clock.
 //!
-//! Owns: the only `Instant::now()` of the event loop ([`now`]), and one
-//! deadline per connection key in an indexed binary min-heap: each key has
-//! at most one heap entry, which knows its position, so a deadline that moves
-//! earlier is re-keyed in place (O(log n)) and a cancelled or reused key
-//! leaves nothing stale behind to pile up under connection churn.
+//! Owns: the only `Instant::now()` of the event loop ([`now`]), and at most
+//! one armed time per connection key in an indexed binary min-heap: each
+//! entry knows its position, so arming a key earlier re-keys it in place and
+//! disarming removes it, both O(log n); nothing stale piles up under
+//! connection churn.
 //!
-//! Deadlines that move *later* — the idle clock moves on every read — cost
-//! O(1): only the wanted time is stored; the entry keeps its earlier place,
-//! and when it comes up it is re-keyed to the wanted time instead of firing.
-//! So a busy connection costs one heap operation per timeout period, not one
-//! per read. A key fires only once its wanted deadline has passed, never
-//! early, and then has no deadline until it is given a new one.
+//! Arming keeps the *earliest* time: [`Timers::arm`] with a later time than
+//! the armed one changes nothing. That is what makes the common case free:
+//! a connection's idle deadline only ever moves later, so the loop leaves the
+//! armed entry alone on every read; when it comes up, the connection looks at
+//! its real deadlines, acts on what is due, and arms the next one. Only an
+//! event that brings a deadline *sooner* (a partial command line, message
+//! content, a held reply, a close) arms anything.
 
 use std::time::Instant;
 
@@ -23,22 +24,15 @@ pub fn now() -> Instant {
 
 const NOWHERE: usize = usize::MAX;
 
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    /// The time this key's heap entry is ordered by (at or before `wanted`).
-    at: Instant,
-    /// When the key should fire; `None`: never.
-    wanted: Option<Instant>,
-    /// Index in `heap`, or `NOWHERE`.
-    pos: usize,
-}
-
-/// Deadlines keyed by small integers (slab keys).
+/// Armed times keyed by small integers (slab keys).
 #[derive(Debug, Default)]
 pub struct Timers {
-    /// Keys, a min-heap by `slots[key].at`.
+    /// Keys, a min-heap by `at[key]`.
     heap: Vec<usize>,
-    slots: Vec<Slot>,
+    /// Per key: its armed time (meaningful while `pos[key] != NOWHERE`).
+    at: Vec<Option<Instant>>,
+    /// Per key: its index in `heap`, or `NOWHERE`.
+    pos: Vec<usize>,
 }
 
 impl Timers {
@@ -47,112 +41,103 @@ impl Timers {
         Self::default()
     }
 
-    /// Sets (or with `None` clears) the deadline of `key`.
-    pub fn set(&mut self, key: usize, deadline: Option<Instant>) {
-        let Some(d) = deadline else {
-            if let Some(s) = self.slots.get_mut(key) {
-                // The entry stays until it comes up, then leaves quietly: at
-                // most one per key, so nothing accumulates.
-                s.wanted = None;
-            }
-            return;
-        };
-        if self.slots.len() <= key {
-            let empty = Slot {
-                at: d,
-                wanted: None,
-                pos: NOWHERE,
-            };
-            self.slots.resize(key + 1, empty);
+    /// Makes `key` come up no later than `at`: a later time than the one
+    /// armed changes nothing.
+    pub fn arm(&mut self, key: usize, at: Instant) {
+        if self.pos.len() <= key {
+            self.pos.resize(key + 1, NOWHERE);
+            self.at.resize(key + 1, None);
         }
-        let Some(s) = self.slots.get_mut(key) else {
+        let Some(&p) = self.pos.get(key) else {
             return;
         };
-        s.wanted = Some(d);
-        if s.pos == NOWHERE {
-            s.at = d;
-            s.pos = self.heap.len();
+        if p == NOWHERE {
+            self.set_at(key, at);
             self.heap.push(key);
+            self.set_pos(key, self.heap.len() - 1);
             self.sift_up(self.heap.len() - 1);
-        } else if d < s.at {
-            s.at = d;
-            let pos = s.pos;
-            self.sift_up(pos);
+        } else if self.time(key).is_some_and(|armed| at < armed) {
+            self.set_at(key, at);
+            self.sift_up(p);
         }
     }
 
-    /// Clears the deadline of `key`.
-    pub fn cancel(&mut self, key: usize) {
-        self.set(key, None);
+    /// Removes any armed time of `key`.
+    pub fn disarm(&mut self, key: usize) {
+        let Some(&p) = self.pos.get(key) else {
+            return;
+        };
+        if p == NOWHERE {
+            return;
+        }
+        let last = self.heap.len() - 1;
+        self.swap(p, last);
+        self.heap.pop();
+        self.set_pos(key, NOWHERE);
+        self.set_at(key, None);
+        if p < self.heap.len() {
+            self.sift_down(p);
+            self.sift_up(p);
+        }
     }
 
-    /// The deadline of `key`, if it has one.
-    pub fn deadline(&self, key: usize) -> Option<Instant> {
-        self.slots.get(key).and_then(|s| s.wanted)
+    /// The time armed for `key`, if any.
+    pub fn armed(&self, key: usize) -> Option<Instant> {
+        self.time(key)
     }
 
-    /// When the loop should wake next (possibly a little early: an entry
-    /// whose deadline moved later or was cleared comes up first).
+    /// When the loop should wake next.
     pub fn next(&self) -> Option<Instant> {
-        self.heap
-            .first()
-            .and_then(|&k| self.slots.get(k))
-            .map(|s| s.at)
+        self.heap.first().and_then(|&k| self.time(k))
     }
 
-    /// Appends to `fired` every key whose deadline is at or before `now`,
-    /// earliest first, and clears those deadlines.
+    /// Appends to `fired`, earliest first, every key armed at or before
+    /// `now`, and disarms them.
     pub fn expired(&mut self, now: Instant, fired: &mut Vec<usize>) {
         while let Some(&key) = self.heap.first() {
-            let Some(s) = self.slots.get_mut(key) else {
-                break;
-            };
-            if s.at > now {
+            if self.time(key).is_none_or(|t| t > now) {
                 break;
             }
-            match s.wanted {
-                Some(w) if w > s.at => {
-                    // Moved later since it was placed: re-key, not fire (if
-                    // `w` has passed too, it comes up again in its turn, so
-                    // keys still fire in deadline order).
-                    s.at = w;
-                    self.sift_down(0);
-                }
-                wanted => {
-                    s.wanted = None;
-                    self.remove_top();
-                    if wanted.is_some() {
-                        fired.push(key);
-                    }
-                }
-            }
+            self.disarm(key);
+            fired.push(key);
         }
     }
 
-    /// How many keys have a heap entry (for tests and bounds).
+    /// How many keys are armed.
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
-    /// True when no key has a heap entry.
+    /// True when no key is armed.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
 
-    fn at(&self, i: usize) -> Option<Instant> {
-        self.heap
-            .get(i)
-            .and_then(|&k| self.slots.get(k))
-            .map(|s| s.at)
+    fn time(&self, key: usize) -> Option<Instant> {
+        self.at.get(key).copied().flatten()
+    }
+
+    fn set_at(&mut self, key: usize, at: impl Into<Option<Instant>>) {
+        if let Some(slot) = self.at.get_mut(key) {
+            *slot = at.into();
+        }
+    }
+
+    fn set_pos(&mut self, key: usize, p: usize) {
+        if let Some(slot) = self.pos.get_mut(key) {
+            *slot = p;
+        }
+    }
+
+    fn time_at(&self, i: usize) -> Option<Instant> {
+        self.heap.get(i).and_then(|&k| self.time(k))
     }
 
     fn swap(&mut self, i: usize, j: usize) {
         self.heap.swap(i, j);
         for p in [i, j] {
             if let Some(&k) = self.heap.get(p) {
-                if let Some(s) = self.slots.get_mut(k) {
-                    s.pos = p;
-                }
+                self.set_pos(k, p);
             }
         }
     }
@@ -160,7 +145,7 @@ impl Timers {
     fn sift_up(&mut self, mut i: usize) {
         while i > 0 {
             let parent = (i - 1) / 2;
-            if self.at(i) < self.at(parent) {
+            if self.time_at(i) < self.time_at(parent) {
                 self.swap(i, parent);
                 i = parent;
             } else {
@@ -171,10 +156,9 @@ impl Timers {
 
     fn sift_down(&mut self, mut i: usize) {
         loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
             let mut least = i;
-            for c in [l, r] {
-                if c < self.heap.len() && self.at(c) < self.at(least) {
+            for c in [2 * i + 1, 2 * i + 2] {
+                if c < self.heap.len() && self.time_at(c) < self.time_at(least) {
                     least = c;
                 }
             }
@@ -184,17 +168,6 @@ impl Timers {
             self.swap(i, least);
             i = least;
         }
-    }
-
-    fn remove_top(&mut self) {
-        let last = self.heap.len() - 1;
-        self.swap(0, last);
-        if let Some(k) = self.heap.pop() {
-            if let Some(s) = self.slots.get_mut(k) {
-                s.pos = NOWHERE;
-            }
-        }
-        self.sift_down(0);
     }
 }
 
@@ -216,96 +189,98 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut t = Timers::new();
         for (k, at) in [(3, 30), (1, 10), (7, 70), (2, 20), (5, 50)] {
-            t.set(k, Some(ms(at)));
+            t.arm(k, ms(at));
         }
         assert_eq!(t.next(), Some(ms(10)));
         assert_eq!(fire(&mut t, ms(9)), Vec::<usize>::new());
         assert_eq!(fire(&mut t, ms(30)), [1, 2, 3]);
-        assert_eq!(t.deadline(1), None, "a fired key has no deadline");
+        assert_eq!(t.armed(1), None, "a fired key is disarmed");
         assert_eq!(fire(&mut t, ms(100)), [5, 7]);
         assert!(t.is_empty());
     }
 
     #[test]
-    fn cancel_and_rearm() {
+    fn the_earliest_arming_wins_and_disarm_removes() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut t = Timers::new();
-        t.set(0, Some(ms(10)));
-        t.set(1, Some(ms(20)));
-        t.cancel(0);
-        assert_eq!(fire(&mut t, ms(15)), Vec::<usize>::new(), "cancelled");
-        assert_eq!(t.len(), 1, "the cancelled entry left when it came up");
-        // Later: stored only; the entry comes up at 20 and is re-keyed.
-        t.set(1, Some(ms(40)));
-        assert_eq!(fire(&mut t, ms(25)), Vec::<usize>::new());
-        assert_eq!(t.next(), Some(ms(40)));
-        // Earlier: re-keyed in place.
-        t.set(1, Some(ms(30)));
-        assert_eq!(t.next(), Some(ms(30)));
-        assert_eq!(fire(&mut t, ms(30)), [1]);
-        // Re-armed after firing, and a key reused with a later deadline.
-        t.set(1, Some(ms(50)));
-        t.set(0, Some(ms(45)));
-        assert_eq!(fire(&mut t, ms(60)), [0, 1]);
+        t.arm(0, ms(10));
+        t.arm(1, ms(20));
+        t.disarm(0);
+        assert_eq!(t.len(), 1);
+        assert_eq!(fire(&mut t, ms(15)), Vec::<usize>::new(), "disarmed");
+        // Later: no change. Earlier: re-keyed in place.
+        t.arm(1, ms(40));
+        assert_eq!(t.armed(1), Some(ms(20)));
+        t.arm(1, ms(5));
+        assert_eq!(t.next(), Some(ms(5)));
+        assert_eq!(fire(&mut t, ms(5)), [1]);
+        // Re-armed after firing; disarming one in the middle keeps the order.
+        for (k, at) in [(1, 50), (0, 45), (2, 60), (3, 55)] {
+            t.arm(k, ms(at));
+        }
+        t.disarm(3);
+        t.disarm(9);
+        assert_eq!(fire(&mut t, ms(100)), [0, 1, 2]);
     }
 
     #[test]
     fn churn_leaves_one_entry_per_key() {
         let t0 = Instant::now();
         let mut t = Timers::new();
-        // A connection slot reused 10 000 times, each time moving its
-        // deadline earlier and later again: still one entry.
         for i in 0..10_000u64 {
-            t.set(4, Some(t0 + Duration::from_secs(300 + i)));
-            t.set(4, Some(t0 + Duration::from_secs(30 + i)));
-            t.set(4, Some(t0 + Duration::from_secs(300 + i)));
-            t.cancel(4);
+            t.arm(4, t0 + Duration::from_secs(300 + i));
+            t.arm(4, t0 + Duration::from_secs(30 + i));
+            t.disarm(4);
+            t.arm(4, t0 + Duration::from_secs(300 + i));
         }
         assert_eq!(t.len(), 1);
     }
 
     proptest! {
-        /// Against a naive model: any sequence of sets, clears and clock
+        /// Against a naive model: any sequence of arms, disarms and clock
         /// advances fires exactly the keys the model says, in time order.
         #[test]
-        fn matches_a_naive_model(ops in prop::collection::vec((0usize..16, 0u64..200, any::<bool>()), 1..300)) {
+        fn matches_a_naive_model(ops in prop::collection::vec((0usize..16, 0u64..200, 0u8..3), 1..300)) {
             let t0 = Instant::now();
             let mut t = Timers::new();
             let mut model: Vec<Option<u64>> = vec![None; 16];
             let mut clock = 0u64;
-            for (key, v, is_set) in ops {
-                if is_set {
-                    let at = clock + v;
-                    t.set(key, Some(t0 + Duration::from_millis(at)));
-                    model[key] = Some(at);
-                } else if v % 3 == 0 {
-                    t.cancel(key);
-                    model[key] = None;
-                } else {
-                    clock += v / 4;
-                    let got = fire(&mut t, t0 + Duration::from_millis(clock));
-                    let mut want: Vec<(u64, usize)> = model
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(k, d)| d.filter(|d| *d <= clock).map(|d| (d, k)))
-                        .collect();
-                    want.sort_unstable();
-                    for &(_, k) in &want {
-                        model[k] = None;
+            for (key, v, op) in ops {
+                match op {
+                    0 => {
+                        let at = clock + v;
+                        t.arm(key, t0 + Duration::from_millis(at));
+                        model[key] = Some(model[key].map_or(at, |m| m.min(at)));
                     }
-                    let mut got_sorted = got.clone();
-                    got_sorted.sort_unstable();
-                    let mut want_keys: Vec<usize> = want.iter().map(|w| w.1).collect();
-                    want_keys.sort_unstable();
-                    prop_assert_eq!(got_sorted, want_keys);
-                    // Fired in deadline order.
-                    let times: Vec<u64> = got.iter().map(|k| want.iter().find(|w| w.1 == *k).unwrap().0).collect();
-                    prop_assert!(times.windows(2).all(|w| w[0] <= w[1]));
+                    1 => {
+                        t.disarm(key);
+                        model[key] = None;
+                    }
+                    _ => {
+                        clock += v / 4;
+                        let got = fire(&mut t, t0 + Duration::from_millis(clock));
+                        let mut want: Vec<(u64, usize)> = model
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(k, d)| d.filter(|d| *d <= clock).map(|d| (d, k)))
+                            .collect();
+                        want.sort_unstable();
+                        for &(_, k) in &want {
+                            model[k] = None;
+                        }
+                        let times: Vec<u64> = got
+                            .iter()
+                            .map(|k| want.iter().find(|w| w.1 == *k).map(|w| w.0))
+                            .collect::<Option<_>>()
+                            .expect("fired only due keys");
+                        prop_assert_eq!(got.len(), want.len());
+                        prop_assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
+                    }
                 }
-                prop_assert!(t.len() <= 16);
+                prop_assert_eq!(t.len(), model.iter().flatten().count());
                 for (k, want) in model.iter().enumerate() {
-                    prop_assert_eq!(t.deadline(k), want.map(|d| t0 + Duration::from_millis(d)));
+                    prop_assert_eq!(t.armed(k), want.map(|d| t0 + Duration::from_millis(d)));
                 }
             }
         }

@@ -68,6 +68,8 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Per verb (indexed by `Verb as usize`): hold its reply this long.
     delays: [Option<Duration>; Verb::COUNT],
+    /// Some verb has a delay (spares the lookup on every reply).
+    any_delay: bool,
 }
 
 impl Settings {
@@ -86,6 +88,7 @@ impl Settings {
             reject_bare_lf: false,
             timeouts: Timeouts::default(),
             delays: [None; Verb::COUNT],
+            any_delay: false,
         }
     }
 
@@ -101,6 +104,13 @@ impl Settings {
         if let Some(d) = self.delays.get_mut(verb as usize) {
             *d = (!delay.is_zero()).then_some(delay);
         }
+        self.any_delay = self.delays.iter().any(Option::is_some);
+    }
+
+    /// True when some verb has a delay.
+    #[inline]
+    pub fn has_delays(&self) -> bool {
+        self.any_delay
     }
 
     /// The delay before replies to `verb`, if any.

@@ -850,6 +850,7 @@ fn every_state_change_is_reported_from_to() {
         "the client address is known from accept on"
     );
     let mut cx = Ctx::new(&mut out, &mut sink, &mut obs, now);
+    cx.trace = true;
     let input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1 LAST\r\nyQUIT\r\n";
     assert_eq!(session.handle_input(&s, input, &mut cx), input.len());
     let chunk = State::Chunk {
