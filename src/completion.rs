@@ -76,6 +76,12 @@ impl Completions {
         }
     }
 
+    /// True when verdicts are waiting (one atomic load, no lock).
+    #[inline]
+    pub fn pending(&self) -> bool {
+        self.queue.any.load(Ordering::Relaxed)
+    }
+
     /// Every verdict delivered since the last call, in arrival order.
     pub fn take(&mut self) -> std::vec::Drain<'_, (SessionId, Verdict)> {
         self.taken.clear();

@@ -10,7 +10,7 @@
 //! are the one definition of our histogram bounds, shared with smtpload.
 
 use crate::net::IoCounts;
-use crate::proto::server::{Observer, Outcome, Timeout};
+use crate::proto::server::{Counts, Observer, Outcome, Timeout};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -97,22 +97,13 @@ impl Default for Stats {
 }
 
 impl Observer for Stats {
-    #[inline]
-    fn reply(&mut self, reply: &[u8]) {
-        let class = usize::from(reply.first().map_or(0, |c| c.wrapping_sub(b'0')));
-        if let Some(n) = self.counters.replies.get_mut(class) {
-            *n += 1;
+    fn counted(&mut self, c: &Counts) {
+        let by_class = self.counters.replies.iter_mut().skip(2);
+        for (total, n) in by_class.zip(c.replies) {
+            *total += u64::from(n);
         }
-    }
-
-    #[inline]
-    fn transaction(&mut self) {
-        self.counters.transactions += 1;
-    }
-
-    #[inline]
-    fn recipient(&mut self) {
-        self.counters.recipients += 1;
+        self.counters.transactions += u64::from(c.transactions);
+        self.counters.recipients += u64::from(c.recipients);
     }
 
     fn message(&mut self, outcome: Outcome, body_bytes: u64, latency: Duration) {
@@ -245,11 +236,18 @@ mod tests {
     #[test]
     fn replies_by_class_and_latency() {
         let mut s = Stats::new();
-        s.reply(b"250 2.0.0 Ok\r\n");
-        s.reply(b"354 go\r\n");
-        s.reply(b"550 no\r\n");
-        s.reply(b"");
-        assert_eq!(s.counters.replies, [1, 0, 1, 1, 0, 1]);
+        // One 2xx, one 3xx and one 5xx, then two more 2xx and a recipient.
+        s.counted(&Counts {
+            replies: [1, 1, 0, 1],
+            ..Counts::default()
+        });
+        s.counted(&Counts {
+            replies: [2, 0, 0, 0],
+            recipients: 1,
+            ..Counts::default()
+        });
+        assert_eq!(s.counters.replies, [0, 0, 3, 1, 0, 1]);
+        assert_eq!(s.counters.recipients, 1);
         s.message(Outcome::Accepted, 10, Duration::from_micros(250));
         // Saturates, never fails.
         s.message(Outcome::Rejected, 99, Duration::from_secs(100_000));
@@ -269,13 +267,17 @@ mod tests {
     fn statistics_of_several_loops_merge() {
         let mut a = Stats::new();
         let mut b = Stats::new();
-        a.transaction();
+        a.counted(&Counts {
+            transactions: 1,
+            ..Counts::default()
+        });
         a.message(Outcome::Accepted, 100, Duration::from_micros(10));
         a.counters.io.reads = 3;
-        b.transaction();
-        b.transaction();
-        b.recipient();
-        b.reply(b"421 bye\r\n");
+        b.counted(&Counts {
+            replies: [0, 0, 1, 0],
+            transactions: 2,
+            recipients: 1,
+        });
         b.timeout(Timeout::Command);
         b.message(Outcome::Accepted, 50, Duration::from_millis(1));
         b.counters.io.reads = 4;

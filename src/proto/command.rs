@@ -341,8 +341,11 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 /// then the bracketed path. Returns the text inside the brackets and the
 /// parameter string after it.
 fn path_and_params<'a>(args: &'a [u8], prefix: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    // `| 0x20` folds letters to lower case; the other bytes of a command
+    // line (controls were refused before parsing) do not fold onto the
+    // prefix's letters or its colon.
     let head = args.get(..prefix.len())?;
-    if !head.eq_ignore_ascii_case(prefix) {
+    if !head.iter().zip(prefix).all(|(a, p)| a | 0x20 == p | 0x20) {
         return None;
     }
     let rest = trim_start(args.get(prefix.len()..)?);
@@ -518,6 +521,28 @@ mod tests {
 
     fn p(line: &str) -> Result<Command<'_>, ReplyId> {
         parse(line.as_bytes(), CTX)
+    }
+
+    #[test]
+    fn path_prefixes_match_only_case_variants() {
+        // Every byte a command line can hold (controls are refused before
+        // parsing), at every position of each prefix.
+        for prefix in [&b"FROM:"[..], b"TO:"] {
+            for pos in 0..prefix.len() {
+                for b in (0x20..=0x7e).chain(0x80..=0xff) {
+                    let mut arg = prefix.to_vec();
+                    arg[pos] = b;
+                    arg.extend_from_slice(b"<a@b>");
+                    let want = arg[..prefix.len()].eq_ignore_ascii_case(prefix);
+                    assert_eq!(
+                        path_and_params(&arg, prefix).is_some(),
+                        want,
+                        "{:?}",
+                        String::from_utf8_lossy(&arg)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -409,10 +409,10 @@ impl<S: Sink> Server<S> {
     }
 
     fn fire_completions(&mut self, now: Instant) {
-        let done: Vec<_> = self.completions.take().collect();
-        if done.is_empty() {
+        if !self.completions.pending() {
             return;
         }
+        let done: Vec<_> = self.completions.take().collect();
         for (id, verdict) in done {
             let key = slot_of(id);
             if self.conns.get(key).is_some_and(|c| c.session().id() == id) {

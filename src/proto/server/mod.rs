@@ -97,18 +97,26 @@ pub enum Timeout {
 
 /// Told what happened, for counting and tracing (the statistics implement it).
 pub trait Observer {
-    /// A reply was queued.
-    fn reply(&mut self, reply: &[u8]);
-    /// MAIL accepted: a transaction began.
-    fn transaction(&mut self);
-    /// RCPT accepted.
-    fn recipient(&mut self);
+    /// What the session counted during one event (replies by class,
+    /// transactions, recipients): reported once per event, not per reply.
+    fn counted(&mut self, counts: &Counts);
     /// A message got its final reply, `latency` after its MAIL.
     fn message(&mut self, outcome: Outcome, body_bytes: u64, latency: Duration);
     /// The session is being closed for a timeout.
     fn timeout(&mut self, kind: Timeout);
     /// The session moved from one state to another (only with [`Ctx::trace`]).
     fn transition(&mut self, _id: SessionId, _from: State, _to: State) {}
+}
+
+/// Plain counts a session gathers during one event and reports at its end.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Replies queued, by class: index 0 = 2xx ... 3 = 5xx.
+    pub replies: [u32; 4],
+    /// MAILs accepted: transactions begun.
+    pub transactions: u32,
+    /// RCPTs accepted.
+    pub recipients: u32,
 }
 
 /// What one call works with besides the input.
@@ -257,6 +265,8 @@ pub struct Session {
     request: Option<Request>,
     /// A reply waiting for its time, and that time.
     held: Option<(Instant, Out)>,
+    /// Counted during the current event; reported by `settle`.
+    counts: Counts,
     /// The last message ended, for its final reply.
     ended: Ended,
     /// Last byte read or reply taken by the client (the idle clock).
@@ -285,6 +295,7 @@ impl Session {
             closing: false,
             request: None,
             held: None,
+            counts: Counts::default(),
             ended: Ended::default(),
             last_active: now,
             line_since: None,
@@ -369,7 +380,7 @@ impl Session {
 
     /// The connection is up: sends the 220 greeting.
     pub fn start(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
-        Self::say(s, ReplyId::Greeting, cx);
+        self.say(s, ReplyId::Greeting, cx);
         self.settle(s, cx);
     }
 
@@ -505,6 +516,7 @@ impl Session {
             self.enter(State::Closed, cx);
         }
         self.request = None;
+        self.report(cx);
         cx.sink.closed(self.id);
     }
 
@@ -525,6 +537,7 @@ impl Session {
     /// After every event: finish a pending shutdown, then derive the request.
     #[inline]
     fn settle(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        self.report(cx);
         if let Some((until, _)) = self.held {
             self.request = Some(Request::Hold { until });
             return;
@@ -539,13 +552,22 @@ impl Session {
         };
     }
 
+    /// Hands what was counted during this event to the observer.
+    #[inline]
+    fn report(&mut self, cx: &mut Ctx<'_>) {
+        if self.counts != Counts::default() {
+            cx.observer.counted(&self.counts);
+            self.counts = Counts::default();
+        }
+    }
+
     fn close(&mut self, s: &Settings, reply: ReplyId, cx: &mut Ctx<'_>) {
         if self.state == State::Closed {
             return;
         }
         self.held = None;
         self.reset_tx(cx);
-        Self::say(s, reply, cx);
+        self.say(s, reply, cx);
         self.enter(State::Closed, cx);
     }
 
@@ -563,10 +585,19 @@ impl Session {
     // that a call per reply shows; see README "Performance".
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    fn say(s: &Settings, id: ReplyId, cx: &mut Ctx<'_>) {
+    fn say(&mut self, s: &Settings, id: ReplyId, cx: &mut Ctx<'_>) {
         let r = s.replies.text(id);
-        cx.observer.reply(r);
+        self.count_reply(r);
         cx.out.extend_from_slice(r);
+    }
+
+    /// Counts one reply by its class digit.
+    #[inline]
+    fn count_reply(&mut self, reply: &[u8]) {
+        let class = usize::from(reply.first().map_or(0, |c| c.wrapping_sub(b'2')));
+        if let Some(n) = self.counts.replies.get_mut(class) {
+            *n += 1;
+        }
     }
 
     /// Sends `out` now, or holds it when `verb` has a delay.
@@ -590,11 +621,12 @@ impl Session {
     #[inline(always)]
     fn emit(&mut self, s: &Settings, out: Out, cx: &mut Ctx<'_>) {
         match out {
-            Out::Reply(id) => Self::say(s, id, cx),
+            Out::Reply(id) => self.say(s, id, cx),
             Out::Chunk(n) => {
                 let start = cx.out.len();
                 s.replies.chunk_received(n, cx.out);
-                cx.observer.reply(cx.out.get(start..).unwrap_or_default());
+                let digit = cx.out.get(start..).unwrap_or_default();
+                self.count_reply(digit);
             }
             Out::Final(verdict) => {
                 let Ended { bytes, started } = self.ended;
@@ -603,11 +635,11 @@ impl Session {
                 match verdict {
                     Verdict::Rejected(r) => {
                         cx.observer.message(Outcome::Rejected, bytes, latency);
-                        Self::say(s, r, cx);
+                        self.say(s, r, cx);
                     }
                     Verdict::Accepted | Verdict::Pending => {
                         cx.observer.message(Outcome::Accepted, bytes, latency);
-                        Self::say(s, ReplyId::Queued, cx);
+                        self.say(s, ReplyId::Queued, cx);
                     }
                 }
             }
@@ -647,12 +679,12 @@ impl Session {
             }
             Frame::TooLong { consumed } => {
                 self.line_since = None;
-                Self::say(s, ReplyId::LineTooLong, cx);
+                self.say(s, ReplyId::LineTooLong, cx);
                 Some(consumed)
             }
             Frame::BareLf { consumed } => {
                 self.line_since = None;
-                Self::say(s, ReplyId::BareLf, cx);
+                self.say(s, ReplyId::BareLf, cx);
                 Some(consumed)
             }
             Frame::Line { line, consumed } => {
@@ -667,7 +699,7 @@ impl Session {
         match memchr::memchr(b'\n', rest) {
             Some(lf) => {
                 self.line_since = None;
-                Self::say(s, ReplyId::LineTooLong, cx);
+                self.say(s, ReplyId::LineTooLong, cx);
                 self.enter(State::Command, cx);
                 Some(lf + 1)
             }
@@ -690,10 +722,10 @@ impl Session {
             return self.close(s, ReplyId::BdatDesync, cx);
         }
         if bad_char {
-            return Self::say(s, ReplyId::BadChar, cx);
+            return self.say(s, ReplyId::BadChar, cx);
         }
         if too_long {
-            return Self::say(s, ReplyId::LineTooLong, cx);
+            return self.say(s, ReplyId::LineTooLong, cx);
         }
         let pcx = ParseCtx {
             smtputf8: self.tx.smtputf8,
@@ -712,7 +744,7 @@ impl Session {
             ),
             Ok(Command::BadBdat { size: None }) => self.close(s, ReplyId::BdatDesync, cx),
             Ok(cmd) => self.dispatch(s, &cmd, cx),
-            Err(r) => Self::say(s, r, cx),
+            Err(r) => self.say(s, r, cx),
         }
     }
 

@@ -821,11 +821,9 @@ struct Transitions {
 }
 
 impl Observer for Transitions {
-    fn reply(&mut self, r: &[u8]) {
-        self.stats.reply(r);
+    fn counted(&mut self, c: &Counts) {
+        self.stats.counted(c);
     }
-    fn transaction(&mut self) {}
-    fn recipient(&mut self) {}
     fn message(&mut self, o: super::Outcome, b: u64, l: Duration) {
         self.stats.message(o, b, l);
     }

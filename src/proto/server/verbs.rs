@@ -298,7 +298,7 @@ impl Session {
             body: m.body,
             ..Tx::default()
         };
-        cx.observer.transaction();
+        self.counts.transactions += 1;
         cx.sink.mail(self.id, m.path);
         Some(Out::Reply(ReplyId::SenderOk))
     }
@@ -316,7 +316,7 @@ impl Session {
             return Some(Out::Reply(ReplyId::SyntaxRcpt));
         };
         self.tx.recipients += 1;
-        cx.observer.recipient();
+        self.counts.recipients += 1;
         cx.sink.rcpt(self.id, r.path);
         Some(Out::Reply(ReplyId::RecipientOk))
     }
