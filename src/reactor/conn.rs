@@ -289,11 +289,13 @@ impl Conn {
             let (sink, stats) = (&mut *env.sink, &mut *env.stats);
             let mut io = stats.counters.io;
             let before = io.bytes_in;
+            let mut parked = false;
             let mut take = |input: &[u8], _: &mut Vec<u8>| {
                 let mut cx = Ctx::new(&mut *out, &mut *sink, &mut *stats, now);
                 cx.out_limit = limit;
                 let used = session.handle_input(s, input, &mut cx);
-                let stop = !session.takes_input() || cx.out.len() >= limit;
+                parked = !session.takes_input();
+                let stop = parked || cx.out.len() >= limit;
                 Consumed { used, stop }
             };
             let end = if std::mem::take(&mut self.replay) && self.link.replay(&mut take) {
@@ -310,7 +312,7 @@ impl Conn {
             if sent == Flush::Failed {
                 return Next::Remove;
             }
-            if !self.session.takes_input() {
+            if parked {
                 self.replay = self.link.carried() > 0;
                 return self.after_event(token, env, false);
             }

@@ -398,7 +398,8 @@ impl Session {
             self.last_active = cx.now;
         }
         let mut pos = 0;
-        if !self.takes_input() {
+        if self.held.is_some() {
+            // Verdict and Closed stop the loop below; a held reply must too.
             self.settle(s, cx);
             return 0;
         }
