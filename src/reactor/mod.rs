@@ -359,7 +359,7 @@ impl<S: Sink> Server<S> {
         Ok(Report {
             stats: self.stats,
             sink: self.sink,
-            elapsed: started.elapsed(),
+            elapsed: timer::now().saturating_duration_since(started),
         })
     }
 
