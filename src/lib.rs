@@ -1,20 +1,30 @@
 //! smtpsink: an SMTP sink server built for raw throughput.
 //!
-//! Architecture, outermost first:
+//! Architecture, outermost first; every arrow points down, so the protocol
+//! depends on nothing above it:
 //! - [`reactor`] owns the sockets: one mio `Poll`, a slab of connections
-//!   (token = slab key), accept with back-pressure, a read budget and a
-//!   still-ready queue for fairness, replies flushed when input runs dry.
-//! - [`proto`] is the protocol, sans-IO: [`proto::server::Session`] takes bytes
-//!   and produces replies and sink events; it never sees a socket or a clock.
-//!   [`proto::client::ClientSession`] is its mirror, used by the bundled load
-//!   generator `smtpload` (the `loadtest/` crate).
-//! - [`sink`] is where message data goes, behind the small [`sink::Sink`]
-//!   trait: discard, or verify (smtpload's integrity headers); storing sinks
-//!   can defer the final reply.
-//! - [`stats`] counts and keeps latency histograms; [`config`] is the CLI.
+//!   (token = key), accept with back-pressure, a read budget and a
+//!   still-ready queue for fairness. `Server::run` is the whole loop: poll,
+//!   file events, still-ready, completions, timers, tick hook, shutdown.
+//!   `reactor::conn` turns readiness into the session's events and acts on
+//!   its requests; `reactor::timer` keeps deadlines and reads the clock.
+//! - [`completion`] brings deferred sink verdicts back to the loop from any
+//!   thread (a queue and the loop's waker).
+//! - [`sink`] is where message data goes (discard, verify); [`stats`] counts
+//!   and keeps latency histograms (mergeable across loops); [`config`] is
+//!   the CLI.
+//! - [`proto`] is the protocol, sans-IO: [`proto::server::Session`] takes
+//!   bytes and events and gives replies, sink calls and one typed
+//!   [`proto::server::Request`] per event (close, await a verdict, hold a
+//!   reply); commands run through a verb table; reply texts live in the
+//!   settings. [`proto::client::ClientSession`] is its mirror, used by the
+//!   bundled load generator `smtpload` (the `loadtest/` crate).
+//! - [`net`] is the I/O layer both binaries share: the transport seam
+//!   (plain TCP; TLS to come) and per-connection buffers and loops.
 //!
-//! Command lines and body runs are borrowed slices of the connection's read
-//! buffer: the steady state allocates nothing per command or per message.
+//! Command lines and body runs are borrowed slices of one read buffer per
+//! loop, replies go out of one output buffer per loop: the steady state
+//! allocates nothing per command or per message.
 
 #![forbid(unsafe_code)]
 

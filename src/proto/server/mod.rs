@@ -263,8 +263,9 @@ pub struct Session {
     /// message in progress is answered, before any command pipelined after it.
     closing: bool,
     request: Option<Request>,
-    /// A reply waiting for its time, and that time.
-    held: Option<(Instant, Out)>,
+    /// A reply waiting for its time, and that time (boxed: rare, and an
+    /// idle connection should stay small).
+    held: Option<Box<(Instant, Out)>>,
     /// Counted during the current event; reported by `settle`.
     counts: Counts,
     /// The last message ended, for its final reply.
@@ -339,7 +340,7 @@ impl Session {
             self.state,
             State::Data | State::Chunk { .. } | State::Verdict
         ) || self.tx.bdat
-            || matches!(self.held, Some((_, Out::Final(_))))
+            || matches!(self.held.as_deref(), Some((_, Out::Final(_))))
     }
 
     /// The request from the last event, if any; the I/O layer must act on it.
@@ -365,7 +366,7 @@ impl Session {
     /// come sooner, and the I/O layer arms them after each event.
     #[inline]
     pub fn short_deadline(&self, s: &Settings) -> Option<Instant> {
-        if let Some((until, _)) = self.held {
+        if let Some(&(until, _)) = self.held.as_deref() {
             return Some(until);
         }
         let t = &s.timeouts;
@@ -428,12 +429,12 @@ impl Session {
         pos
     }
 
-    /// A deadline passed (the caller may be late, never early matters not:
-    /// nothing happens before its time). Sends a held reply, or times the
-    /// client out, or opens the next data-rate window.
+    /// A deadline may have passed: sends a held reply whose time has come,
+    /// times the client out, or opens the next data-rate window. Calling it
+    /// early does nothing (each clock is checked against `now`).
     pub fn on_timer(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
         let now = cx.now;
-        if let Some((until, out)) = self.held {
+        if let Some(&(until, out)) = self.held.as_deref() {
             if now >= until {
                 self.held = None;
                 if matches!(self.state, State::Data | State::Chunk { .. }) {
@@ -539,7 +540,7 @@ impl Session {
     #[inline]
     fn settle(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
         self.report(cx);
-        if let Some((until, _)) = self.held {
+        if let Some(&(until, _)) = self.held.as_deref() {
             self.request = Some(Request::Hold { until });
             return;
         }
@@ -611,7 +612,7 @@ impl Session {
             return self.emit(s, out, cx);
         }
         match s.delay(verb).and_then(|d| after(cx.now, d)) {
-            Some(until) => self.held = Some((until, out)),
+            Some(until) => self.held = Some(Box::new((until, out))),
             None => self.emit(s, out, cx),
         }
     }
