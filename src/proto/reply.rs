@@ -134,6 +134,25 @@ pub enum Offer {
     AfterTls,
 }
 
+/// The ESMTP extensions smtpsink offers, in EHLO order; `SIZE` advertises
+/// `max_message_size`.
+pub fn extensions(max_message_size: u64) -> Vec<(String, Offer)> {
+    [
+        "PIPELINING".to_string(),
+        format!("SIZE {max_message_size}"),
+        "8BITMIME".into(),
+        "ENHANCEDSTATUSCODES".into(),
+        "SMTPUTF8".into(),
+        "CHUNKING".into(),
+        "BINARYMIME".into(),
+        "DSN".into(),
+        "HELP".into(),
+    ]
+    .into_iter()
+    .map(|k| (k, Offer::Always))
+    .collect()
+}
+
 /// A reply text that is not one well-formed SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadReply(pub String);
@@ -333,21 +352,7 @@ mod tests {
     use super::*;
 
     fn standard(host: &str, size: u64) -> Replies {
-        let ext: Vec<(String, Offer)> = [
-            "PIPELINING".to_string(),
-            format!("SIZE {size}"),
-            "8BITMIME".into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "SMTPUTF8".into(),
-            "CHUNKING".into(),
-            "BINARYMIME".into(),
-            "DSN".into(),
-            "HELP".into(),
-        ]
-        .into_iter()
-        .map(|k| (k, Offer::Always))
-        .collect();
-        Replies::new(host, &ext)
+        Replies::new(host, &extensions(size))
     }
 
     #[test]

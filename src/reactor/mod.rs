@@ -150,6 +150,22 @@ enum Arm {
     Sooner,
 }
 
+/// The loop's shared parts for a connection's event, borrowed field by field
+/// (so a connection can be borrowed from the slab at the same time).
+macro_rules! env {
+    ($server:ident, $now:expr) => {
+        Env {
+            settings: &$server.settings,
+            sink: &mut $server.sink,
+            stats: &mut $server.stats,
+            out: &mut $server.out,
+            scratch: &mut $server.scratch,
+            registry: $server.poll.registry(),
+            now: $now,
+        }
+    };
+}
+
 /// What a connection needs from its loop while it is served.
 struct Env<'a> {
     settings: &'a Settings,
@@ -462,15 +478,7 @@ impl<S: Sink> Server<S> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let mut env = Env {
-            settings: &self.settings,
-            sink: &mut self.sink,
-            stats: &mut self.stats,
-            out: &mut self.out,
-            scratch: &mut self.scratch,
-            registry: self.poll.registry(),
-            now,
-        };
+        let mut env = env!(self, now);
         let next = f(conn, &mut env);
         if next == Next::Remove {
             return self.remove(key, now);
@@ -542,15 +550,7 @@ impl<S: Sink> Server<S> {
             return;
         }
         let mut conn = self.conns.remove(key);
-        let mut env = Env {
-            settings: &self.settings,
-            sink: &mut self.sink,
-            stats: &mut self.stats,
-            out: &mut self.out,
-            scratch: &mut self.scratch,
-            registry: self.poll.registry(),
-            now,
-        };
+        let mut env = env!(self, now);
         conn.finish(&mut env);
         self.clients.leave(conn.session().peer().ip());
         self.timers.disarm(key);

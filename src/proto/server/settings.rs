@@ -7,7 +7,7 @@
 //! while a server runs.
 
 use super::super::command::Verb;
-use super::super::reply::{BadReply, Offer, Replies, ReplyId};
+use super::super::reply::{extensions, BadReply, Replies, ReplyId};
 use std::time::Duration;
 
 /// How long a client may take, and how slowly it may send (the defence
@@ -118,22 +118,4 @@ impl Settings {
     pub fn delay(&self, verb: Verb) -> Option<Duration> {
         self.delays.get(verb as usize).copied().flatten()
     }
-}
-
-/// The ESMTP extensions offered in the EHLO block, in order.
-fn extensions(max_message_size: u64) -> Vec<(String, Offer)> {
-    [
-        "PIPELINING".to_string(),
-        format!("SIZE {max_message_size}"),
-        "8BITMIME".into(),
-        "ENHANCEDSTATUSCODES".into(),
-        "SMTPUTF8".into(),
-        "CHUNKING".into(),
-        "BINARYMIME".into(),
-        "DSN".into(),
-        "HELP".into(),
-    ]
-    .into_iter()
-    .map(|k| (k, Offer::Always))
-    .collect()
 }
