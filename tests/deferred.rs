@@ -222,3 +222,39 @@ fn a_delayed_reply_holds_its_session_only() {
     let report = server.stop().expect("run");
     assert_eq!(report.stats.counters.recipients, 1);
 }
+
+/// Counts `closed` per session.
+#[derive(Default)]
+struct Closings(Arc<Mutex<Vec<SessionId>>>);
+
+impl Sink for Closings {
+    fn body(&mut self, _: SessionId, _: &[u8]) {}
+    fn end(&mut self, _: SessionId) -> Verdict {
+        Verdict::Accepted
+    }
+    fn closed(&mut self, id: SessionId) {
+        self.0.lock().unwrap().push(id);
+    }
+}
+
+#[test]
+fn the_sink_hears_closed_once_when_the_client_closes_first() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Closings(Arc::clone(&seen));
+    let server = Server::bind(
+        &["127.0.0.1:0".parse().unwrap()],
+        16,
+        settings(),
+        limits(),
+        sink,
+    )
+    .expect("bind")
+    .spawn();
+    let mut c = Client::greeted(server.addrs[0]);
+    c.send(b"NOOP\r\n");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(c.replies(1), "250 2.0.0 Ok\r\n");
+    c.expect_closed();
+    server.stop().expect("run");
+    assert_eq!(seen.lock().unwrap().len(), 1, "{:?}", seen.lock().unwrap());
+}

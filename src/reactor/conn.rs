@@ -167,7 +167,10 @@ impl Conn {
         match self.life {
             Life::Lingering { .. } => match self.link.discard_input(env.scratch) {
                 Drain::Eof => Next::Remove,
-                Drain::Empty | Drain::More => Next::Wait,
+                Drain::Empty => Next::Wait,
+                // More may already be buffered with the FIN behind it: no new
+                // event would announce it, so look again this turn.
+                Drain::More => Next::Again,
             },
             Life::Closing { .. } => match self.flush(token, env) {
                 Flush::Done => self.close(token, env, false),
@@ -195,16 +198,18 @@ impl Conn {
         }
     }
 
-    /// Its deadline passed.
+    /// Its armed time came; that may be earlier than any deadline it has
+    /// now (arming keeps the earliest), and nothing is done before its time.
     pub fn on_timer(&mut self, token: Token, env: &mut Env<'_>) -> Next {
         match self.life {
+            Life::Closing { until } | Life::Lingering { until } if env.now < until => Next::Wait,
             Life::Closing { .. } | Life::Lingering { .. } => Next::Remove,
             Life::Open | Life::Backlogged | Life::Parked => {
                 let s = env.settings;
-                with_cx!(env, usize::MAX, |cx| self.session.on_timer(s, cx));
-                // A timer's close (a timeout) does not wait for a client that
-                // may not be reading.
-                self.after_event(token, env, true)
+                let timed_out = with_cx!(env, usize::MAX, |cx| self.session.on_timer(s, cx));
+                // A timeout's close does not wait for a client that may not
+                // be reading; a held reply's (a delayed 221) does.
+                self.after_event(token, env, timed_out.is_some())
             }
         }
     }
@@ -262,19 +267,27 @@ impl Conn {
                 self.want_write(token, env);
                 Next::Wait
             }
-            None if self.life == Life::Parked => {
-                // Taking input again: what was read while parked waits in the
-                // carry, the rest in the socket.
-                self.life = Life::Open;
-                self.replay = true;
-                self.want_write(token, env);
-                Next::Again
-            }
-            None => {
-                self.want_write(token, env);
-                Next::Wait
-            }
+            None => self.resume(token, env),
         }
+    }
+
+    /// The session takes input: a parked connection reads again, and so does
+    /// a backlogged one whose output has all been written (by whichever
+    /// event wrote it). What was read meanwhile waits in the carry, the rest
+    /// in the socket; no event will announce either, so serve it now.
+    fn resume(&mut self, token: Token, env: &mut Env<'_>) -> Next {
+        self.want_write(token, env);
+        let ready = match self.life {
+            Life::Parked => true,
+            Life::Backlogged => self.link.pending() == 0,
+            Life::Open | Life::Closing { .. } | Life::Lingering { .. } => false,
+        };
+        if !ready {
+            return Next::Wait;
+        }
+        self.life = Life::Open;
+        self.replay = true;
+        Next::Again
     }
 
     /// Reads and answers until the input runs dry, the budget is spent, the
@@ -338,9 +351,8 @@ impl Conn {
                 }
                 ReadEnd::Closed => {
                     // A client may half-close after its last command: it
-                    // still gets the replies to what it sent.
-                    with_cx!(env, usize::MAX, |cx| self.session.disconnected(cx));
-                    env.out.clear();
+                    // still gets the replies to what it sent. The session
+                    // hears of it when the connection is removed.
                     return self.close(token, env, false);
                 }
             }
@@ -387,7 +399,8 @@ impl Conn {
                 self.life = Life::Lingering {
                     until: env.now + LINGER,
                 };
-                Next::Wait
+                // More may be buffered with the FIN behind it: look again.
+                Next::Again
             }
             Drain::Eof | Drain::Empty => Next::Remove,
         }

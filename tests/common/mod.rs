@@ -78,6 +78,28 @@ impl Client {
         }
     }
 
+    /// Connects with a small receive buffer, so what the client does not read
+    /// backs up into the server quickly instead of into the kernel.
+    pub fn connect_small_window(addr: SocketAddr) -> Self {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        s.set_recv_buffer_size(2048).expect("SO_RCVBUF");
+        s.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = s.into();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads everything until the server closes; the bytes as text.
+    pub fn read_to_close(&mut self) -> String {
+        let mut all = std::mem::take(&mut self.buf);
+        self.stream.read_to_end(&mut all).expect("read until close");
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
     /// Connects and checks the greeting.
     pub fn greeted(addr: SocketAddr) -> Self {
         let mut c = Self::connect(addr);

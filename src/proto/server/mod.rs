@@ -56,8 +56,11 @@ pub enum Verdict {
 /// Receives transactions. All calls for one id arrive in protocol order:
 /// `mail`, `rcpt`*, `begin`, `body`*, then `end` or `abort`; `abort` may also
 /// come at any point after `mail` (RSET, EHLO, QUIT, disconnect), even after
-/// an `end` that answered [`Verdict::Pending`] (the client left before the
-/// verdict: the message must not count as delivered). `closed` comes last.
+/// an `end` whose final reply was never sent — a [`Verdict::Pending`] whose
+/// session was dropped or timed out before the verdict (after `--timeout`),
+/// or an accepted message whose delayed 250 was dropped — since the client
+/// was never told: the message must not count as delivered. `closed` comes
+/// last, once.
 pub trait Sink {
     /// MAIL accepted; `reverse_path` is empty for the null path.
     fn mail(&mut self, _id: SessionId, _reverse_path: &[u8]) {}
@@ -268,6 +271,8 @@ pub struct Session {
     held: Option<Box<(Instant, Out)>>,
     /// Counted during the current event; reported by `settle`.
     counts: Counts,
+    /// `disconnected` ran: the sink has heard `closed`.
+    gone: bool,
     /// The last message ended, for its final reply.
     ended: Ended,
     /// Last byte read or reply taken by the client (the idle clock).
@@ -297,6 +302,7 @@ impl Session {
             request: None,
             held: None,
             counts: Counts::default(),
+            gone: false,
             ended: Ended::default(),
             last_active: now,
             line_since: None,
@@ -351,7 +357,7 @@ impl Session {
     /// When [`Session::on_timer`] must be called next, if ever.
     pub fn deadline(&self, s: &Settings) -> Option<Instant> {
         let short = self.short_deadline(s);
-        if self.held.is_some() || matches!(self.state, State::Verdict | State::Closed) {
+        if self.held.is_some() || self.state == State::Closed {
             return short;
         }
         match (after(self.last_active, s.timeouts.idle), short) {
@@ -432,11 +438,13 @@ impl Session {
     /// A deadline may have passed: sends a held reply whose time has come,
     /// times the client out, or opens the next data-rate window. Calling it
     /// early does nothing (each clock is checked against `now`).
-    pub fn on_timer(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+    pub fn on_timer(&mut self, s: &Settings, cx: &mut Ctx<'_>) -> Option<Timeout> {
         let now = cx.now;
         if let Some(&(until, out)) = self.held.as_deref() {
             if now >= until {
                 self.held = None;
+                // The client was waiting for us, not idle.
+                self.last_active = now;
                 if matches!(self.state, State::Data | State::Chunk { .. }) {
                     // Content may only start now that the reply went out.
                     self.window = Window {
@@ -446,36 +454,48 @@ impl Session {
                 }
                 self.emit(s, out, cx);
             }
-            return self.settle(s, cx);
+            self.settle(s, cx);
+            return None;
         }
         let t = s.timeouts;
         let passed = |d: Option<Instant>| d.is_some_and(|d| now >= d);
         let idle = passed(after(self.last_active, t.idle));
-        match self.state {
-            State::Command | State::SkipLine => {
-                if idle {
-                    self.time_out(s, Timeout::Idle, cx);
-                } else if passed(self.line_since.and_then(|l| after(l, t.command))) {
-                    self.time_out(s, Timeout::Command, cx);
+        let kind = match self.state {
+            // A sink that never answers must not hold the client forever.
+            State::Command
+            | State::SkipLine
+            | State::Data
+            | State::Chunk { .. }
+            | State::Verdict
+                if idle =>
+            {
+                Some(Timeout::Idle)
+            }
+            State::Command | State::SkipLine
+                if passed(self.line_since.and_then(|l| after(l, t.command))) =>
+            {
+                Some(Timeout::Command)
+            }
+            State::Data | State::Chunk { .. }
+                if t.data_min_rate > 0 && passed(after(self.window.start, t.data_window)) =>
+            {
+                if self.window.bytes >= t.window_quota() {
+                    self.window = Window {
+                        start: now,
+                        bytes: 0,
+                    };
+                    None
+                } else {
+                    Some(Timeout::DataRate)
                 }
             }
-            State::Data | State::Chunk { .. } => {
-                if idle {
-                    self.time_out(s, Timeout::Idle, cx);
-                } else if t.data_min_rate > 0 && passed(after(self.window.start, t.data_window)) {
-                    if self.window.bytes >= t.window_quota() {
-                        self.window = Window {
-                            start: now,
-                            bytes: 0,
-                        };
-                    } else {
-                        self.time_out(s, Timeout::DataRate, cx);
-                    }
-                }
-            }
-            State::Verdict | State::Closed => {}
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.time_out(s, kind, cx);
         }
         self.settle(s, cx);
+        kind
     }
 
     /// Delivers the sink's verdict on a message that was [`Verdict::Pending`].
@@ -489,6 +509,8 @@ impl Session {
         } else {
             Verb::EndOfData
         };
+        // The client was waiting for the sink, not idle.
+        self.last_active = cx.now;
         self.enter(State::Command, cx);
         let out = self.finish(verdict);
         self.answer(s, verb, out, cx);
@@ -511,9 +533,14 @@ impl Session {
 
     /// The peer went away or the connection is being dropped: abandon any
     /// transaction; no reply. Tells the sink the session is over.
+    /// Idempotent: the sink hears `closed` once.
     pub fn disconnected(&mut self, cx: &mut Ctx<'_>) {
+        if self.gone {
+            return;
+        }
+        self.gone = true;
         self.reset_tx(cx);
-        self.held = None;
+        self.drop_held(cx);
         if self.state != State::Closed {
             self.enter(State::Closed, cx);
         }
@@ -554,6 +581,17 @@ impl Session {
         };
     }
 
+    /// Forgets a held reply. If it was the final 250 of a message the sink
+    /// already accepted, the client never hears of it: the sink is told to
+    /// abort, as when a session is dropped before a pending verdict.
+    fn drop_held(&mut self, cx: &mut Ctx<'_>) {
+        if let Some(held) = self.held.take() {
+            if matches!(held.1, Out::Final(Verdict::Accepted | Verdict::Pending)) {
+                cx.sink.abort(self.id);
+            }
+        }
+    }
+
     /// Hands what was counted during this event to the observer.
     #[inline]
     fn report(&mut self, cx: &mut Ctx<'_>) {
@@ -564,10 +602,10 @@ impl Session {
     }
 
     fn close(&mut self, s: &Settings, reply: ReplyId, cx: &mut Ctx<'_>) {
+        self.drop_held(cx);
         if self.state == State::Closed {
             return;
         }
-        self.held = None;
         self.reset_tx(cx);
         self.say(s, reply, cx);
         self.enter(State::Closed, cx);

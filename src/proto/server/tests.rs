@@ -40,6 +40,9 @@ impl Sink for Recorder {
         self.events.push("abort".into());
         self.body.clear();
     }
+    fn closed(&mut self, _: SessionId) {
+        self.events.push("closed".into());
+    }
 }
 
 fn settings() -> Settings {
@@ -885,4 +888,99 @@ fn reply_texts_come_from_the_settings() {
             "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Recipient fine\r\n250 2.0.0 took 2\r\n250-2.0.0 Ok\r\n250 2.0.0 queued as X\r\n"
         ),
     );
+}
+
+#[test]
+fn a_wait_for_the_sink_or_a_held_reply_is_not_idleness() {
+    let s = timed(); // idle 10 s
+    let mut h = Harness::new(Recorder {
+        verdict: Some(Verdict::Pending),
+        ..Recorder::default()
+    });
+    h.feed(
+        &s,
+        b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert_eq!(h.session.take_request(), Some(Request::Await));
+    // The verdict comes after more than the idle timeout.
+    h.at(12.0)
+        .with(|session, cx| session.complete(&s, Verdict::Accepted, cx));
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(22)));
+    h.at(12.1).tick(&s);
+    assert!(
+        !h.session.is_closed(),
+        "not timed out right after the verdict"
+    );
+    // The same after a held reply.
+    let mut d = timed();
+    d.set_delay(Verb::Noop, Duration::from_secs(15));
+    let mut h = Harness::new(Recorder::default());
+    h.feed(&d, b"NOOP\r\n");
+    h.at(15.0).tick(&d);
+    assert_eq!(h.text(), "250 2.0.0 Ok\r\n");
+    h.at(15.1).tick(&d);
+    assert!(!h.session.is_closed());
+    assert_eq!(h.session.deadline(&d), Some(h.t0 + Duration::from_secs(25)));
+}
+
+#[test]
+fn a_sink_that_never_answers_is_given_up_after_the_idle_timeout() {
+    let s = timed(); // idle 10 s
+    let mut h = Harness::new(Recorder {
+        verdict: Some(Verdict::Pending),
+        ..Recorder::default()
+    });
+    h.at(3.0).feed(
+        &s,
+        b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert_eq!(h.session.deadline(&s), Some(h.t0 + Duration::from_secs(13)));
+    h.at(12.9).tick(&s);
+    assert_eq!(h.session.state(), State::Verdict);
+    assert_eq!(
+        h.at(13.0).with(|session, cx| session.on_timer(&s, cx)),
+        Some(Timeout::Idle)
+    );
+    assert!(h.text().ends_with(
+        "421 4.4.2 sink.test Error: timeout exceeded, closing transmission channel\r\n"
+    ));
+    assert_eq!(h.sink.events.last().map(String::as_str), Some("abort"));
+    // A verdict after that is ignored.
+    h.with(|session, cx| session.complete(&s, Verdict::Accepted, cx));
+    assert_eq!(h.stats.counters.messages, 0);
+}
+
+#[test]
+fn a_dropped_held_final_reply_aborts_the_message_and_the_sink_hears_closed_once() {
+    let mut s = settings();
+    s.set_delay(Verb::EndOfData, Duration::from_secs(1));
+    let mut h = Harness::new(Recorder::default());
+    h.feed(
+        &s,
+        b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    // Stopped for good before the 250 could go: the client never heard it.
+    h.with(|session, cx| session.close_with(&s, ReplyId::Shutdown, cx));
+    assert!(!h.text().contains("queued"));
+    h.with(Session::disconnected);
+    h.with(Session::disconnected);
+    assert_eq!(
+        h.sink.events,
+        [
+            "mail <a@b>",
+            "rcpt <c@d>",
+            "begin",
+            "end",
+            "abort",
+            "closed"
+        ]
+    );
+    // A held QUIT is dropped by a forced close too.
+    let mut q = settings();
+    q.set_delay(Verb::Quit, Duration::from_secs(1));
+    let mut h = Harness::new(Recorder::default());
+    h.feed(&q, b"QUIT\r\n");
+    h.with(|session, cx| session.close_with(&q, ReplyId::Shutdown, cx));
+    assert_eq!(h.session.take_request(), Some(Request::Close));
+    assert_eq!(h.session.deadline(&q), None, "nothing is held any more");
 }

@@ -398,6 +398,8 @@ impl Session {
     fn proceed_end(&mut self, _: &Settings, _: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
         match cx.sink.end(self.id) {
             Verdict::Pending => {
+                // The wait for the sink is bounded by the idle timeout from now.
+                self.last_active = cx.now;
                 self.enter(State::Verdict, cx);
                 None
             }
