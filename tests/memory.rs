@@ -9,6 +9,8 @@
 //! - Connections that had a burst and are now idle hold no buffers.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -101,11 +103,7 @@ impl Drop for Sink {
 /// A client socket with a small receive buffer, so what it does not read
 /// backs up into the server quickly instead of into the kernel.
 fn small_window_client(addr: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&addr.into()).unwrap();
-    let s: TcpStream = s.into();
+    let s = common::small_window_stream(addr);
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     s
 }

@@ -65,27 +65,18 @@ impl Client {
     /// Connects from `source` (any 127.0.0.0/8 address works on Linux's
     /// loopback), so tests can be several clients.
     pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Self {
-        use socket2::{Domain, Socket, Type};
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
-        s.bind(&SocketAddr::new(source, 0).into())
-            .expect("bind source");
-        s.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = s.into();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
+        Self::over(tuned_stream(addr, |s| {
+            s.bind(&SocketAddr::new(source, 0).into())
+        }))
     }
 
     /// Connects with a small receive buffer, so what the client does not read
     /// backs up into the server quickly instead of into the kernel.
     pub fn connect_small_window(addr: SocketAddr) -> Self {
-        use socket2::{Domain, Socket, Type};
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
-        s.set_recv_buffer_size(2048).expect("SO_RCVBUF");
-        s.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = s.into();
+        Self::over(small_window_stream(addr))
+    }
+
+    fn over(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         Self {
             stream,
@@ -163,6 +154,23 @@ impl Client {
             Err(e) => panic!("expected close, got {e}"),
         }
     }
+}
+
+/// A connection set up through socket2 (`tune` runs before the connect).
+pub fn tuned_stream(
+    addr: SocketAddr,
+    tune: impl FnOnce(&socket2::Socket) -> std::io::Result<()>,
+) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    tune(&s).expect("socket option");
+    s.connect(&addr.into()).expect("connect");
+    s.into()
+}
+
+/// A connection with a 2 KiB receive buffer.
+pub fn small_window_stream(addr: SocketAddr) -> TcpStream {
+    tuned_stream(addr, |s| s.set_recv_buffer_size(2048))
 }
 
 /// Offset just past the `n`th complete reply in `buf`, if all are there.

@@ -773,8 +773,8 @@ fn a_held_reply_waits_for_its_time_and_holds_the_input_behind_it() {
     assert!(h.text().ends_with("250 2.1.5 Ok\r\n221 2.0.0 Bye\r\n"));
 }
 
-#[test]
-fn a_held_final_reply_is_sent_before_a_shutdown_421() {
+/// A message accepted by the sink whose 250 is held for a second.
+fn message_with_a_held_250() -> (Settings, Harness) {
     let mut s = settings();
     s.set_delay(Verb::EndOfData, Duration::from_secs(1));
     let mut h = Harness::new(Recorder::default());
@@ -782,6 +782,12 @@ fn a_held_final_reply_is_sent_before_a_shutdown_421() {
         &s,
         b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n",
     );
+    (s, h)
+}
+
+#[test]
+fn a_held_final_reply_is_sent_before_a_shutdown_421() {
+    let (s, mut h) = message_with_a_held_250();
     assert!(h.session.in_message(), "its final reply is still to come");
     h.with(|session, cx| session.shutdown(&s, cx));
     assert!(!h.session.is_closed());
@@ -952,13 +958,7 @@ fn a_sink_that_never_answers_is_given_up_after_the_idle_timeout() {
 
 #[test]
 fn a_dropped_held_final_reply_aborts_the_message_and_the_sink_hears_closed_once() {
-    let mut s = settings();
-    s.set_delay(Verb::EndOfData, Duration::from_secs(1));
-    let mut h = Harness::new(Recorder::default());
-    h.feed(
-        &s,
-        b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n",
-    );
+    let (s, mut h) = message_with_a_held_250();
     // Stopped for good before the 250 could go: the client never heard it.
     h.with(|session, cx| session.close_with(&s, ReplyId::Shutdown, cx));
     assert!(!h.text().contains("queued"));
