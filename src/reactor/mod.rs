@@ -1,13 +1,13 @@
 //! The event loop: the only code that touches sockets.
 //!
-//! One mio `Poll`, a `Slab` of [`Conn`]s whose keys are their tokens, the
+//! One mio `Poll`, a `Slab` of `Conn`s whose keys are their tokens, the
 //! listeners and one waker (shutdown requests and completions) on reserved
 //! tokens at the top of the token space. [`Server::run`] is the whole loop
 //! and reads like Redis's `aeMain`: sleep until the next event or deadline,
 //! fire file events, serve connections left ready, fire completions, fire
 //! timers, run the tick hook, take shutdown steps. It knows nothing about
-//! SMTP: connections ([`conn`]) turn events into the session's events, the
-//! [`timer`] module keeps deadlines and reads the clock, [`clients`] counts
+//! SMTP: connections (`conn`) turn events into the session's events, the
+//! [`timer`] module keeps deadlines and reads the clock, `clients` counts
 //! connections per address.
 //!
 //! mio is edge-triggered, so each ready connection is served until its input
