@@ -245,7 +245,11 @@ impl Link {
         }
         let mut pos = 0;
         while pos < bytes.len() {
-            match self.write_once(bytes.get(pos..).unwrap_or_default(), io) {
+            match Self::write_to(
+                &mut self.transport,
+                bytes.get(pos..).unwrap_or_default(),
+                io,
+            ) {
                 Ok(n) => pos += n,
                 Err(Flush::Blocked) => {
                     self.out.clear();
@@ -277,10 +281,6 @@ impl Link {
             self.out = Vec::new();
         }
         Flush::Done
-    }
-
-    fn write_once(&mut self, bytes: &[u8], io: &mut IoCounts) -> Result<usize, Flush> {
-        Self::write_to(&mut self.transport, bytes, io)
     }
 
     fn write_to(t: &mut Transport, bytes: &[u8], io: &mut IoCounts) -> Result<usize, Flush> {

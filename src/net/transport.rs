@@ -28,28 +28,16 @@ impl Transport {
 
     /// Reads what is there, retrying EINTR.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let r = match self {
-                Transport::Plain(s) => s.read(buf),
-            };
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
-            }
-        }
+        retry(|| match self {
+            Transport::Plain(s) => s.read(buf),
+        })
     }
 
     /// Writes what the stream takes, retrying EINTR.
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            let r = match self {
-                Transport::Plain(s) => s.write(buf),
-            };
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
-            }
-        }
+        retry(|| match self {
+            Transport::Plain(s) => s.write(buf),
+        })
     }
 
     /// Sends FIN after whatever output is queued.
@@ -72,6 +60,16 @@ impl Transport {
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             Transport::Plain(s) => s.take_error(),
+        }
+    }
+}
+
+/// Runs `op` again while a signal interrupts it.
+fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
         }
     }
 }

@@ -126,21 +126,25 @@ impl Conn {
 
     /// When the loop must call [`Conn::on_timer`] next.
     pub fn deadline(&self, env: &Env<'_>) -> Option<Instant> {
-        match self.life {
-            Life::Closing { until } | Life::Lingering { until } => Some(until),
-            Life::Open | Life::Backlogged | Life::Parked => self.session.deadline(env.settings),
-        }
+        self.closing_until()
+            .or_else(|| self.session.deadline(env.settings))
     }
 
     /// The deadline of what is in progress, which may be sooner than the
     /// one armed (see `Session::short_deadline`).
     #[inline]
     pub fn short_deadline(&self, env: &Env<'_>) -> Option<Instant> {
+        self.closing_until()
+            .or_else(|| self.session.short_deadline(env.settings))
+    }
+
+    /// A closing or lingering connection's own deadline: the session's
+    /// clocks no longer count.
+    #[inline]
+    fn closing_until(&self) -> Option<Instant> {
         match self.life {
             Life::Closing { until } | Life::Lingering { until } => Some(until),
-            Life::Open | Life::Backlogged | Life::Parked => {
-                self.session.short_deadline(env.settings)
-            }
+            Life::Open | Life::Backlogged | Life::Parked => None,
         }
     }
 
