@@ -16,6 +16,12 @@
 //! Invariants: replies are matched strictly in order against `expects`; a
 //! message is finished (exactly one [`Event::Done`]) when its last expected
 //! reply arrived or its remaining steps were dropped after a refusal.
+//!
+//! Clocks: a server answers pipelined commands in order, so a command's
+//! clock starts when the server could first work on it: when it was written
+//! or when the reply before it arrived, whichever is later. Without that, a
+//! pipelined envelope written with the previous end of data would be charged
+//! the wait for that message's final reply.
 
 use super::reply::{self, Parsed};
 use std::collections::VecDeque;
@@ -31,10 +37,12 @@ pub trait MessageSource {
     fn mail(&self, seq: u64, out: &mut Vec<u8>);
     /// Appends `RCPT TO:<...>\r\n` for recipient `i`.
     fn rcpt(&self, seq: u64, i: u32, out: &mut Vec<u8>);
-    /// Appends the dot-stuffed content and the final `.\r\n`.
-    fn data(&self, seq: u64, out: &mut Vec<u8>);
-    /// Appends `BDAT n [LAST]\r\n` and the n octets of chunk `i`.
-    fn bdat(&self, seq: u64, i: u32, out: &mut Vec<u8>);
+    /// Appends the dot-stuffed content and the final `.\r\n`; `handed` is
+    /// when the content went to the server (for a transit time stamp).
+    fn data(&self, seq: u64, handed: Instant, out: &mut Vec<u8>);
+    /// Appends `BDAT n [LAST]\r\n` and the n octets of chunk `i`; `handed`
+    /// is when the first chunk went to the server.
+    fn bdat(&self, seq: u64, i: u32, handed: Instant, out: &mut Vec<u8>);
 }
 
 /// How the client behaves; fixed for a run.
@@ -59,9 +67,9 @@ pub enum Phase {
     Greeting,
     /// EHLO/HELO sent -> its reply.
     Ehlo,
-    /// MAIL sent -> 354 (DATA) or the last RCPT reply (BDAT).
+    /// MAIL -> 354 (DATA) or the last RCPT reply (BDAT).
     Envelope,
-    /// End of data sent -> final reply.
+    /// End of data (the whole content, or the BDAT LAST chunk) -> final reply.
     Data,
 }
 
@@ -122,8 +130,14 @@ impl Stage {
 pub enum Event {
     /// The server took this long for one phase.
     Latency(Phase, Duration),
+    /// EHLO/HELO was answered: the connection is ready for mail.
+    Ready {
+        /// The server offered PIPELINING and the settings use it.
+        pipelining: bool,
+    },
     /// A message finished: accepted (`ok`) or not. `intended` is when the
-    /// schedule wanted it started (open loop), `started` when MAIL went out.
+    /// schedule wanted it started (open loop; in closed loop the same as
+    /// `started`), `started` when the server could first work on its MAIL.
     Done {
         /// The message's sequence number.
         seq: u64,
@@ -131,7 +145,8 @@ pub enum Event {
         ok: bool,
         /// When the schedule wanted it started.
         intended: Instant,
-        /// When its MAIL went out.
+        /// When the server could first work on its MAIL (written, and every
+        /// reply before it received).
         started: Instant,
         /// When its last reply came (or the connection ended).
         finished: Instant,
@@ -169,6 +184,8 @@ struct Expect {
     step: Step,
     /// The message's sequence number.
     seq: u64,
+    /// When the server could first work on the command: written, and the
+    /// reply before it received.
     sent: Instant,
 }
 
@@ -176,10 +193,12 @@ struct Expect {
 struct InFlight {
     /// The message's sequence number.
     seq: u64,
-    /// When the schedule wanted it started.
-    intended: Instant,
-    /// When its MAIL went out.
+    /// When the schedule wanted it started (open loop only).
+    due: Option<Instant>,
+    /// When the server could first work on its MAIL.
     started: Instant,
+    /// When its content started going out.
+    handed: Option<Instant>,
     /// Steps queued or replies awaited that belong to this message.
     outstanding: u32,
     mail_ok: bool,
@@ -293,13 +312,14 @@ impl ClientSession {
             && (!s.bdat || self.chunking)
     }
 
-    /// Starts message `seq`; `intended` is its scheduled start.
+    /// Starts message `seq`; `due` is its scheduled start in an open loop
+    /// (`None`: closed loop, measured from when the server could start it).
     pub fn start(
         &mut self,
         s: &ClientSettings,
         src: &dyn MessageSource,
         seq: u64,
-        intended: Instant,
+        due: Option<Instant>,
         now: Instant,
         out: &mut Vec<u8>,
     ) {
@@ -321,8 +341,9 @@ impl ClientSession {
         }
         self.inflight.push_back(InFlight {
             seq,
-            intended,
+            due,
             started: now,
+            handed: None,
             outstanding: steps,
             mail_ok: false,
             rcpt_ok: 0,
@@ -353,13 +374,7 @@ impl ClientSession {
             events.push(Event::Error { stage, code: 0 });
         }
         for m in self.inflight.drain(..) {
-            events.push(Event::Done {
-                seq: m.seq,
-                ok: false,
-                intended: m.intended,
-                started: m.started,
-                finished: now,
-            });
+            events.push(m.done(false, now));
         }
         self.queue.clear();
         self.expects.clear();
@@ -474,6 +489,9 @@ impl ClientSession {
                 self.pipelining = false;
             }
             self.conn = Conn::Ready;
+            events.push(Event::Ready {
+                pipelining: self.pipelining,
+            });
         } else {
             events.push(Event::Error {
                 stage: Stage::Ehlo,
@@ -500,6 +518,7 @@ impl ClientSession {
             });
             return self.closed(None, now, events);
         };
+        self.next_may_start(now);
         if code == 421 {
             // The server is closing: whatever was awaited has failed.
             events.push(Event::Error {
@@ -544,13 +563,7 @@ impl ClientSession {
         }
         if self.inflight.get(idx).is_some_and(|m| m.outstanding == 0) {
             if let Some(m) = self.inflight.remove(idx) {
-                events.push(Event::Done {
-                    seq: m.seq,
-                    ok: finished_ok && !m.failed,
-                    intended: m.intended,
-                    started: m.started,
-                    finished: now,
-                });
+                events.push(m.done(finished_ok && !m.failed, now));
             }
         }
     }
@@ -649,6 +662,22 @@ impl ClientSession {
         after
     }
 
+    /// The reply before the oldest awaited command arrived: the server can
+    /// work on that command from now on, so its clock (and, for a MAIL, its
+    /// message's) starts no earlier.
+    fn next_may_start(&mut self, now: Instant) {
+        let Some(next) = self.expects.front_mut() else {
+            return;
+        };
+        next.sent = next.sent.max(now);
+        if next.step == Step::Mail {
+            let seq = next.seq;
+            if let Some(m) = self.inflight.iter_mut().find(|m| m.seq == seq) {
+                m.started = m.started.max(now);
+            }
+        }
+    }
+
     /// Writes queued commands as far as the mode allows.
     fn pump(&mut self, src: &dyn MessageSource, now: Instant, out: &mut Vec<u8>) {
         if !matches!(self.conn, Conn::Ready | Conn::Quitting) {
@@ -677,8 +706,16 @@ impl ClientSession {
                     out.extend_from_slice(b"DATA\r\n");
                     self.awaiting_354 = true;
                 }
-                Step::Body => src.data(seq, out),
-                Step::Bdat(i) => src.bdat(seq, i, out),
+                Step::Body | Step::Bdat(_) => {
+                    let handed = match self.inflight.iter_mut().find(|m| m.seq == seq) {
+                        Some(m) => *m.handed.get_or_insert(now),
+                        None => now,
+                    };
+                    match step {
+                        Step::Bdat(i) => src.bdat(seq, i, handed, out),
+                        _ => src.data(seq, handed, out),
+                    }
+                }
                 Step::Rset => out.extend_from_slice(b"RSET\r\n"),
                 // Written on the greeting, never queued.
                 Step::Hello => {}
@@ -692,6 +729,18 @@ impl ClientSession {
                 seq,
                 sent: now,
             });
+        }
+    }
+}
+
+impl InFlight {
+    fn done(&self, ok: bool, finished: Instant) -> Event {
+        Event::Done {
+            seq: self.seq,
+            ok,
+            intended: self.due.unwrap_or(self.started),
+            started: self.started,
+            finished,
         }
     }
 }

@@ -37,10 +37,10 @@ impl MessageSource for Fixed {
     fn rcpt(&self, _seq: u64, i: u32, out: &mut Vec<u8>) {
         out.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
     }
-    fn data(&self, _seq: u64, out: &mut Vec<u8>) {
+    fn data(&self, _seq: u64, _handed: Instant, out: &mut Vec<u8>) {
         dot::stuff(&self.body, out);
     }
-    fn bdat(&self, _seq: u64, i: u32, out: &mut Vec<u8>) {
+    fn bdat(&self, _seq: u64, i: u32, _handed: Instant, out: &mut Vec<u8>) {
         let start = i as usize * self.chunk;
         let end = (start + self.chunk).min(self.body.len());
         let last = if i + 1 == self.chunks() { " LAST" } else { "" };
@@ -83,7 +83,7 @@ fn run(cs: &ClientSettings, src: &Fixed, n: u64) -> Run {
         let used = client.on_input(cs, src, &to_client, t, &mut to_server, &mut events);
         to_client.drain(..used);
         while next < n && client.can_start(cs) {
-            client.start(cs, src, next, t, t, &mut to_server);
+            client.start(cs, src, next, None, t, &mut to_server);
             next += 1;
         }
         if next == n && client.is_idle() {
@@ -175,7 +175,7 @@ fn scripted(cs: &ClientSettings, src: &Fixed, replies: &[&str]) -> (String, Vec<
     for r in replies {
         c.on_input(cs, src, r.as_bytes(), t, &mut out, &mut events);
         if !started && c.can_start(cs) {
-            c.start(cs, src, 0, t, t, &mut out);
+            c.start(cs, src, 0, None, t, &mut out);
             started = true;
         }
     }
@@ -295,8 +295,8 @@ fn pipelined_data_sends_the_next_envelope_with_the_end_of_data() {
     let (mut c, t) = greeted_with_pipelining(&cs, &src);
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     out.clear();
-    c.start(&cs, &src, 0, t, t, &mut out);
-    c.start(&cs, &src, 1, t, t, &mut out);
+    c.start(&cs, &src, 0, None, t, &mut out);
+    c.start(&cs, &src, 1, None, t, &mut out);
     assert!(
         !c.can_start(&cs),
         "two in flight: one in data, one envelope"
@@ -329,4 +329,83 @@ fn pipelined_data_sends_the_next_envelope_with_the_end_of_data() {
     );
     assert_eq!(done(&ev), (1, 0));
     assert!(c.can_start(&cs));
+}
+
+/// The phase latencies and message times in `events`, in order.
+fn latencies(events: &[Event], phase: Phase) -> Vec<Duration> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Latency(p, d) if *p == phase => Some(*d),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_pipelined_envelope_is_not_charged_the_previous_final_reply() {
+    // The server takes D over each end of data and nothing over the rest.
+    // Message 1's envelope rides with message 0's end of data, but the
+    // server can only work on it once message 0's final reply is out.
+    let d = Duration::from_millis(200);
+    let ms = Duration::from_millis(1);
+    for (name, cs) in [
+        ("pipelined data", settings(true, true, false, 1)),
+        ("bdat window 2", settings(true, true, true, 2)),
+    ] {
+        let src = Fixed::new(1, 1000);
+        let t = Instant::now();
+        let mut c = ClientSession::new(t);
+        let (mut out, mut ev) = (Vec::new(), Vec::new());
+        let greeting = b"220 hi\r\n250-srv\r\n250-CHUNKING\r\n250 PIPELINING\r\n";
+        c.on_input(&cs, &src, greeting, t, &mut out, &mut ev);
+        ev.clear();
+        c.start(&cs, &src, 0, None, t, &mut out);
+        c.start(&cs, &src, 1, None, t, &mut out);
+        let first: &[u8] = if cs.bdat {
+            b"250 a\r\n250 b\r\n"
+        } else {
+            b"250 a\r\n250 b\r\n354 go\r\n"
+        };
+        c.on_input(&cs, &src, first, t + ms, &mut out, &mut ev);
+        let second: &[u8] = if cs.bdat {
+            b"250 queued\r\n250 a\r\n250 b\r\n"
+        } else {
+            b"250 queued\r\n250 a\r\n250 b\r\n354 go\r\n"
+        };
+        c.on_input(&cs, &src, second, t + ms + d, &mut out, &mut ev);
+        c.on_input(
+            &cs,
+            &src,
+            b"250 queued\r\n",
+            t + ms + d + d,
+            &mut out,
+            &mut ev,
+        );
+        assert_eq!(
+            latencies(&ev, Phase::Envelope),
+            [ms, Duration::ZERO],
+            "{name}"
+        );
+        // With BDAT the chunk went out with the envelope: its clock starts
+        // when the RCPT reply before it arrived.
+        assert_eq!(latencies(&ev, Phase::Data), [d, d], "{name}");
+        let messages: Vec<Duration> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Done {
+                    ok: true,
+                    intended,
+                    finished,
+                    ..
+                } => Some(*finished - *intended),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            messages,
+            [ms + d, d],
+            "{name}: closed loop, from when each could start"
+        );
+    }
 }
