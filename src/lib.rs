@@ -30,8 +30,10 @@
 
 pub mod completion;
 pub mod config;
+pub mod histlog;
 pub mod net;
 pub mod proto;
 pub mod reactor;
+pub mod run_summary;
 pub mod sink;
 pub mod stats;

@@ -30,6 +30,31 @@ pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
+/// Microseconds in a short human unit: `850us`, `12.40ms`, `3.02s`.
+pub fn fmt_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1000 {
+        format!("{:.2}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// A histogram's count and percentiles in microseconds, for JSON reports.
+pub fn histogram_json(h: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "count": h.len(),
+        "min_us": h.min(),
+        "p50_us": h.value_at_quantile(0.5),
+        "p90_us": h.value_at_quantile(0.9),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+        "mean_us": h.mean(),
+    })
+}
+
 /// Plain counters; `Copy` so an interval line can diff two snapshots.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
@@ -163,6 +188,28 @@ impl Stats {
             c.replies[5],
             self.latency.value_at_quantile(0.99),
         )
+    }
+
+    /// The final statistics as JSON (`--json`).
+    pub fn json(&self, elapsed: Duration) -> serde_json::Value {
+        let c = &self.counters;
+        serde_json::json!({
+            "elapsed_s": elapsed.as_secs_f64(),
+            "counters": {
+                "connections": c.connections,
+                "connections_refused": c.connections_refused,
+                "timeouts": c.timeouts,
+                "transactions": c.transactions,
+                "messages": c.messages,
+                "messages_rejected": c.messages_rejected,
+                "recipients": c.recipients,
+                "body_bytes": c.body_bytes,
+                "replies": {"2xx": c.replies[2], "3xx": c.replies[3], "4xx": c.replies[4], "5xx": c.replies[5]},
+                "bytes_in": c.io.bytes_in,
+                "bytes_out": c.io.bytes_out,
+            },
+            "latency": histogram_json(&self.latency),
+        })
     }
 
     /// The final report printed at shutdown.
