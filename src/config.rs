@@ -101,6 +101,30 @@ pub struct Config {
     #[arg(long)]
     pub verify: bool,
 
+    /// smtpload's run summary (its `--summary FILE`); implies --verify. The
+    /// sink reads it once it appears, counts every message the run
+    /// acknowledged that never arrived, and stops by itself when all have
+    /// arrived or none came for --linger seconds (the missing ones are then
+    /// lost; stopped earlier by a signal, they count as in flight).
+    #[arg(long, value_name = "FILE")]
+    pub run_summary: Option<std::path::PathBuf>,
+
+    /// With --run-summary: how long to wait, after the summary appeared and
+    /// after the last message of the run arrived, before the missing ones
+    /// count as lost.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub linger: Duration,
+
+    /// Write the final statistics (and the verify figures) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+
+    /// Write the transit latency of verified messages (smtpload's send stamp
+    /// to end of data here) every second to FILE, an `HdrHistogram`
+    /// interval log; implies --verify.
+    #[arg(long, value_name = "FILE")]
+    pub transit_log: Option<std::path::PathBuf>,
+
     /// After a turn with work, poll this many times without sleeping before
     /// the loop sleeps: a few microseconds of CPU per turn that spare clients
     /// the cost of waking the server for their next request. Raises msgs/s
@@ -140,6 +164,11 @@ impl Config {
     /// How long messages in progress may take at shutdown.
     pub fn grace(&self) -> Duration {
         Duration::from_secs(self.grace)
+    }
+
+    /// Whether the verify sink is wanted (asked for, or implied).
+    pub fn verifying(&self) -> bool {
+        self.verify || self.run_summary.is_some() || self.transit_log.is_some()
     }
 
     /// How often to print a statistics line, if at all.

@@ -5,10 +5,14 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use smtpsink::config::Config;
-use smtpsink::reactor::Server;
+use smtpsink::histlog::HistLog;
+use smtpsink::reactor::{Server, ShutdownHandle};
+use smtpsink::run_summary::RunSummary;
+use smtpsink::sink::verify::RunState;
 use smtpsink::sink::{Discard, Sink, Summary, Verify};
 use smtpsink::stats::Counters;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -22,14 +26,159 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &Config) -> Result<(), String> {
-    if config.verify {
+    if config.verifying() {
+        let watch = VerifyWatch::new(config)?;
         serve(
             config,
             Verify::default(),
             "discarding mail, verifying smtpload headers",
+            watch,
         )
     } else {
-        serve(config, Discard::default(), "discarding mail")
+        serve(config, Discard::default(), "discarding mail", NoWatch)
+    }
+}
+
+/// What a sink does on the loop's tick beyond the interval line, and what
+/// it adds to `--json`.
+trait Watch<S>: Send + 'static {
+    /// How often [`Watch::tick`] wants to run, if at all.
+    fn every(&self) -> Option<Duration>;
+    /// Housekeeping; true asks the server to stop.
+    fn tick(&mut self, sink: &mut S, now: SystemTime) -> bool;
+    /// The sink's part of the JSON report.
+    fn json(sink: &S) -> serde_json::Value;
+}
+
+struct NoWatch;
+
+impl Watch<Discard> for NoWatch {
+    fn every(&self) -> Option<Duration> {
+        None
+    }
+    fn tick(&mut self, _: &mut Discard, _: SystemTime) -> bool {
+        false
+    }
+    fn json(_: &Discard) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// The verify sink's chores: read the run summary when it appears, stop
+/// when the run is complete or quiet, write the transit log.
+struct VerifyWatch {
+    summary: Option<std::path::PathBuf>,
+    loaded: bool,
+    complained: bool,
+    linger: Duration,
+    log: Option<(HistLog, SystemTime)>,
+    last_log: SystemTime,
+}
+
+impl VerifyWatch {
+    fn new(config: &Config) -> Result<Self, String> {
+        let start = SystemTime::now();
+        let log = match &config.transit_log {
+            Some(p) => Some((
+                HistLog::create(
+                    p,
+                    "smtpsink transit latency (X-Smtpload-Sent to end of data), microseconds",
+                    start,
+                )
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?,
+                start,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            summary: config.run_summary.clone(),
+            loaded: false,
+            complained: false,
+            linger: config.linger,
+            log,
+            last_log: start,
+        })
+    }
+
+    fn load(&mut self, sink: &mut Verify, now: SystemTime) {
+        let Some(path) = &self.summary else { return };
+        // smtpload writes it atomically (a rename), so a file that is there
+        // is whole; until it is there, keep looking.
+        let Ok(text) = std::fs::read(path) else {
+            return;
+        };
+        match RunSummary::parse(&text) {
+            Ok(s) => {
+                eprintln!(
+                    "smtpsink: run {:016x}: {} messages acknowledged, waiting for them",
+                    s.run,
+                    s.acknowledged()
+                );
+                sink.expect(s, now);
+                self.loaded = true;
+            }
+            Err(e) if !self.complained => {
+                eprintln!("smtpsink: cannot use {}: {e}", path.display());
+                self.complained = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl VerifyWatch {
+    /// Whether the expected run is done with: complete, or quiet for the
+    /// linger time (then its missing messages are lost).
+    fn stop_now(&self, sink: &mut Verify, now: SystemTime) -> bool {
+        match sink.run_state(now, self.linger) {
+            RunState::Waiting => false,
+            RunState::Complete => {
+                eprintln!("smtpsink: every acknowledged message arrived; stopping");
+                true
+            }
+            RunState::Quiet => {
+                eprintln!(
+                    "smtpsink: nothing arrived for {:.1}s; the missing messages count as lost",
+                    self.linger.as_secs_f64()
+                );
+                sink.finish(true);
+                true
+            }
+        }
+    }
+}
+
+impl Watch<Verify> for VerifyWatch {
+    fn every(&self) -> Option<Duration> {
+        (self.summary.is_some() || self.log.is_some()).then_some(Duration::from_millis(100))
+    }
+
+    fn tick(&mut self, sink: &mut Verify, now: SystemTime) -> bool {
+        let stop = self.loaded && self.stop_now(sink, now);
+        if !self.loaded {
+            self.load(sink, now);
+        }
+        if let Some((log, start)) = &mut self.log {
+            let since = now.duration_since(self.last_log).unwrap_or_default();
+            // Each second, and the last part when stopping.
+            if since >= Duration::from_secs(1) || stop {
+                let offset = self.last_log.duration_since(*start).unwrap_or_default();
+                let h = sink.take_interval();
+                if let Err(e) = log
+                    .write("transit", offset, since, &h)
+                    .and_then(|()| log.flush())
+                {
+                    eprintln!("smtpsink: cannot write the transit log: {e}");
+                    self.log = None;
+                }
+                self.last_log = now;
+            }
+        }
+        stop
+    }
+
+    fn json(sink: &Verify) -> serde_json::Value {
+        sink.json()
     }
 }
 
@@ -47,19 +196,51 @@ fn raise_fd_limit(config: &Config) {
     }
 }
 
-fn serve<S: Sink + Summary>(config: &Config, sink: S, what: &str) -> Result<(), String> {
+/// The tick: the interval line every `--stats-interval`, the sink's chores
+/// as often as they want.
+fn install_tick<S: Sink + 'static, W: Watch<S>>(
+    server: &mut Server<S>,
+    config: &Config,
+    mut watch: W,
+    handle: ShutdownHandle,
+) {
+    let interval = config.stats_interval();
+    let Some(every) = [interval, watch.every()].into_iter().flatten().min() else {
+        return;
+    };
+    let mut prev = Counters::default();
+    let mut last_line = Duration::ZERO;
+    let mut stopping = false;
+    server.on_tick(
+        every,
+        Box::new(move |stats, sink, elapsed| {
+            if let Some(i) = interval {
+                if elapsed.saturating_sub(last_line) >= i {
+                    eprintln!(
+                        "{}",
+                        stats.interval_line(&prev, elapsed, elapsed.saturating_sub(last_line))
+                    );
+                    prev = stats.counters;
+                    last_line = elapsed;
+                }
+            }
+            if !stopping && watch.tick(sink, SystemTime::now()) {
+                stopping = true;
+                handle.request();
+            }
+        }),
+    );
+}
+
+fn serve<S, W>(config: &Config, sink: S, what: &str, watch: W) -> Result<(), String>
+where
+    S: Sink + Summary + Send + 'static,
+    W: Watch<S>,
+{
     raise_fd_limit(config);
     let mut server = Server::from_config(config, sink).map_err(|e| e.to_string())?;
-    if let Some(every) = config.stats_interval() {
-        let mut prev = Counters::default();
-        server.on_tick(
-            every,
-            Box::new(move |stats, elapsed| {
-                eprintln!("{}", stats.interval_line(&prev, elapsed, every));
-                prev = stats.counters;
-            }),
-        );
-    }
+    let handle = server.shutdown_handle();
+    install_tick(&mut server, config, watch, handle.clone());
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
@@ -71,7 +252,6 @@ fn serve<S: Sink + Summary>(config: &Config, sink: S, what: &str) -> Result<(), 
     // reactor only ever sees its own waker.
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let handle = server.shutdown_handle();
     std::thread::spawn(move || {
         for _ in signals.forever() {
             handle.request();
@@ -83,5 +263,11 @@ fn serve<S: Sink + Summary>(config: &Config, sink: S, what: &str) -> Result<(), 
         .map_err(|e| format!("event loop failed: {e}"))?;
     print!("{}", report.stats.summary(report.elapsed));
     print!("{}", report.sink.summary());
+    if let Some(path) = &config.json {
+        let mut j = report.stats.json(report.elapsed);
+        j["verify"] = W::json(&report.sink);
+        std::fs::write(path, j.to_string() + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     Ok(())
 }

@@ -129,14 +129,15 @@ impl From<&Config> for Limits {
     }
 }
 
-/// Called every `every` with the loop's statistics and the time since start
-/// (interval lines, and later metrics and per-loop aggregation).
-pub type TickHook = Box<dyn FnMut(&Stats, Duration) + Send>;
+/// Called every `every` with the loop's statistics, its sink and the time
+/// since start (interval lines, a sink's own housekeeping, later metrics and
+/// per-loop aggregation).
+pub type TickHook<S> = Box<dyn FnMut(&Stats, &mut S, Duration) + Send>;
 
-struct Tick {
+struct Tick<S> {
     every: Duration,
     next: Instant,
-    hook: TickHook,
+    hook: TickHook<S>,
 }
 
 /// Which deadline to arm after an event.
@@ -203,7 +204,7 @@ pub struct Server<S: Sink> {
     waker: Arc<Waker>,
     /// Set once a graceful shutdown began: the moment the grace period ends.
     draining_until: Option<Instant>,
-    tick: Option<Tick>,
+    tick: Option<Tick<S>>,
 }
 
 /// The session id of connection `key`'s `serial`-th session (see [`SessionId`]).
@@ -309,7 +310,7 @@ impl<S: Sink> Server<S> {
     }
 
     /// Calls `hook` every `every` from the loop's thread.
-    pub fn on_tick(&mut self, every: Duration, hook: TickHook) {
+    pub fn on_tick(&mut self, every: Duration, hook: TickHook<S>) {
         self.tick = Some(Tick {
             every,
             next: timer::now() + every,
@@ -459,7 +460,7 @@ impl<S: Sink> Server<S> {
     fn fire_tick(&mut self, now: Instant, started: Instant) {
         if let Some(t) = self.tick.as_mut() {
             if now >= t.next {
-                (t.hook)(&self.stats, now - started);
+                (t.hook)(&self.stats, &mut self.sink, now - started);
                 t.next = now + t.every;
             }
         }

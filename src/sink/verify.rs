@@ -1,18 +1,31 @@
 //! The verify sink (`--verify`): checks the integrity headers smtpload puts
 //! in every message, so a load run through an MTA under test shows whether
-//! it lost, duplicated or mangled anything (dot-stuffing, 8-bit, wrapping).
+//! it lost, duplicated or mangled anything (dot-stuffing, 8-bit, wrapping),
+//! and how long each message took to come through.
 //!
-//! smtpload writes `X-Smtpload-Run: <hex>`, `X-Smtpload-Seq: <decimal>` and
-//! `X-Smtpload-Hash: crc32:<hex>` (CRC-32 of the body: everything after the
-//! first empty line). Headers an MTA adds (Received:) do not matter; a body
-//! that differs does. Sequence numbers are tracked per run in a bit set:
-//! a number seen twice is a duplicate, a gap below the highest is lost.
-//! Only the header block is copied (at most [`MAX_HEADER`] bytes); the body
-//! is hashed as it streams past.
+//! smtpload writes `X-Smtpload-Run: <hex>`, `X-Smtpload-Seq: <decimal>`,
+//! `X-Smtpload-Sent: <ns since the Unix epoch>` (when it handed the content
+//! to the server) and `X-Smtpload-Hash: crc32:<hex>` (CRC-32 of the body:
+//! everything after the first empty line). Headers an MTA adds (Received:)
+//! do not matter; a body that differs does. Sequence numbers are tracked per
+//! run in a bit set: a number seen twice is a duplicate. Transit time is the
+//! wall clock at the end of data minus the stamp (same host: one clock).
+//!
+//! Losses: given the run's summary ([`Verify::expect`], from smtpload's
+//! `--summary`), every acknowledged sequence number that never arrived is
+//! missing — lost once the sink has waited long enough ([`Verify::finish`]
+//! with `lost`), else still in flight. Without a summary only gaps below the
+//! highest number seen can be counted. Only the header block is copied (at
+//! most [`MAX_HEADER`] bytes); the body is hashed as it streams past.
 
 use super::{Discard, SessionId, Sink, Summary, Verdict};
+use crate::run_summary::RunSummary;
+use crate::stats::{fmt_us, histogram, histogram_json, micros};
+use hdrhistogram::Histogram;
 use memchr::memmem;
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
 
 /// Header blocks longer than this are not searched: the message counts as
 /// unverifiable.
@@ -30,6 +43,8 @@ struct Msg {
     run: Option<u64>,
     seq: Option<u64>,
     want: Option<u32>,
+    /// `X-Smtpload-Sent`, nanoseconds since the epoch.
+    sent: Option<u64>,
     crc: crc32fast::Hasher,
 }
 
@@ -39,6 +54,9 @@ struct Seen {
     bits: Vec<u64>,
     unique: u64,
     max: Option<u64>,
+    /// First and last arrival, since the epoch.
+    first: Option<Duration>,
+    last: Option<Duration>,
 }
 
 impl Seen {
@@ -60,13 +78,38 @@ impl Seen {
         true
     }
 
-    fn lost(&self) -> u64 {
+    fn has(&self, seq: u64) -> bool {
+        self.bits
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
+    fn gaps(&self) -> u64 {
         self.max.map_or(0, |m| m + 1 - self.unique)
     }
 }
 
+/// A run whose summary is known.
+struct Expected {
+    summary: RunSummary,
+    /// When the summary was read, since the epoch.
+    known_at: Duration,
+    /// Acknowledged messages that arrived.
+    delivered: u64,
+}
+
+/// How a run with a known summary stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// No summary yet, or messages still missing and arriving.
+    Waiting,
+    /// Every acknowledged message arrived.
+    Complete,
+    /// Messages are missing and none arrived for the linger time.
+    Quiet,
+}
+
 /// Counts like [`Discard`] and checks every message it is given.
-#[derive(Default)]
 pub struct Verify {
     /// What a discard sink would count.
     pub counts: Discard,
@@ -78,14 +121,131 @@ pub struct Verify {
     pub duplicated: u64,
     /// Messages without (readable) smtpload headers.
     pub unverifiable: u64,
+    /// Transit time of every verified message, in microseconds.
+    pub transit: Histogram<u64>,
+    /// The same since [`Verify::take_interval`] was last called.
+    interval: Histogram<u64>,
+    /// Stamps later than the arrival (clocks apart): recorded as 0.
+    pub skewed: u64,
     sessions: HashMap<SessionId, Msg>,
     runs: HashMap<u64, Seen>,
+    expected: Option<Expected>,
+    /// Set by [`Verify::finish`]: missing messages count as lost.
+    missing_are_lost: bool,
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        Self {
+            counts: Discard::default(),
+            intact: 0,
+            corrupted: 0,
+            duplicated: 0,
+            unverifiable: 0,
+            transit: histogram(),
+            interval: histogram(),
+            skewed: 0,
+            sessions: HashMap::new(),
+            runs: HashMap::new(),
+            expected: None,
+            missing_are_lost: false,
+        }
+    }
+}
+
+fn since_epoch(t: SystemTime) -> Duration {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()
 }
 
 impl Verify {
-    /// Sequence numbers missing below the highest one seen, over all runs.
+    /// Lost messages: with a run summary, acknowledged ones that never
+    /// arrived once [`Verify::finish`] said so; for other runs the gaps below
+    /// the highest sequence number seen.
     pub fn lost(&self) -> u64 {
-        self.runs.values().map(Seen::lost).sum()
+        let expected_run = self.expected.as_ref().map(|e| e.summary.run);
+        let gaps: u64 = self
+            .runs
+            .iter()
+            .filter(|(run, _)| Some(**run) != expected_run)
+            .map(|(_, s)| s.gaps())
+            .sum();
+        gaps + if self.missing_are_lost {
+            self.missing()
+        } else {
+            0
+        }
+    }
+
+    /// Acknowledged messages of the expected run that have not arrived
+    /// (and have not yet been declared lost).
+    pub fn in_flight(&self) -> u64 {
+        if self.missing_are_lost {
+            0
+        } else {
+            self.missing()
+        }
+    }
+
+    /// Acknowledged messages of the expected run that have not arrived.
+    fn missing(&self) -> u64 {
+        self.expected
+            .as_ref()
+            .map_or(0, |e| e.summary.acknowledged() - e.delivered)
+    }
+
+    /// Messages of the expected run that arrived although the run did not
+    /// count them as acknowledged (refused, or timed out at the client).
+    pub fn unacknowledged(&self) -> u64 {
+        self.expected.as_ref().map_or(0, |e| {
+            let unique = self.runs.get(&e.summary.run).map_or(0, |s| s.unique);
+            unique - e.delivered
+        })
+    }
+
+    /// The run's summary is known (read at `now`): from now on its missing
+    /// messages are counted exactly.
+    pub fn expect(&mut self, summary: RunSummary, now: SystemTime) {
+        let seen = self.runs.entry(summary.run).or_default();
+        let delivered = summary
+            .acked
+            .iter()
+            .map(|&(a, b)| (a..=b).filter(|s| seen.has(*s)).count() as u64)
+            .sum();
+        self.expected = Some(Expected {
+            summary,
+            known_at: since_epoch(now),
+            delivered,
+        });
+    }
+
+    /// Whether the expected run is complete, or has been quiet for `linger`.
+    pub fn run_state(&self, now: SystemTime, linger: Duration) -> RunState {
+        let Some(e) = &self.expected else {
+            return RunState::Waiting;
+        };
+        if e.delivered == e.summary.acknowledged() {
+            return RunState::Complete;
+        }
+        let last = self.runs.get(&e.summary.run).and_then(|s| s.last);
+        let since = last.map_or(e.known_at, |l| l.max(e.known_at));
+        if since_epoch(now).saturating_sub(since) >= linger {
+            RunState::Quiet
+        } else {
+            RunState::Waiting
+        }
+    }
+
+    /// The sink stops: messages still missing are lost (`lost`, after the
+    /// linger) or were in flight (stopped before that).
+    pub fn finish(&mut self, lost: bool) {
+        self.missing_are_lost = lost;
+    }
+
+    /// The transit times since the last call (for an interval log).
+    pub fn take_interval(&mut self) -> Histogram<u64> {
+        let h = self.interval.clone();
+        self.interval.reset();
+        h
     }
 
     fn parse_head(m: &mut Msg, head: &[u8]) {
@@ -100,12 +260,74 @@ impl Verify {
                 m.seq = value.parse().ok();
             } else if name.eq_ignore_ascii_case(b"X-Smtpload-Run") {
                 m.run = u64::from_str_radix(value, 16).ok();
+            } else if name.eq_ignore_ascii_case(b"X-Smtpload-Sent") {
+                m.sent = value.parse().ok();
             } else if name.eq_ignore_ascii_case(b"X-Smtpload-Hash") {
                 m.want = value
                     .strip_prefix("crc32:")
                     .and_then(|h| u32::from_str_radix(h, 16).ok());
             }
         }
+    }
+
+    fn arrived(&mut self, run: u64, seq: u64, sent: Option<u64>, now: Duration) {
+        if let Some(sent) = sent {
+            let sent = Duration::from_nanos(sent);
+            if sent > now {
+                self.skewed += 1;
+            }
+            let us = micros(now.saturating_sub(sent));
+            self.transit.saturating_record(us);
+            self.interval.saturating_record(us);
+        }
+        let tracked = self.runs.len() < MAX_RUNS || self.runs.contains_key(&run);
+        if !tracked {
+            return;
+        }
+        let seen = self.runs.entry(run).or_default();
+        seen.first.get_or_insert(now);
+        seen.last = Some(now);
+        if !seen.mark(seq) {
+            self.duplicated += 1;
+        } else if let Some(e) = self.expected.as_mut() {
+            if e.summary.run == run && e.summary.contains(seq) {
+                e.delivered += 1;
+            }
+        }
+    }
+
+    /// The verify figures as JSON (`smtpsink --json`).
+    pub fn json(&self) -> serde_json::Value {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let (expected, complete, first, last) = if let Some(e) = &self.expected {
+            let seen = self.runs.get(&e.summary.run);
+            (
+                Some(e.summary.acknowledged()),
+                Some(e.delivered == e.summary.acknowledged()),
+                secs(seen.and_then(|s| s.first)),
+                secs(seen.and_then(|s| s.last)),
+            )
+        } else {
+            let first = self.runs.values().filter_map(|s| s.first).min();
+            let last = self.runs.values().filter_map(|s| s.last).max();
+            (None, None, secs(first), secs(last))
+        };
+        serde_json::json!({
+            "intact": self.intact,
+            "corrupted": self.corrupted,
+            "duplicated": self.duplicated,
+            "lost": self.lost(),
+            "in_flight": self.in_flight(),
+            "unacknowledged": self.unacknowledged(),
+            "unverifiable": self.unverifiable,
+            "expected": expected,
+            "complete": complete,
+            "run": self.expected.as_ref().map(|e| format!("{:016x}", e.summary.run)),
+            "first_arrival_unix": first,
+            "last_arrival_unix": last,
+            "transit": histogram_json(&self.transit),
+            "clock_skewed": self.skewed,
+        })
     }
 }
 
@@ -121,6 +343,7 @@ impl Sink for Verify {
         m.run = None;
         m.seq = None;
         m.want = None;
+        m.sent = None;
         m.crc = crc32fast::Hasher::new();
     }
 
@@ -157,22 +380,19 @@ impl Sink for Verify {
             return Verdict::Accepted;
         };
         let crc = std::mem::take(&mut m.crc).finalize();
-        match (m.seq, m.want, m.in_head) {
-            (Some(seq), Some(want), false) if seq <= MAX_SEQ => {
+        let found = (m.seq, m.want, m.in_head, m.run.unwrap_or(0), m.sent);
+        m.in_head = false;
+        match found {
+            (Some(seq), Some(want), false, run, sent) if seq <= MAX_SEQ => {
                 if crc == want {
                     self.intact += 1;
                 } else {
                     self.corrupted += 1;
                 }
-                let run = m.run.unwrap_or(0);
-                let tracked = self.runs.len() < MAX_RUNS || self.runs.contains_key(&run);
-                if tracked && !self.runs.entry(run).or_default().mark(seq) {
-                    self.duplicated += 1;
-                }
+                self.arrived(run, seq, sent, since_epoch(SystemTime::now()));
             }
             _ => self.unverifiable += 1,
         }
-        m.in_head = false;
         Verdict::Accepted
     }
 
@@ -190,14 +410,48 @@ impl Sink for Verify {
 
 impl Summary for Verify {
     fn summary(&self) -> String {
-        format!(
-            "  verify         intact={} corrupted={} duplicated={} lost={} unverifiable={}\n",
+        let mut s = format!(
+            "  verify         intact={} corrupted={} duplicated={} lost={} in_flight={} unverifiable={}\n",
             self.intact,
             self.corrupted,
             self.duplicated,
             self.lost(),
+            self.in_flight(),
             self.unverifiable
-        )
+        );
+        let h = &self.transit;
+        if !h.is_empty() {
+            let _ = writeln!(
+                s,
+                "  transit        n={} min={} p50={} p90={} p99={} p99.9={} max={}  (X-Smtpload-Sent to end of data)",
+                h.len(),
+                fmt_us(h.min()),
+                fmt_us(h.value_at_quantile(0.5)),
+                fmt_us(h.value_at_quantile(0.9)),
+                fmt_us(h.value_at_quantile(0.99)),
+                fmt_us(h.value_at_quantile(0.999)),
+                fmt_us(h.max()),
+            );
+        }
+        if let Some(e) = &self.expected {
+            let _ = writeln!(
+                s,
+                "  run {:016x} acknowledged={} delivered={} missing={} ({}) arrived-unacknowledged={}",
+                e.summary.run,
+                e.summary.acknowledged(),
+                e.delivered,
+                self.missing(),
+                if self.missing() == 0 {
+                    "complete"
+                } else if self.missing_are_lost {
+                    "lost: none arrived for the linger time"
+                } else {
+                    "in flight: the sink stopped first"
+                },
+                self.unacknowledged()
+            );
+        }
+        s
     }
 }
 
@@ -250,6 +504,73 @@ mod tests {
         assert_eq!(v.counts.messages, 6);
         assert!(v
             .summary()
-            .contains("intact=4 corrupted=1 duplicated=1 lost=2 unverifiable=1"));
+            .contains("intact=4 corrupted=1 duplicated=1 lost=2 in_flight=0 unverifiable=1"));
+    }
+
+    #[test]
+    fn a_run_summary_makes_losses_at_the_end_exact() {
+        let body = b"b\r\n";
+        let good = crc32fast::hash(body);
+        let mut v = Verify::default();
+        // The run acknowledged 0..=9 except 3 (refused by the relay, which
+        // delivered it anyway); the relay lost 8 and 9, the last two.
+        for seq in [0, 1, 2, 3, 4, 5, 6, 7, 1] {
+            deliver(&mut v, 1, &msg("5eed", seq, body, good), 64);
+        }
+        assert_eq!(
+            v.lost(),
+            0,
+            "no gap below the highest: invisible without a summary"
+        );
+        let t0 = SystemTime::now();
+        v.expect(
+            RunSummary {
+                run: 0x5eed,
+                started_unix: 0.0,
+                ended_unix: 0.0,
+                failed: 1,
+                acked: vec![(0, 2), (4, 9)],
+            },
+            t0,
+        );
+        let linger = Duration::from_secs(5);
+        assert_eq!(v.run_state(t0, linger), RunState::Waiting);
+        assert_eq!((v.in_flight(), v.lost()), (2, 0));
+        assert_eq!(v.unacknowledged(), 1);
+        assert_eq!(v.duplicated, 1);
+        // Message 8 arrives after the summary; 9 never does.
+        deliver(&mut v, 2, &msg("5eed", 8, body, good), 64);
+        assert_eq!(v.in_flight(), 1);
+        let later = SystemTime::now() + linger;
+        assert_eq!(v.run_state(later, linger), RunState::Quiet);
+        v.finish(true);
+        assert_eq!((v.in_flight(), v.lost()), (0, 1));
+        assert!(v
+            .summary()
+            .contains("acknowledged=9 delivered=8 missing=1 (lost"));
+        let j = v.json();
+        assert_eq!(j["expected"], 9);
+        assert_eq!(j["complete"], false);
+        assert_eq!(j["lost"], 1);
+        deliver(&mut v, 2, &msg("5eed", 9, body, good), 64);
+        assert_eq!(v.run_state(later, linger), RunState::Complete);
+    }
+
+    #[test]
+    fn transit_is_measured_from_the_stamp() {
+        let body = b"b\r\n";
+        let mut v = Verify::default();
+        let sent = since_epoch(SystemTime::now()).saturating_sub(Duration::from_millis(250));
+        let m = format!(
+            "X-Smtpload-Run: 1\r\nX-Smtpload-Seq: 0\r\nX-Smtpload-Sent: {:020}\r\nX-Smtpload-Hash: crc32:{:08x}\r\n\r\nb\r\n",
+            sent.as_nanos(),
+            crc32fast::hash(body)
+        );
+        deliver(&mut v, 1, m.as_bytes(), 5);
+        assert_eq!(v.intact, 1);
+        let t = v.transit.max();
+        assert!((250_000..1_250_000).contains(&t), "{t}us");
+        assert_eq!(v.take_interval().len(), 1);
+        assert_eq!(v.take_interval().len(), 0);
     }
 }
