@@ -4,10 +4,18 @@
 //! own the protocol.
 //!
 //! Closed loop (default): every connection starts a new message as soon as
-//! its window allows. Open loop (`rate`): message k is due at `t0 + k/rate`;
-//! a due message waits for a free connection, and its latency is measured
-//! from when it was due (coordinated omission corrected, as wrk2 does) as
-//! well as from when it was actually sent.
+//! its window allows. Open loop (`rate`): message k is due at `t0 + k/rate`
+//! (for a timed run, only those due before the end); a due message goes to
+//! an idle connection first, else waits for room, and its latency is
+//! measured from when it was due (coordinated omission corrected, as wrk2
+//! does) as well as from when the server could start it. When no connection
+//! has room the loop sleeps until one does: falling behind is counted and
+//! reported ("could not keep up"), never spun on.
+//!
+//! Clocks: each connection's connect is timed from its own `connect` call,
+//! and the initial connections are opened a few per turn, so neither the
+//! set-up nor the opening of the others is charged to a connection, and a
+//! greeting is timed from the moment its connection was established.
 
 use crate::payload::Payload;
 use crate::report::{Recorder, Results};
@@ -88,6 +96,9 @@ const KEEP: Keep = Keep {
 };
 
 const SCRATCH: usize = 64 * 1024;
+/// Connections opened per loop turn at the start: few enough that the
+/// events of the first ones are seen promptly.
+const OPEN_BATCH: usize = 8;
 /// Wait before replacing a connection whose connect failed.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -108,6 +119,10 @@ struct Driver<'a> {
     connect_failures: u64,
     /// Connections to open again at these times.
     reconnects: Vec<Instant>,
+    /// Initial connections not yet opened.
+    to_open: usize,
+    /// Bytes and syscalls on the wire.
+    io: IoCounts,
     cursor: usize,
     /// Connections that had events (or new output) this turn.
     touched: Vec<usize>,
@@ -120,16 +135,19 @@ pub fn run(
     payload: &Payload,
     hist_log: Option<PathBuf>,
 ) -> Result<Results, RunError> {
-    let t0 = Instant::now();
-    let mut rec = Recorder::new(t0 + opts.warmup);
+    let poll = Poll::new().map_err(RunError::Io)?;
+    let mut rec = Recorder::new(opts);
     rec.set_message_len(payload.message_len());
     if let Some(path) = hist_log {
-        rec.log_to(path).map_err(RunError::Io)?;
+        rec.log_to(&path).map_err(RunError::Io)?;
     }
+    // The schedule starts once everything is set up.
+    let t0 = Instant::now();
+    rec.begin(t0);
     let mut d = Driver {
         opts,
         src: payload,
-        poll: Poll::new().map_err(RunError::Io)?,
+        poll,
         conns: slab::Slab::new(),
         rec,
         events: Vec::new(),
@@ -141,20 +159,27 @@ pub fn run(
         last_connect_error: None,
         connect_failures: 0,
         reconnects: Vec::new(),
+        to_open: opts.connections.max(1),
+        io: IoCounts::default(),
         cursor: 0,
         touched: Vec::new(),
     };
-    for _ in 0..opts.connections.max(1) {
-        d.open(t0);
-    }
     d.run_loop()?;
-    Ok(d.rec.finish(Instant::now()))
+    let now = Instant::now();
+    let scheduled = d.scheduled(now);
+    Ok(d.rec.finish(now, scheduled, d.io))
 }
 
 impl Driver<'_> {
-    fn open(&mut self, now: Instant) {
+    /// Opens one connection; its connect is timed from here.
+    fn open(&mut self) {
+        let since = Instant::now();
         match TcpStream::connect(self.opts.target) {
             Ok(sock) => {
+                // On loopback the handshake often completes inside the call:
+                // then the connection is established now, and its greeting
+                // is timed from here rather than from the next poll.
+                let established = sock.peer_addr().is_ok().then(Instant::now);
                 let entry = self.conns.vacant_entry();
                 let token = Token(entry.key());
                 let mut link = Link::new(Transport::tcp(sock), KEEP);
@@ -166,14 +191,19 @@ impl Driver<'_> {
                 {
                     return;
                 }
+                let session = established.map(|at| {
+                    self.ever_connected = true;
+                    self.rec.connected(at - since, at);
+                    ClientSession::new(at)
+                });
                 entry.insert(Conn {
                     link,
-                    session: None,
-                    connecting_since: now,
+                    session,
+                    connecting_since: since,
                     touched: false,
                 });
             }
-            Err(e) => self.connect_failed(e, now),
+            Err(e) => self.connect_failed(e, since),
         }
     }
 
@@ -186,7 +216,20 @@ impl Driver<'_> {
 
     /// Messages may still be started.
     fn work_left(&self) -> bool {
-        !self.stop_starting && self.opts.messages.is_none_or(|m| self.next_seq < m)
+        !self.stop_starting
+            && self.opts.messages.is_none_or(|m| self.next_seq < m)
+            && self.offset(self.next_seq).is_some()
+    }
+
+    /// When message `seq` is due, from the start: in an open loop `seq/rate`
+    /// if that is before the end of a timed run (a message due exactly at
+    /// the end is not sent); in a closed loop always "now" (zero).
+    fn offset(&self, seq: u64) -> Option<Duration> {
+        let Some(rate) = self.opts.rate else {
+            return Some(Duration::ZERO);
+        };
+        let at = Duration::try_from_secs_f64(seq as f64 / rate).ok()?;
+        self.opts.duration.is_none_or(|d| at < d).then_some(at)
     }
 
     /// The schedule's next due time, if a message is due at all.
@@ -196,11 +239,37 @@ impl Driver<'_> {
         }
         match self.opts.rate {
             None => Some(now),
-            Some(rate) => {
-                let at = self.t0 + Duration::from_secs_f64(self.next_seq as f64 / rate);
-                Some(at)
-            }
+            Some(_) => self.offset(self.next_seq).map(|o| self.t0 + o),
         }
+    }
+
+    /// Open loop: messages the schedule had due by `now` (never more than
+    /// a timed run's schedule or `messages`), for the accounting of what was
+    /// never started. `None` in a closed loop.
+    fn scheduled(&self, now: Instant) -> Option<u64> {
+        let rate = self.opts.rate?;
+        let elapsed = now.saturating_duration_since(self.t0);
+        let due_by = |k: u64| self.offset(k).is_some_and(|o| o <= elapsed);
+        let until = self.opts.duration.map_or(elapsed, |d| d.min(elapsed));
+        // A first guess (rate is positive and finite, so the cast saturates
+        // harmlessly); the loops make it exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let mut n = (until.as_secs_f64() * rate) as u64;
+        while due_by(n) {
+            n += 1;
+        }
+        while n > 0 && !due_by(n - 1) {
+            n -= 1;
+        }
+        Some(self.opts.messages.map_or(n, |m| n.min(m)))
+    }
+
+    /// Open loop: messages due now and not started, and how late the oldest is.
+    fn behind(&self, now: Instant) -> Option<(u64, Duration)> {
+        self.opts.rate?;
+        let due = self.due(now).filter(|d| *d <= now)?;
+        let scheduled = self.scheduled(now).unwrap_or(0);
+        Some((scheduled.saturating_sub(self.next_seq).max(1), now - due))
     }
 
     fn run_loop(&mut self) -> Result<(), RunError> {
@@ -208,6 +277,10 @@ impl Driver<'_> {
         let mut next_tick = self.t0 + Duration::from_secs(1);
         let deadline = self.opts.duration.map(|d| self.t0 + d);
         loop {
+            for _ in 0..OPEN_BATCH.min(self.to_open) {
+                self.to_open -= 1;
+                self.open();
+            }
             let now = Instant::now();
             self.dispatch(now);
             self.flush_touched();
@@ -215,7 +288,12 @@ impl Driver<'_> {
                 return Ok(());
             }
             let mut wake = next_tick;
-            if let Some(at) = self.due(now).filter(|_| self.opts.rate.is_some()) {
+            // A message already due could not be started: no connection has
+            // room, and only a reply (an event) can make some. Don't spin.
+            if let Some(at) = self
+                .due(now)
+                .filter(|at| self.opts.rate.is_some() && *at > now)
+            {
                 wake = wake.min(at);
             }
             if let Some(d) = deadline {
@@ -225,7 +303,9 @@ impl Driver<'_> {
                 wake = wake.min(*r);
             }
             let mut timeout = wake.saturating_duration_since(now);
-            if self.opts.rate.is_some() {
+            if self.to_open > 0 {
+                timeout = Duration::ZERO;
+            } else if self.opts.rate.is_some() {
                 // mio rounds poll timeouts up to whole milliseconds: sleep a
                 // millisecond short and spin the rest, so messages leave on
                 // time rather than up to 1 ms late.
@@ -259,7 +339,9 @@ impl Driver<'_> {
                 self.close_all(now);
                 return Ok(());
             }
-            if !self.ever_connected && self.connect_failures >= self.opts.connections.max(1) as u64
+            if !self.ever_connected
+                && self.to_open == 0
+                && self.connect_failures >= self.opts.connections.max(1) as u64
             {
                 let e = self
                     .last_connect_error
@@ -271,7 +353,7 @@ impl Driver<'_> {
                 next_tick = now + Duration::from_secs(1);
                 self.check_timeouts(now);
                 if self.opts.progress {
-                    eprintln!("{}", self.rec.progress_line(now));
+                    eprintln!("{}", self.rec.progress_line(now, self.behind(now)));
                 }
                 self.rec.interval(now);
             }
@@ -279,7 +361,7 @@ impl Driver<'_> {
             self.reconnects.retain(|t| *t > now);
             for _ in 0..due_reconnects {
                 if self.work_left() || self.in_flight() > 0 {
-                    self.open(now);
+                    self.open();
                 }
             }
         }
@@ -294,7 +376,7 @@ impl Driver<'_> {
 
     /// Done when nothing is left to start, in flight, or open.
     fn finished(&self) -> bool {
-        !self.work_left() && self.conns.is_empty()
+        !self.work_left() && self.conns.is_empty() && self.to_open == 0
     }
 
     /// Lists `key` for this turn's dispatch and flush.
@@ -320,17 +402,21 @@ impl Driver<'_> {
         };
         if !keys.is_empty() {
             // Round robin, one message per connection per pass, so due
-            // messages spread over the connections before any takes two.
-            let mut started_any = true;
-            while started_any {
-                started_any = false;
-                for i in 0..keys.len() {
-                    let key = keys[(self.cursor + i) % keys.len()];
-                    if self.start_one(key, now) {
-                        started_any = true;
+            // messages spread over the connections before any takes two;
+            // in an open loop idle connections first, so a message does not
+            // queue behind another while a connection is free.
+            for idle_only in [self.opts.rate.is_some(), false] {
+                let mut started_any = true;
+                while started_any {
+                    started_any = false;
+                    for i in 0..keys.len() {
+                        let key = keys[(self.cursor + i) % keys.len()];
+                        if self.start_one(key, idle_only, now) {
+                            started_any = true;
+                        }
                     }
+                    self.cursor = (self.cursor + 1) % keys.len();
                 }
-                self.cursor = (self.cursor + 1) % keys.len();
             }
             for &key in &keys {
                 self.say_goodbye(key, now);
@@ -347,8 +433,9 @@ impl Driver<'_> {
         }
     }
 
-    /// Starts one due message on `key` if it has room; true if it did.
-    fn start_one(&mut self, key: usize, now: Instant) -> bool {
+    /// Starts one due message on `key` if it has room (and, with
+    /// `idle_only`, nothing in flight); true if it did.
+    fn start_one(&mut self, key: usize, idle_only: bool, now: Instant) -> bool {
         let Some(due) = self.due(now).filter(|d| *d <= now) else {
             return false;
         };
@@ -360,11 +447,12 @@ impl Driver<'_> {
         };
         let s = &self.opts.client;
         let spent = self.opts.per_connection > 0 && session.started() >= self.opts.per_connection;
-        if spent || !session.can_start(s) {
+        if spent || !session.can_start(s) || (idle_only && session.in_flight() > 0) {
             return false;
         }
+        let due = self.opts.rate.map(|_| due);
         session.start(s, self.src, self.next_seq, due, now, conn.link.out_mut());
-        self.rec.started(self.next_seq, now);
+        self.rec.started(due, now);
         self.next_seq += 1;
         true
     }
@@ -404,7 +492,7 @@ impl Driver<'_> {
             match t.take_error() {
                 Ok(None) if t.peer_addr().is_ok() => {
                     self.ever_connected = true;
-                    self.rec.connected(now - conn.connecting_since);
+                    self.rec.connected(now - conn.connecting_since, now);
                     conn.session = Some(ClientSession::new(now));
                 }
                 Ok(_) if !hup => return, // spurious: still connecting
@@ -418,8 +506,8 @@ impl Driver<'_> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let mut io = IoCounts::default();
-        if writable && conn.link.flush(&mut io) == Flush::Failed {
+        let io = &mut self.io;
+        if writable && conn.link.flush(io) == Flush::Failed {
             return self.lost(key, now);
         }
         let Some(session) = conn.session.as_mut() else {
@@ -428,7 +516,7 @@ impl Driver<'_> {
         let (opts, src, events) = (self.opts, self.src, &mut self.events);
         let end = conn
             .link
-            .read_with(&mut self.scratch, usize::MAX, hup, &mut io, |input, out| {
+            .read_with(&mut self.scratch, usize::MAX, hup, io, |input, out| {
                 let used = session.on_input(&opts.client, src, input, now, out, events);
                 Consumed {
                     used,
@@ -442,7 +530,7 @@ impl Driver<'_> {
         };
         let closed = conn.session.as_ref().is_some_and(ClientSession::is_closed);
         if eof || closed {
-            let _ = conn.link.flush(&mut io);
+            let _ = conn.link.flush(&mut self.io);
             self.lost(key, now);
         } else {
             self.touch(key);
@@ -474,7 +562,7 @@ impl Driver<'_> {
         conn.link.deregister(self.poll.registry());
         match connect_error {
             Some(e) => self.connect_failed(e, now),
-            None if self.work_left() => self.open(now),
+            None if self.work_left() => self.open(),
             None => {}
         }
     }
@@ -490,7 +578,7 @@ impl Driver<'_> {
             if conn.session.is_none() {
                 continue;
             }
-            match conn.link.flush(&mut IoCounts::default()) {
+            match conn.link.flush(&mut self.io) {
                 Flush::Failed => self.lost(key, Instant::now()),
                 Flush::Done | Flush::Blocked => {
                     let want = conn.link.pending() > 0;

@@ -23,13 +23,32 @@ Examples:
       BDAT, 16 whole transactions in flight per connection, for 30 s
   smtpload -c 20 -d 60 --rate 5000 --warmup 5 --json run.json --hist-log run.hlog 127.0.0.1:2525
       open loop at 5000 msg/s; latency measured from each message's due time
+  smtpsink -l 127.0.0.1:2626 --run-summary run.sum --json sink.json &
+  smtpload -c 20 -d 60 --rate 500 --summary run.sum 127.0.0.1:25
+      through the MTA on port 25 to smtpsink: transit latency, lost/duplicated/corrupted
   smtpload merge host1.hlog host2.hlog
-      one report from the histogram logs of several generator hosts";
+      one report from the histogram logs of several generator hosts
+
+Phases (latency; each counts only the server's own time for that phase):
+  connect    connect() called -> connection established
+  greeting   connection established -> 220 greeting
+  ehlo       EHLO/HELO written -> its reply
+  envelope   MAIL -> 354 (DATA), or -> the last RCPT reply (BDAT)
+  data       end of data (the final dot, or the BDAT LAST chunk) -> final reply
+  message    MAIL -> final reply; open loop: from the message's due time
+             (coordinated omission corrected)
+  message-uncorrected  open loop only: MAIL -> final reply
+A pipelined command's clock starts when the server could first read it: once
+it was written and the reply before it had arrived. So an envelope written
+together with the previous message's end of data is not charged the wait for
+that message's final reply.";
 
 /// smtpload: drives an SMTP server as hard as the machine allows (or at a
 /// fixed rate) and reports throughput and latency per phase from HDR
 /// histograms. One of --messages or --duration is required, so every run
 /// ends by itself.
+// A command line has flags; they are not a state machine in disguise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Parser)]
 #[command(
     name = "smtpload",
@@ -77,10 +96,14 @@ struct Cli {
     #[arg(long)]
     no_pipelining: bool,
 
-    /// Send with BDAT (CHUNKING) instead of DATA, in chunks of CHUNK bytes
-    /// (default: the whole message in one chunk).
-    #[arg(long, value_name = "CHUNK", num_args = 0..=1, default_missing_value = "0")]
-    bdat: Option<usize>,
+    /// Send with BDAT (CHUNKING) instead of DATA.
+    #[arg(long)]
+    bdat: bool,
+
+    /// With --bdat: chunks of this many bytes (default: the whole message
+    /// in one chunk).
+    #[arg(long, value_name = "BYTES", requires = "bdat", value_parser = clap::value_parser!(u64).range(1..))]
+    chunk_size: Option<u64>,
 
     /// With --bdat and PIPELINING: whole transactions in flight per connection.
     #[arg(short = 'w', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -99,11 +122,12 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     message: Option<PathBuf>,
 
-    /// Sender; {n} becomes the message's sequence number.
+    /// Sender; {seq} becomes the message's sequence number (clap's help
+    /// cannot show the short form: n in braces works too).
     #[arg(long, value_name = "PATTERN", default_value = "smtpload@example.test")]
     from: String,
 
-    /// Recipient; {n} is the sequence number, {r} the recipient's index.
+    /// Recipient; {seq} is the sequence number, {r} the recipient's index.
     #[arg(long, value_name = "PATTERN", default_value = "sink{r}@example.test")]
     to: String,
 
@@ -126,6 +150,12 @@ struct Cli {
     /// Write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+
+    /// At the end, write the run summary (which messages were acknowledged)
+    /// to FILE for `smtpsink --run-summary FILE`, so the sink can count
+    /// exactly what was lost on the way (atomically: written, then renamed).
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
 
     /// Write latency histograms every second to FILE (`HdrHistogram` interval log).
     #[arg(long, value_name = "FILE")]
@@ -193,7 +223,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         recipients: cli.recipients,
         size: cli.size,
         message,
-        chunk: cli.bdat.unwrap_or(0),
+        chunk: cli
+            .chunk_size
+            .map_or(0, |c| usize::try_from(c).unwrap_or(usize::MAX)),
         run_id,
     });
     if let Some(r) = cli.rate {
@@ -215,7 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             helo_name: cli.helo.clone(),
             ehlo: !cli.use_helo,
             pipelining: !cli.no_pipelining,
-            bdat: cli.bdat.is_some(),
+            bdat: cli.bdat,
             window: cli.window as usize,
         },
         progress: !cli.quiet,
@@ -225,6 +257,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     if let Some(path) = &cli.json {
         let text = serde_json::to_string_pretty(&results.json()).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.summary {
+        // Whole or not at all: the sink may be polling for this file.
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let text = results.summary(run_id).to_json() + "\n";
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     let too_many = cli.max_errors.is_some_and(|m| results.error_total() > m);

@@ -1,13 +1,16 @@
 //! Message generation: everything a message needs is built before the run.
 //!
-//! Per message only the fixed-width sequence number changes (in the
-//! Message-ID and the X-Smtpload-Seq header), plus `{n}` in sender or
+//! Per message only the fixed-width sequence number (in the Message-ID and
+//! the X-Smtpload-Seq header) and the send stamp (X-Smtpload-Sent: when the
+//! content was handed to the server, in nanoseconds since the Unix epoch,
+//! for `smtpsink --verify`'s transit latency) change, plus `{n}` in sender or
 //! recipient patterns when the user asked for it. The body and its CRC-32
 //! (the X-Smtpload-Hash header, checked by `smtpsink --verify`) are the same
 //! for every message of a run, so the hot path copies prepared bytes.
 
 use smtpsink::proto::client::MessageSource;
 use smtpsink::proto::{decimal, dot};
+use std::time::{Instant, SystemTime};
 
 /// Width of the sequence number as written in headers: fixed, so every
 /// message of a run has the same length and BDAT chunk plan.
@@ -23,9 +26,12 @@ enum Piece {
     Seq20,
     /// The recipient index within the message.
     Rcpt,
+    /// The send stamp, zero-padded to [`SEQ_WIDTH`].
+    Stamp,
 }
 
-/// Text with `{n}` (sequence number) and `{r}` (recipient index) holes.
+/// Text with `{seq}` or `{n}` (sequence number) and `{r}` (recipient index)
+/// holes. `--help` documents `{seq}`: clap turns `{n}` into a line break.
 #[derive(Debug, Clone)]
 struct Template(Vec<Piece>);
 
@@ -35,7 +41,9 @@ impl Template {
         let mut lit = Vec::new();
         let mut rest = s;
         while !rest.is_empty() {
-            let (piece, len) = if rest.starts_with("{n}") {
+            let (piece, len) = if rest.starts_with("{seq}") {
+                (Some(Piece::Seq), 5)
+            } else if rest.starts_with("{n}") {
                 (Some(Piece::Seq), 3)
             } else if rest.starts_with("{r}") {
                 (Some(Piece::Rcpt), 3)
@@ -65,13 +73,14 @@ impl Template {
             .any(|p| matches!(p, Piece::Seq | Piece::Seq20))
     }
 
-    fn render(&self, seq: u64, rcpt: u32, out: &mut Vec<u8>) {
+    fn render(&self, seq: u64, rcpt: u32, stamp: u64, out: &mut Vec<u8>) {
         for p in &self.0 {
             match p {
                 Piece::Lit(b) => out.extend_from_slice(b),
                 Piece::Seq => decimal::write(seq, 0, out),
                 Piece::Seq20 => decimal::write(seq, SEQ_WIDTH, out),
                 Piece::Rcpt => decimal::write(u64::from(rcpt), 0, out),
+                Piece::Stamp => decimal::write(stamp, SEQ_WIDTH, out),
             }
         }
     }
@@ -90,7 +99,7 @@ impl Line {
             Line::PerMessage(t)
         } else {
             let mut b = Vec::new();
-            t.render(0, rcpt, &mut b);
+            t.render(0, rcpt, 0, &mut b);
             Line::Fixed(b)
         }
     }
@@ -98,7 +107,7 @@ impl Line {
     fn write(&self, seq: u64, rcpt: u32, out: &mut Vec<u8>) {
         match self {
             Line::Fixed(b) => out.extend_from_slice(b),
-            Line::PerMessage(t) => t.render(seq, rcpt, out),
+            Line::PerMessage(t) => t.render(seq, rcpt, 0, out),
         }
     }
 }
@@ -137,6 +146,9 @@ pub struct Payload {
     chunk: usize,
     /// CRC-32 of the body (after the blank line).
     pub body_crc: u32,
+    /// One reading of both clocks: send stamps are wall-clock times derived
+    /// from the monotonic one, without a clock call per message.
+    anchor: (Instant, u64),
 }
 
 /// The body starts after the first empty line (RFC 5322 2.1).
@@ -204,8 +216,10 @@ impl Payload {
             .into_bytes(),
         ));
         head.push(Piece::Seq20);
+        head.push(Piece::Lit(b"\r\nX-Smtpload-Sent: ".to_vec()));
+        head.push(Piece::Stamp);
         let mut rendered = Vec::new();
-        Template(head.clone()).render(0, 0, &mut rendered);
+        Template(head.clone()).render(0, 0, 0, &mut rendered);
         // The hash header closes the variable block; its value is known once
         // the rest of the message is.
         let hash_line_len = "\r\nX-Smtpload-Hash: crc32:00000000\r\n".len();
@@ -243,7 +257,14 @@ impl Payload {
             rest_stuffed,
             chunk: if spec.chunk == 0 { total } else { spec.chunk },
             body_crc,
+            anchor: (Instant::now(), unix_nanos(SystemTime::now())),
         }
+    }
+
+    /// The send stamp for content handed to the server at `at`.
+    pub fn stamp(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.anchor.0).as_nanos();
+        self.anchor.1 + u64::try_from(since).unwrap_or(u64::MAX / 2)
     }
 
     /// Bytes of one message as the sink stores it (unstuffed).
@@ -251,19 +272,19 @@ impl Payload {
         self.head_len + self.rest.len()
     }
 
-    /// The whole message `seq`, unstuffed (for tests and `--dump`).
-    pub fn message(&self, seq: u64) -> Vec<u8> {
+    /// The whole message `seq` stamped `stamp`, unstuffed (for tests).
+    pub fn message(&self, seq: u64, stamp: u64) -> Vec<u8> {
         let mut m = Vec::with_capacity(self.message_len());
-        self.head.render(seq, 0, &mut m);
+        self.head.render(seq, 0, stamp, &mut m);
         m.extend_from_slice(&self.rest);
         m
     }
 
     /// Appends bytes `start..end` of message `seq`.
-    fn write_range(&self, seq: u64, start: usize, end: usize, out: &mut Vec<u8>) {
+    fn write_range(&self, seq: u64, stamp: u64, start: usize, end: usize, out: &mut Vec<u8>) {
         if start < self.head_len {
             let mark = out.len();
-            self.head.render(seq, 0, out);
+            self.head.render(seq, 0, stamp, out);
             out.drain(mark..mark + start);
             out.truncate(mark + end.min(self.head_len) - start);
         }
@@ -293,13 +314,13 @@ impl MessageSource for Payload {
         }
     }
 
-    fn data(&self, seq: u64, out: &mut Vec<u8>) {
+    fn data(&self, seq: u64, handed: Instant, out: &mut Vec<u8>) {
         // The top headers never start with a dot: only the rest is stuffed.
-        self.head.render(seq, 0, out);
+        self.head.render(seq, 0, self.stamp(handed), out);
         out.extend_from_slice(&self.rest_stuffed);
     }
 
-    fn bdat(&self, seq: u64, i: u32, out: &mut Vec<u8>) {
+    fn bdat(&self, seq: u64, i: u32, handed: Instant, out: &mut Vec<u8>) {
         let start = i as usize * self.chunk;
         let end = (start + self.chunk).min(self.message_len());
         out.extend_from_slice(b"BDAT ");
@@ -309,8 +330,14 @@ impl MessageSource for Payload {
         } else {
             b"\r\n"
         });
-        self.write_range(seq, start, end, out);
+        self.write_range(seq, self.stamp(handed), start, end, out);
     }
+}
+
+/// `t` in nanoseconds since the Unix epoch.
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -333,13 +360,21 @@ mod tests {
     fn generated_messages_have_the_asked_size_and_valid_stuffing() {
         let p = Payload::new(&spec());
         assert_eq!(p.message_len(), 1024);
-        let m = p.message(42);
+        let at = Instant::now();
+        let m = p.message(42, p.stamp(at));
         assert_eq!(m.len(), 1024);
         let text = String::from_utf8(m.clone()).unwrap();
         assert!(text.starts_with(
             "Message-ID: <00000000000000000042.0000000000000abc@smtpload.invalid>\r\n"
         ));
         assert!(text.contains("X-Smtpload-Seq: 00000000000000000042\r\n"));
+        let stamp = unix_nanos(SystemTime::now());
+        let sent = p.stamp(at);
+        assert!(
+            sent <= stamp && stamp - sent < 1_000_000_000,
+            "{sent} vs {stamp}"
+        );
+        assert!(text.contains(&format!("X-Smtpload-Sent: {sent:020}\r\n")));
         assert!(text.contains(&format!(
             "X-Smtpload-Hash: crc32:{:08x}\r\n",
             crc32fast::hash(body_of(&m))
@@ -347,7 +382,7 @@ mod tests {
         assert!(text.contains("\r\n.commodo"), "exercises stuffing");
         // DATA form unstuffs back to the message.
         let mut wire = Vec::new();
-        p.data(42, &mut wire);
+        p.data(42, at, &mut wire);
         let mut u = dot::Unstuffer::new();
         let mut back = Vec::new();
         let s = u.scan(&wire, |r| back.extend_from_slice(r));
@@ -358,11 +393,12 @@ mod tests {
     #[test]
     fn bdat_chunks_reassemble_the_message() {
         let p = Payload::new(&spec());
+        let at = Instant::now();
         assert_eq!(p.chunks(), 11);
         let mut all = Vec::new();
         for i in 0..p.chunks() {
             let mut c = Vec::new();
-            p.bdat(7, i, &mut c);
+            p.bdat(7, i, at, &mut c);
             let nl = c.iter().position(|b| *b == b'\n').unwrap();
             let line = std::str::from_utf8(&c[..=nl]).unwrap();
             let n: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -370,7 +406,7 @@ mod tests {
             assert_eq!(line.ends_with("LAST\r\n"), i == 10);
             all.extend_from_slice(&c[nl + 1..]);
         }
-        assert_eq!(all, p.message(7));
+        assert_eq!(all, p.message(7, p.stamp(at)), "one stamp across chunks");
     }
 
     #[test]
@@ -381,6 +417,11 @@ mod tests {
         p.rcpt(5, 2, &mut out);
         assert_eq!(out, b"MAIL FROM:<s5@x.test>\r\nRCPT TO:<r2@y.test>\r\n");
         let mut s = spec();
+        s.to = "r{r}.{seq}@y.test".into();
+        let p = Payload::new(&s);
+        let mut out = Vec::new();
+        p.rcpt(12, 1, &mut out);
+        assert_eq!(out, b"RCPT TO:<r1.12@y.test>\r\n");
         s.from = "jörg@x.test".into();
         s.message = Some(b"Subject: x\n\nStra\xc3\x9fe\n.\n".to_vec());
         let p = Payload::new(&s);
@@ -391,7 +432,7 @@ mod tests {
             "MAIL FROM:<jörg@x.test> BODY=8BITMIME SMTPUTF8\r\n".as_bytes()
         );
         assert!(p
-            .message(0)
+            .message(0, 0)
             .ends_with(b"Subject: x\r\n\r\nStra\xc3\x9fe\r\n.\r\n"));
     }
 }

@@ -97,7 +97,7 @@ fn message_file_is_sent_with_crlf_and_stuffing() {
     assert_eq!(report.sink.intact, 200);
     assert_eq!(report.sink.counts.bytes, 200 * payload.message_len() as u64);
     assert!(payload
-        .message(0)
+        .message(0, 0)
         .ends_with(b"\r\n\r\n.leading dot\r\n..two\r\nStra\xc3\x9fe\r\n.\r\nend\r\n"));
 }
 

@@ -173,3 +173,240 @@ fn serve_fake(
         w.write_all(reply.as_bytes())?;
     }
 }
+
+/// A fake server with exact timing: everything is answered at once, one
+/// reply per command as it is read, except what the fields delay. It offers
+/// PIPELINING and CHUNKING, takes DATA and BDAT, and reports nothing: the
+/// tests compare smtpload's figures with these exact delays.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fake {
+    /// Before the 220.
+    pub greeting_delay: Duration,
+    /// Before the reply to the end of data (DATA's dot, BDAT LAST).
+    pub eod_delay: Duration,
+    /// A global freeze: from `.0` after the server started, for `.1`, no
+    /// connection gets a reply.
+    pub freeze: Option<(Duration, Duration)>,
+}
+
+impl Fake {
+    /// Starts the server; it lives as long as the test process.
+    pub fn start(self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let born = std::time::Instant::now();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let _ = self.serve(conn, born);
+                });
+            }
+        });
+        addr
+    }
+
+    /// Writes `reply`, after the freeze if one is on.
+    fn reply(
+        &self,
+        w: &mut TcpStream,
+        reply: &[u8],
+        born: std::time::Instant,
+    ) -> std::io::Result<()> {
+        if let Some((from, len)) = self.freeze {
+            let (start, end) = (born + from, born + from + len);
+            let now = std::time::Instant::now();
+            if now >= start && now < end {
+                std::thread::sleep(end - now);
+            }
+        }
+        w.write_all(reply)
+    }
+
+    fn serve(self, conn: TcpStream, born: std::time::Instant) -> std::io::Result<()> {
+        use std::io::Read;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        conn.set_nodelay(true)?;
+        let mut w = conn.try_clone()?;
+        let mut r = BufReader::new(conn);
+        std::thread::sleep(self.greeting_delay);
+        self.reply(&mut w, b"220 fake ESMTP\r\n", born)?;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if r.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&line).to_ascii_uppercase();
+            let verb = text.split_whitespace().next().unwrap_or("").to_string();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" => b"250-fake\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
+                "DATA" => {
+                    self.reply(&mut w, b"354 go\r\n", born)?;
+                    loop {
+                        line.clear();
+                        if r.read_until(b'\n', &mut line)? == 0 {
+                            return Ok(());
+                        }
+                        if line == b".\r\n" {
+                            break;
+                        }
+                    }
+                    std::thread::sleep(self.eod_delay);
+                    b"250 queued\r\n"
+                }
+                "BDAT" => {
+                    let mut words = text.split_whitespace().skip(1);
+                    let n: u64 = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let last = words.next() == Some("LAST");
+                    std::io::copy(&mut (&mut r).take(n), &mut std::io::sink())?;
+                    if last {
+                        std::thread::sleep(self.eod_delay);
+                        b"250 queued\r\n"
+                    } else {
+                        b"250 chunk\r\n"
+                    }
+                }
+                "QUIT" => {
+                    self.reply(&mut w, b"221 bye\r\n", born)?;
+                    return Ok(());
+                }
+                _ => b"250 ok\r\n",
+            };
+            self.reply(&mut w, reply, born)?;
+        }
+    }
+}
+
+/// What a [`relay`] does to the messages it accepts, by sequence number.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Acknowledged, never forwarded.
+    pub lose: Vec<u64>,
+    /// Forwarded twice.
+    pub duplicate: Vec<u64>,
+    /// Forwarded with one body byte changed.
+    pub corrupt: Vec<u64>,
+    /// Forwarded this long after it was acknowledged.
+    pub delay: Duration,
+}
+
+/// A store-and-forward fake MTA: answers the client itself (250 at the end
+/// of data), then forwards each message to `to` over a new SMTP connection
+/// on a thread of its own, after `faults.delay`, doing what `faults` says.
+pub fn relay(to: SocketAddr, faults: Faults) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let faults = std::sync::Arc::new(faults);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let faults = std::sync::Arc::clone(&faults);
+            std::thread::spawn(move || {
+                let _ = relay_session(conn, to, &faults);
+            });
+        }
+    });
+    addr
+}
+
+fn relay_session(
+    conn: TcpStream,
+    to: SocketAddr,
+    faults: &std::sync::Arc<Faults>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    w.write_all(b"220 relay ESMTP\r\n")?;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let verb = String::from_utf8_lossy(&line[..line.len().min(4)]).to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" => w.write_all(b"250-relay\r\n250 PIPELINING\r\n")?,
+            "DATA" => {
+                w.write_all(b"354 go\r\n")?;
+                // The message as it came, dot-stuffed, with the final dot.
+                let mut wire = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line)? == 0 {
+                        return Ok(());
+                    }
+                    wire.extend_from_slice(&line);
+                    if line == b".\r\n" {
+                        break;
+                    }
+                }
+                let text = String::from_utf8_lossy(&wire).into_owned();
+                let seq: u64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("X-Smtpload-Seq: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(u64::MAX);
+                w.write_all(b"250 queued\r\n")?;
+                if faults.lose.contains(&seq) {
+                    continue;
+                }
+                if faults.corrupt.contains(&seq) {
+                    let at = memchr::memmem::find(&wire, b"Lorem").expect("a body to corrupt");
+                    wire[at + 1] = b'0';
+                }
+                let copies = if faults.duplicate.contains(&seq) {
+                    2
+                } else {
+                    1
+                };
+                let delay = faults.delay;
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    for _ in 0..copies {
+                        forward(to, &wire).expect("forward to the sink");
+                    }
+                });
+            }
+            "QUIT" => {
+                w.write_all(b"221 bye\r\n")?;
+                return Ok(());
+            }
+            _ => w.write_all(b"250 ok\r\n")?,
+        }
+    }
+}
+
+/// Sends one dot-stuffed message (with its final dot) lock-step.
+fn forward(to: SocketAddr, wire: &[u8]) -> std::io::Result<()> {
+    let conn = TcpStream::connect(to)?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    let mut expect = |code: &str| -> std::io::Result<()> {
+        let mut l = String::new();
+        loop {
+            l.clear();
+            r.read_line(&mut l)?;
+            if !l.starts_with(code) {
+                return Err(std::io::Error::other(format!("wanted {code}, got {l:?}")));
+            }
+            if l.as_bytes().get(3) == Some(&b' ') {
+                return Ok(());
+            }
+        }
+    };
+    expect("220")?;
+    for (cmd, code) in [
+        (&b"EHLO relay.test\r\n"[..], "250"),
+        (b"MAIL FROM:<relay@x.test>\r\n", "250"),
+        (b"RCPT TO:<sink@y.test>\r\n", "250"),
+        (b"DATA\r\n", "354"),
+        (wire, "250"),
+        (b"QUIT\r\n", "221"),
+    ] {
+        w.write_all(cmd)?;
+        expect(code)?;
+    }
+    Ok(())
+}
