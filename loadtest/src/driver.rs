@@ -464,6 +464,15 @@ impl Driver<'_> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        // At the end, a connection that never got as far as its EHLO reply
+        // carries nothing: close it rather than wait for its timeout.
+        let unready = conn
+            .session
+            .as_ref()
+            .is_none_or(|s| !s.is_ready() && s.in_flight() == 0);
+        if !work_left && unready {
+            return self.drop_conn(key, None, now);
+        }
         let Some(session) = conn.session.as_mut() else {
             return;
         };

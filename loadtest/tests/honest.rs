@@ -273,3 +273,23 @@ fn the_run_summary_is_the_acknowledged_set() {
     );
     assert!(s.ended_unix >= s.started_unix);
 }
+
+#[test]
+fn a_timed_run_does_not_wait_for_greetings_that_never_came() {
+    // The server greets 20 s after accept, far past the run's end: the run
+    // ends on time instead of waiting out each connection's timeout.
+    let server = Fake {
+        greeting_delay: Duration::from_secs(20),
+        ..Fake::default()
+    }
+    .start();
+    let payload = Payload::new(&spec());
+    let mut o = options(server);
+    o.messages = None;
+    o.duration = Some(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    let r = run(&o, &payload);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!((r.started, r.ok, r.failed), (0, 0, 0));
+}

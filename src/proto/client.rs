@@ -278,6 +278,11 @@ impl ClientSession {
         self.conn == Conn::Closed
     }
 
+    /// True once the greeting and EHLO/HELO have been answered.
+    pub fn is_ready(&self) -> bool {
+        !matches!(self.conn, Conn::Greeting | Conn::Hello)
+    }
+
     /// True when greeted and nothing is in flight or queued.
     pub fn is_idle(&self) -> bool {
         self.conn == Conn::Ready && self.inflight.is_empty() && self.queue.is_empty()
