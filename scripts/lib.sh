@@ -17,7 +17,8 @@
 #   start_bg, stop_pid, stop_all      background processes stopped by PID
 #   make_work                         the script's temporary folder $WORK
 #   ensure_postfix, apt_install,      smtp-sink/smtp-source (no Postfix master
-#   ensure_tools                      daemon left running); python3, timeout, cargo
+#   apt_install_nostart, ensure_tools daemon left running); packages installed
+#                                     without service starts; python3, timeout, cargo
 #   ensure_venv                       a Python venv with pip packages (aiosmtpd, ...)
 #   build_release                     cargo build --release --workspace, retried
 #   free_ports                        free loopback ports, released before use
@@ -161,6 +162,25 @@ apt_install() {
     fi
 }
 
+# apt_install_nostart PACKAGE...: apt_install with service starts forbidden
+# for the install (a policy-rc.d that exits 101, unless one exists already;
+# removed again afterwards, or at exit if the install dies). Returns
+# apt_install's status.
+apt_install_nostart() {
+    local rc=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    apt_install "$@" || rc=$?
+    if ((POLICY_RC_CREATED)); then
+        "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=0
+    fi
+    return "$rc"
+}
+
 # ensure_postfix: Debian's postfix package for smtp-sink and smtp-source,
 # installed without leaving a Postfix master daemon running.
 ensure_postfix() {
@@ -175,16 +195,7 @@ ensure_postfix() {
         echo 'postfix postfix/main_mailer_type select No configuration' |
             "${SUDO[@]}" debconf-set-selections
     fi
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
-        "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    apt_install postfix
-    if ((POLICY_RC_CREATED)); then
-        "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=0
-    fi
+    apt_install_nostart postfix
     # If the install started a master daemon anyway, stop it again.
     if ((!master_before)) && postfix_master_running; then
         log "postfix install started a master daemon; stopping it"
