@@ -41,6 +41,28 @@ pub fn fmt_us(us: u64) -> String {
     }
 }
 
+/// The figures every latency report shows, with their names: min, p50,
+/// p90, p99, p99.9 and max.
+pub fn spread(h: &Histogram<u64>) -> [(&'static str, u64); 6] {
+    [
+        ("min", h.min()),
+        ("p50", h.value_at_quantile(0.5)),
+        ("p90", h.value_at_quantile(0.9)),
+        ("p99", h.value_at_quantile(0.99)),
+        ("p99.9", h.value_at_quantile(0.999)),
+        ("max", h.max()),
+    ]
+}
+
+/// `n=.. min=.. p50=.. ... max=..` in short human units, for one-line reports.
+pub fn spread_line(h: &Histogram<u64>) -> String {
+    let mut s = format!("n={}", h.len());
+    for (name, v) in spread(h) {
+        let _ = write!(s, " {name}={}", fmt_us(v));
+    }
+    s
+}
+
 /// A histogram's count and percentiles in microseconds, for JSON reports.
 pub fn histogram_json(h: &Histogram<u64>) -> serde_json::Value {
     serde_json::json!({

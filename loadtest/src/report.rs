@@ -16,7 +16,7 @@ use smtpsink::histlog::HistLog;
 use smtpsink::net::IoCounts;
 use smtpsink::proto::client::{Event, Phase, Stage};
 use smtpsink::run_summary::{self, RunSummary};
-use smtpsink::stats::{fmt_us, histogram, histogram_json, micros};
+use smtpsink::stats::{fmt_us, histogram, histogram_json, micros, spread};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -621,22 +621,18 @@ impl Results {
 
 /// Column titles matching [`histogram_row`].
 pub fn histogram_header(first: &str, width: usize) -> String {
-    format!(
-        "{first:>width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "n", "min", "p50", "p90", "p99", "p99.9", "max"
-    )
+    let mut s = format!("{first:>width$} {:>9}", "n");
+    for (name, _) in spread(&histogram()) {
+        let _ = write!(s, " {name:>9}");
+    }
+    s
 }
 
 /// One histogram as a table row: count, min and percentiles.
 pub fn histogram_row(name: &str, width: usize, h: &Histogram<u64>) -> String {
-    format!(
-        "{name:>width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        h.len(),
-        fmt_us(h.min()),
-        fmt_us(h.value_at_quantile(0.5)),
-        fmt_us(h.value_at_quantile(0.9)),
-        fmt_us(h.value_at_quantile(0.99)),
-        fmt_us(h.value_at_quantile(0.999)),
-        fmt_us(h.max()),
-    )
+    let mut s = format!("{name:>width$} {:>9}", h.len());
+    for (_, v) in spread(h) {
+        let _ = write!(s, " {:>9}", fmt_us(v));
+    }
+    s
 }

@@ -20,7 +20,7 @@
 
 use super::{Discard, SessionId, Sink, Summary, Verdict};
 use crate::run_summary::RunSummary;
-use crate::stats::{fmt_us, histogram, histogram_json, micros};
+use crate::stats::{histogram, histogram_json, micros, spread_line};
 use hdrhistogram::Histogram;
 use memchr::memmem;
 use std::collections::HashMap;
@@ -423,14 +423,8 @@ impl Summary for Verify {
         if !h.is_empty() {
             let _ = writeln!(
                 s,
-                "  transit        n={} min={} p50={} p90={} p99={} p99.9={} max={}  (X-Smtpload-Sent to end of data)",
-                h.len(),
-                fmt_us(h.min()),
-                fmt_us(h.value_at_quantile(0.5)),
-                fmt_us(h.value_at_quantile(0.9)),
-                fmt_us(h.value_at_quantile(0.99)),
-                fmt_us(h.value_at_quantile(0.999)),
-                fmt_us(h.max()),
+                "  transit        {}  (X-Smtpload-Sent to end of data)",
+                spread_line(h)
             );
         }
         if let Some(e) = &self.expected {

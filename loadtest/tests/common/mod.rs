@@ -120,12 +120,7 @@ fn serve_fake(
     let mut r = BufReader::new(conn);
     w.write_all(b"220 fake ESMTP\r\n")?;
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
-        }
-        let verb = String::from_utf8_lossy(&line[..line.len().min(4)]).to_ascii_uppercase();
+    while let Some(verb) = next_verb(&mut r, &mut line)? {
         if matches!(script, Script::Stall) && verb != "EHLO" {
             std::thread::sleep(Duration::from_secs(30));
             return Ok(());
@@ -172,6 +167,7 @@ fn serve_fake(
         };
         w.write_all(reply.as_bytes())?;
     }
+    Ok(())
 }
 
 /// A fake server with exact timing: everything is answered at once, one
@@ -232,13 +228,8 @@ impl Fake {
         std::thread::sleep(self.greeting_delay);
         self.reply(&mut w, b"220 fake ESMTP\r\n", born)?;
         let mut line = Vec::new();
-        loop {
-            line.clear();
-            if r.read_until(b'\n', &mut line)? == 0 {
-                return Ok(());
-            }
+        while let Some(verb) = next_verb(&mut r, &mut line)? {
             let text = String::from_utf8_lossy(&line).to_ascii_uppercase();
-            let verb = text.split_whitespace().next().unwrap_or("").to_string();
             let reply: &[u8] = match verb.as_str() {
                 "EHLO" => b"250-fake\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
                 "DATA" => {
@@ -275,6 +266,7 @@ impl Fake {
             };
             self.reply(&mut w, reply, born)?;
         }
+        Ok(())
     }
 }
 
@@ -320,12 +312,7 @@ fn relay_session(
     let mut r = BufReader::new(conn);
     w.write_all(b"220 relay ESMTP\r\n")?;
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
-        }
-        let verb = String::from_utf8_lossy(&line[..line.len().min(4)]).to_ascii_uppercase();
+    while let Some(verb) = next_verb(&mut r, &mut line)? {
         match verb.as_str() {
             "EHLO" => w.write_all(b"250-relay\r\n250 PIPELINING\r\n")?,
             "DATA" => {
@@ -376,6 +363,7 @@ fn relay_session(
             _ => w.write_all(b"250 ok\r\n")?,
         }
     }
+    Ok(())
 }
 
 /// Sends one dot-stuffed message (with its final dot) lock-step.
@@ -409,4 +397,15 @@ fn forward(to: SocketAddr, wire: &[u8]) -> std::io::Result<()> {
         expect(code)?;
     }
     Ok(())
+}
+
+/// Reads the next command line into `line`; its verb in upper case (the
+/// first four bytes), or `None` at the end of input.
+fn next_verb(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    line.clear();
+    if r.read_until(b'\n', line)? == 0 {
+        return Ok(None);
+    }
+    let verb = String::from_utf8_lossy(&line[..line.len().min(4)]).to_ascii_uppercase();
+    Ok(Some(verb))
 }
