@@ -142,14 +142,8 @@ fn serve_fake(
             "DATA" if matches!(script, Script::RcptCode(_)) => "554 no valid recipients\r\n".into(),
             "DATA" => {
                 w.write_all(b"354 go\r\n")?;
-                loop {
-                    line.clear();
-                    if r.read_until(b'\n', &mut line)? == 0 {
-                        return Ok(());
-                    }
-                    if line == b".\r\n" {
-                        break;
-                    }
+                if !read_content(&mut r, &mut Vec::new())? {
+                    return Ok(());
                 }
                 if let Some(d) = stall_final.take() {
                     std::thread::sleep(d);
@@ -234,14 +228,8 @@ impl Fake {
                 "EHLO" => b"250-fake\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
                 "DATA" => {
                     self.reply(&mut w, b"354 go\r\n", born)?;
-                    loop {
-                        line.clear();
-                        if r.read_until(b'\n', &mut line)? == 0 {
-                            return Ok(());
-                        }
-                        if line == b".\r\n" {
-                            break;
-                        }
+                    if !read_content(&mut r, &mut Vec::new())? {
+                        return Ok(());
                     }
                     std::thread::sleep(self.eod_delay);
                     b"250 queued\r\n"
@@ -319,15 +307,8 @@ fn relay_session(
                 w.write_all(b"354 go\r\n")?;
                 // The message as it came, dot-stuffed, with the final dot.
                 let mut wire = Vec::new();
-                loop {
-                    line.clear();
-                    if r.read_until(b'\n', &mut line)? == 0 {
-                        return Ok(());
-                    }
-                    wire.extend_from_slice(&line);
-                    if line == b".\r\n" {
-                        break;
-                    }
+                if !read_content(&mut r, &mut wire)? {
+                    return Ok(());
                 }
                 let text = String::from_utf8_lossy(&wire).into_owned();
                 let seq: u64 = text
@@ -408,4 +389,18 @@ fn next_verb(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> std::io::Resul
     }
     let verb = String::from_utf8_lossy(&line[..line.len().min(4)]).to_ascii_uppercase();
     Ok(Some(verb))
+}
+
+/// Reads DATA content up to and including the final `.CRLF` line into
+/// `wire`, as sent (dot-stuffed); false if the input ended first.
+fn read_content(r: &mut BufReader<TcpStream>, wire: &mut Vec<u8>) -> std::io::Result<bool> {
+    loop {
+        let start = wire.len();
+        if r.read_until(b'\n', wire)? == 0 {
+            return Ok(false);
+        }
+        if &wire[start..] == b".\r\n" {
+            return Ok(true);
+        }
+    }
 }
