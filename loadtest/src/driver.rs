@@ -405,7 +405,12 @@ impl Driver<'_> {
             // messages spread over the connections before any takes two;
             // in an open loop idle connections first, so a message does not
             // queue behind another while a connection is free.
-            for idle_only in [self.opts.rate.is_some(), false] {
+            let passes: &[bool] = if self.opts.rate.is_some() {
+                &[true, false]
+            } else {
+                &[false]
+            };
+            for &idle_only in passes {
                 let mut started_any = true;
                 while started_any {
                     started_any = false;
