@@ -101,6 +101,16 @@ pub struct Config {
     #[arg(long)]
     pub verify: bool,
 
+    /// Keep every accepted message as a file in this Maildir (tmp/, new/,
+    /// cur/ are created); the 250 is sent once the file is in new/.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["verify", "run_summary", "transit_log"])]
+    pub maildir: Option<std::path::PathBuf>,
+
+    /// With --maildir: send the 250 only once the message and its directory
+    /// entry are durable; messages that finish together share one sync.
+    #[arg(long, requires = "maildir")]
+    pub fsync: bool,
+
     /// smtpload's run summary (its `--summary FILE`); implies --verify. The
     /// sink reads it once it appears, counts every message the run
     /// acknowledged that never arrived, and stops by itself when all have

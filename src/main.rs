@@ -4,12 +4,14 @@
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use smtpsink::completion::Completer;
 use smtpsink::config::Config;
 use smtpsink::histlog::HistLog;
 use smtpsink::reactor::{Server, ShutdownHandle};
 use smtpsink::run_summary::RunSummary;
+use smtpsink::sink::maildir::MaildirOptions;
 use smtpsink::sink::verify::RunState;
-use smtpsink::sink::{Discard, Sink, Summary, Verify};
+use smtpsink::sink::{Discard, Maildir, Sink, Summary, Verify};
 use smtpsink::stats::Counters;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -26,6 +28,20 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &Config) -> Result<(), String> {
+    if let Some(dir) = &config.maildir {
+        let opts = MaildirOptions {
+            dir: dir.clone(),
+            fsync: config.fsync,
+            hostname: config.hostname.clone(),
+        };
+        Maildir::prepare(&opts)?;
+        let what = format!(
+            "storing mail in {}{}",
+            dir.display(),
+            if config.fsync { ", fsync" } else { "" }
+        );
+        return serve_with(config, |c| Maildir::start(opts, &c), &what, NoWatch);
+    }
     if config.verifying() {
         let watch = VerifyWatch::new(config)?;
         serve(
@@ -61,6 +77,18 @@ impl Watch<Discard> for NoWatch {
     }
     fn json(_: &Discard) -> serde_json::Value {
         serde_json::Value::Null
+    }
+}
+
+impl Watch<Maildir> for NoWatch {
+    fn every(&self) -> Option<Duration> {
+        None
+    }
+    fn tick(&mut self, _: &mut Maildir, _: SystemTime) -> bool {
+        false
+    }
+    fn json(sink: &Maildir) -> serde_json::Value {
+        sink.json()
     }
 }
 
@@ -237,8 +265,22 @@ where
     S: Sink + Summary + Send + 'static,
     W: Watch<S>,
 {
+    serve_with(config, |_| sink, what, watch)
+}
+
+/// Serves with the sink `make_sink` builds from the loop's completer.
+fn serve_with<S, W>(
+    config: &Config,
+    make_sink: impl FnOnce(Completer) -> S,
+    what: &str,
+    watch: W,
+) -> Result<(), String>
+where
+    S: Sink + Summary + Send + 'static,
+    W: Watch<S>,
+{
     raise_fd_limit(config);
-    let mut server = Server::from_config(config, sink).map_err(|e| e.to_string())?;
+    let mut server = Server::from_config_with(config, make_sink).map_err(|e| e.to_string())?;
     let handle = server.shutdown_handle();
     install_tick(&mut server, config, watch, handle.clone());
     let addrs: Vec<String> = server
@@ -265,7 +307,14 @@ where
     print!("{}", report.sink.summary());
     if let Some(path) = &config.json {
         let mut j = report.stats.json(report.elapsed);
-        j["verify"] = W::json(&report.sink);
+        let extra = W::json(&report.sink);
+        if !extra.is_null() {
+            j[if config.maildir.is_some() {
+                "maildir"
+            } else {
+                "verify"
+            }] = extra;
+        }
         std::fs::write(path, j.to_string() + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }

@@ -12,10 +12,12 @@
 //! server's `completion::Completer` (from any thread).
 
 pub mod discard;
+pub mod maildir;
 pub mod verify;
 
 pub use crate::proto::server::{SessionId, Sink, Verdict};
 pub use discard::Discard;
+pub use maildir::Maildir;
 pub use verify::Verify;
 
 /// What a sink adds to the final report.

@@ -62,6 +62,11 @@ pub enum Verdict {
 /// was never told: the message must not count as delivered. `closed` comes
 /// last, once.
 pub trait Sink {
+    /// The connection from `peer` is up (the greeting goes out next).
+    fn connected(&mut self, _id: SessionId, _peer: SocketAddr) {}
+    /// HELO or EHLO accepted: the name the client gave, and whether it
+    /// said EHLO (for a trace header's "with SMTP/ESMTP", RFC 3848).
+    fn hello(&mut self, _id: SessionId, _name: &[u8], _esmtp: bool) {}
     /// MAIL accepted; `reverse_path` is empty for the null path.
     fn mail(&mut self, _id: SessionId, _reverse_path: &[u8]) {}
     /// RCPT accepted.
@@ -387,6 +392,7 @@ impl Session {
 
     /// The connection is up: sends the 220 greeting.
     pub fn start(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        cx.sink.connected(self.id, self.peer);
         self.say(s, ReplyId::Greeting, cx);
         self.settle(s, cx);
     }

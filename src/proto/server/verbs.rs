@@ -266,6 +266,10 @@ impl Session {
     fn proceed_hello(&mut self, _: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
         // A new greeting resets the transaction (RFC 5321 4.1.4).
         self.reset_tx(cx);
+        if let Command::Ehlo(name) | Command::Helo(name) = cmd {
+            cx.sink
+                .hello(self.id, name, matches!(cmd, Command::Ehlo(_)));
+        }
         if matches!(cmd, Command::Ehlo(_)) {
             self.greeted = super::Greeted::Ehlo;
             Some(Out::Reply(if self.secure {

@@ -1,0 +1,602 @@
+//! The Maildir sink (`--maildir DIR`): keeps every accepted message as one
+//! file, and answers `250` only once the file is complete in `new/` (with
+//! `--fsync`, once it and its directory entry are durable).
+//!
+//! Shape: the loop never touches the disk. The sink collects the envelope
+//! and body runs into a per-transaction buffer and hands whole pieces of at
+//! most [`PIECE`] bytes to a storage worker (a transaction stays on one
+//! worker, so its pieces are written in order); the final verdict is
+//! [`Verdict::Pending`], and the committer thread completes it through the
+//! loop's [`Completer`] after the rename into `new/`. With `--fsync` the
+//! committer commits in groups: it takes every message that finished while
+//! the previous group was syncing, makes their data durable with one
+//! `syncfs`, renames them all, and syncs `new/` once — so many clients share
+//! one disk flush.
+//!
+//! Files are named as Maildir asks (`<secs>.M<usecs>P<pid>Q<seq>.<host>`,
+//! nothing from client input), written in `tmp/` and renamed into `new/`.
+//! Stored bytes: trace fields prepended (`Return-Path`, one `X-Original-To`
+//! per envelope recipient, `Received` per RFC 5321 4.4 with SMTP/ESMTP per
+//! RFC 3848), then the message exactly as the client meant it. A message
+//! abandoned before its end (disconnect, RSET, over size, refused) leaves
+//! nothing: its `tmp/` file is removed. A write error or a full disk
+//! answers `452 4.3.1` / `451 4.3.0` and removes the partial file.
+
+use super::{Discard, SessionId, Sink, Summary, Verdict};
+use crate::completion::Completer;
+use crate::proto::reply::ReplyId;
+use crate::stats::{histogram, micros, spread_line};
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Body bytes gathered before they go to a worker as one write.
+pub const PIECE: usize = 64 * 1024;
+/// Storage worker threads (file creation and writes).
+const WORKERS: usize = 2;
+/// `tmp/` files older than this are removed at start (Maildir convention).
+const STALE: Duration = Duration::from_secs(36 * 3600);
+
+/// How the sink stores.
+#[derive(Debug, Clone)]
+pub struct MaildirOptions {
+    /// The Maildir: `tmp/`, `new/` and `cur/` are created in it.
+    pub dir: PathBuf,
+    /// Answer only once the message is durable (group-committed).
+    pub fsync: bool,
+    /// This server's name, for the `Received:` field and file names.
+    pub hostname: String,
+}
+
+/// What storing has done so far; shared with the threads.
+#[derive(Default)]
+pub struct StoreStats {
+    /// Messages in `new/`.
+    pub stored: AtomicU64,
+    /// Bytes written to message files (trace fields included).
+    pub bytes: AtomicU64,
+    /// Group commits (each one `syncfs` and one directory sync).
+    pub batches: AtomicU64,
+    /// Messages made durable by those group commits.
+    pub batched: AtomicU64,
+    /// Messages refused for a write, sync or rename error.
+    pub errors: AtomicU64,
+    latency: Mutex<Option<Histogram<u64>>>,
+}
+
+impl StoreStats {
+    /// End of data to stored (durable with `--fsync`), in microseconds.
+    pub fn latency(&self) -> Histogram<u64> {
+        self.latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(histogram)
+    }
+
+    fn record(&self, d: Duration) {
+        let mut h = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        h.get_or_insert_with(histogram).saturating_record(micros(d));
+    }
+}
+
+/// Work for a storage worker, for transaction `job`.
+enum Op {
+    Open {
+        job: u64,
+        name: String,
+        head: Vec<u8>,
+    },
+    Write {
+        job: u64,
+        bytes: Vec<u8>,
+    },
+    Commit {
+        job: u64,
+        id: SessionId,
+        ended: Instant,
+    },
+    Abort {
+        job: u64,
+    },
+}
+
+/// A complete file, ready to go into `new/`.
+struct Done {
+    file: File,
+    name: String,
+    id: SessionId,
+    ended: Instant,
+}
+
+#[derive(Default)]
+struct Tx {
+    peer: Option<SocketAddr>,
+    helo: Vec<u8>,
+    esmtp: bool,
+    from: Vec<u8>,
+    rcpts: Vec<Vec<u8>>,
+    /// The open file's job, once the content began.
+    job: Option<u64>,
+    buf: Vec<u8>,
+}
+
+/// The Maildir sink; see the module docs.
+pub struct Maildir {
+    /// What a discard sink would count.
+    pub counts: Discard,
+    /// Shared with the storage threads.
+    pub stats: Arc<StoreStats>,
+    opts: MaildirOptions,
+    host: String,
+    pid: u32,
+    seq: u64,
+    sessions: HashMap<SessionId, Tx>,
+    workers: Vec<Sender<Op>>,
+}
+
+/// Whether an I/O error means "no room" (answered 452 4.3.1) rather than
+/// some other local error (451 4.3.0).
+fn no_room(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+fn refusal(e: &io::Error) -> Verdict {
+    Verdict::Rejected(if no_room(e) {
+        ReplyId::InsufficientStorage
+    } else {
+        ReplyId::LocalError
+    })
+}
+
+/// The host name as Maildir file names may carry it ('/' and ':' escaped).
+fn safe_host(h: &str) -> String {
+    h.replace('/', "\\057").replace(':', "\\072")
+}
+
+impl Maildir {
+    /// Creates `DIR/{tmp,new,cur}` as needed, checks that `tmp/` takes a
+    /// file and removes stale `tmp/` files: everything that can fail at
+    /// start-up, before the server binds. [`Maildir::start`] follows.
+    pub fn prepare(opts: &MaildirOptions) -> Result<(), String> {
+        let fail = |what: &str, e: io::Error| {
+            format!("cannot use maildir {}: {what}: {e}", opts.dir.display())
+        };
+        for sub in ["tmp", "new", "cur"] {
+            fs::create_dir_all(opts.dir.join(sub)).map_err(|e| fail(sub, e))?;
+        }
+        let probe = opts
+            .dir
+            .join("tmp")
+            .join(format!(".probe.{}", std::process::id()));
+        File::create(&probe)
+            .and_then(|mut f| f.write_all(b"x"))
+            .and_then(|()| fs::remove_file(&probe))
+            .map_err(|e| fail("tmp is not writable", e))?;
+        remove_stale(&opts.dir.join("tmp"), SystemTime::now());
+        Ok(())
+    }
+
+    /// Starts the storage threads; verdicts go back through `completer`.
+    /// A thread that cannot be started is reported on stderr, and messages
+    /// that would need it are answered `451 4.3.0`.
+    pub fn start(opts: MaildirOptions, completer: &Completer) -> Self {
+        let stats = Arc::new(StoreStats::default());
+        let (commit_tx, commit_rx) = channel::<Done>();
+        let spawned = {
+            let (dir, fsync, stats) = (opts.dir.clone(), opts.fsync, Arc::clone(&stats));
+            let completer = completer.clone();
+            std::thread::Builder::new()
+                .name("smtpsink-commit".into())
+                .spawn(move || committer(&dir, fsync, &commit_rx, &completer, &stats))
+        };
+        let mut workers = Vec::new();
+        if let Err(e) = spawned {
+            eprintln!("smtpsink: cannot start the commit thread: {e}");
+        } else {
+            for i in 0..WORKERS {
+                let (tx, rx) = channel::<Op>();
+                let (dir, stats, commit) =
+                    (opts.dir.clone(), Arc::clone(&stats), commit_tx.clone());
+                let completer = completer.clone();
+                let r = std::thread::Builder::new()
+                    .name(format!("smtpsink-store-{i}"))
+                    .spawn(move || worker(&dir, &rx, &commit, &completer, &stats));
+                match r {
+                    Ok(_) => workers.push(tx),
+                    Err(e) => eprintln!("smtpsink: cannot start a storage thread: {e}"),
+                }
+            }
+        }
+        Self {
+            counts: Discard::default(),
+            stats,
+            host: safe_host(&opts.hostname),
+            opts,
+            pid: std::process::id(),
+            seq: 0,
+            sessions: HashMap::new(),
+            workers,
+        }
+    }
+
+    /// Hands `op` to the worker of session `id`; false if there is none.
+    fn send(&self, id: SessionId, op: Op) -> bool {
+        // A transaction stays on one worker: its pieces are written in order.
+        let n = self.workers.len().max(1);
+        // A worker that is gone has failed: its messages are refused.
+        self.workers
+            .get(usize::try_from(id % n as u64).unwrap_or(0))
+            .is_some_and(|w| w.send(op).is_ok())
+    }
+
+    /// The next file name: time, a sequence number, pid and host.
+    fn name(&mut self, now: SystemTime) -> String {
+        self.seq += 1;
+        let t = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!(
+            "{}.M{}P{}Q{}.{}",
+            t.as_secs(),
+            t.subsec_micros(),
+            self.pid,
+            self.seq,
+            self.host
+        )
+    }
+
+    /// The trace fields prepended to the message.
+    fn head(&self, tx: &Tx, name: &str, now: SystemTime) -> Vec<u8> {
+        let mut h = Vec::with_capacity(256);
+        h.extend_from_slice(b"Return-Path: <");
+        h.extend_from_slice(&tx.from);
+        h.extend_from_slice(b">\r\n");
+        for r in &tx.rcpts {
+            h.extend_from_slice(b"X-Original-To: <");
+            h.extend_from_slice(r);
+            h.extend_from_slice(b">\r\n");
+        }
+        h.extend_from_slice(b"Received: from ");
+        h.extend_from_slice(if tx.helo.is_empty() {
+            b"unknown"
+        } else {
+            &tx.helo
+        });
+        match tx.peer {
+            Some(SocketAddr::V4(a)) => {
+                let _ = write!(h, " ([{}])", a.ip());
+            }
+            Some(SocketAddr::V6(a)) => {
+                let _ = write!(h, " ([IPv6:{}])", a.ip());
+            }
+            None => {}
+        }
+        let _ = write!(
+            h,
+            "\r\n\tby {} (smtpsink) with {} id {}",
+            self.opts.hostname,
+            if tx.esmtp { "ESMTP" } else { "SMTP" },
+            name.split('.').take(2).collect::<Vec<_>>().join(".")
+        );
+        if let [only] = tx.rcpts.as_slice() {
+            h.extend_from_slice(b"\r\n\tfor <");
+            h.extend_from_slice(only);
+            h.push(b'>');
+        }
+        let date = httpdate::fmt_http_date(now).replace(" GMT", " +0000");
+        let _ = write!(h, "; {date}\r\n");
+        h
+    }
+}
+
+/// Removes `tmp/` files not modified for [`STALE`].
+fn remove_stale(tmp: &Path, now: SystemTime) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > STALE));
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// A storage worker: creates, writes and finishes files in `tmp/`.
+fn worker(
+    dir: &Path,
+    rx: &Receiver<Op>,
+    commit: &Sender<Done>,
+    completer: &Completer,
+    stats: &StoreStats,
+) {
+    let tmp = dir.join("tmp");
+    // job -> (file, name, first error)
+    let mut open: HashMap<u64, (Option<File>, String, Option<io::Error>)> = HashMap::new();
+    for op in rx {
+        match op {
+            Op::Open { job, name, head } => {
+                let r = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(tmp.join(&name))
+                    .and_then(|mut f| f.write_all(&head).map(|()| f));
+                match r {
+                    Ok(f) => {
+                        stats.bytes.fetch_add(head.len() as u64, Ordering::Relaxed);
+                        open.insert(job, (Some(f), name, None));
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_file(tmp.join(&name));
+                        open.insert(job, (None, name, Some(e)));
+                    }
+                }
+            }
+            Op::Write { job, bytes } => {
+                if let Some((Some(f), _, err @ None)) = open.get_mut(&job) {
+                    match f.write_all(&bytes) {
+                        Ok(()) => {
+                            stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => *err = Some(e),
+                    }
+                }
+            }
+            Op::Commit { job, id, ended } => match open.remove(&job) {
+                Some((Some(file), name, None)) => {
+                    let _ = commit.send(Done {
+                        file,
+                        name,
+                        id,
+                        ended,
+                    });
+                }
+                Some((_, name, err)) => {
+                    let _ = fs::remove_file(tmp.join(&name));
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let e = err.unwrap_or_else(|| io::Error::other("no file"));
+                    completer.complete(id, refusal(&e));
+                }
+                None => {}
+            },
+            Op::Abort { job } => {
+                if let Some((file, name, _)) = open.remove(&job) {
+                    drop(file);
+                    let _ = fs::remove_file(tmp.join(&name));
+                }
+            }
+        }
+    }
+}
+
+/// The committer: moves finished files into `new/`, in groups with a
+/// single sync each when `fsync` is on, and completes their verdicts.
+fn committer(
+    dir: &Path,
+    fsync: bool,
+    rx: &Receiver<Done>,
+    completer: &Completer,
+    stats: &StoreStats,
+) {
+    let (tmp, new) = (dir.join("tmp"), dir.join("new"));
+    let mut group = Vec::new();
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        // Everything that finished while the last group was syncing.
+        group.extend(rx.try_iter());
+        let synced = if fsync {
+            // One syncfs makes every file of the group durable at once.
+            group.first().map_or(Ok(()), |d| {
+                rustix::fs::syncfs(&d.file).map_err(io::Error::from)
+            })
+        } else {
+            Ok(())
+        };
+        let mut moved = Vec::with_capacity(group.len());
+        for d in group.drain(..) {
+            let r = synced
+                .as_ref()
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+                .and_then(|()| fs::rename(tmp.join(&d.name), new.join(&d.name)));
+            match r {
+                Ok(()) => moved.push(d),
+                Err(e) => {
+                    let _ = fs::remove_file(tmp.join(&d.name));
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    completer.complete(d.id, refusal(&e));
+                }
+            }
+        }
+        if fsync && !moved.is_empty() {
+            // The renames are durable once new/ itself is.
+            let r = File::open(&new).and_then(|d| d.sync_all());
+            if let Err(e) = r {
+                for d in moved.drain(..) {
+                    let _ = fs::remove_file(new.join(&d.name));
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    completer.complete(d.id, refusal(&e));
+                }
+                continue;
+            }
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats
+                .batched
+                .fetch_add(moved.len() as u64, Ordering::Relaxed);
+        }
+        for d in moved {
+            stats.stored.fetch_add(1, Ordering::Relaxed);
+            stats.record(d.ended.elapsed());
+            completer.complete(d.id, Verdict::Accepted);
+        }
+    }
+}
+
+impl Sink for Maildir {
+    fn connected(&mut self, id: SessionId, peer: SocketAddr) {
+        self.sessions.entry(id).or_default().peer = Some(peer);
+    }
+
+    fn hello(&mut self, id: SessionId, name: &[u8], esmtp: bool) {
+        let tx = self.sessions.entry(id).or_default();
+        tx.helo.clear();
+        tx.helo.extend_from_slice(name);
+        tx.esmtp = esmtp;
+    }
+
+    fn mail(&mut self, id: SessionId, reverse_path: &[u8]) {
+        let tx = self.sessions.entry(id).or_default();
+        tx.from.clear();
+        tx.from.extend_from_slice(reverse_path);
+        tx.rcpts.clear();
+    }
+
+    fn rcpt(&mut self, id: SessionId, forward_path: &[u8]) {
+        self.counts.rcpt(id, forward_path);
+        self.sessions
+            .entry(id)
+            .or_default()
+            .rcpts
+            .push(forward_path.to_vec());
+    }
+
+    fn begin(&mut self, id: SessionId) {
+        let now = SystemTime::now();
+        let name = self.name(now);
+        let job = self.seq;
+        let head = match self.sessions.get(&id) {
+            Some(tx) => self.head(tx, &name, now),
+            None => Vec::new(),
+        };
+        let tx = self.sessions.entry(id).or_default();
+        tx.job = Some(job);
+        tx.buf.clear();
+        let _ = self.send(id, Op::Open { job, name, head });
+    }
+
+    fn body(&mut self, id: SessionId, chunk: &[u8]) {
+        self.counts.body(id, chunk);
+        let Some(tx) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(job) = tx.job else { return };
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let take = (PIECE - tx.buf.len()).min(rest.len());
+            tx.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if tx.buf.len() == PIECE {
+                let bytes = std::mem::replace(&mut tx.buf, Vec::with_capacity(PIECE));
+                let n = self.workers.len().max(1) as u64;
+                if let Some(w) = self.workers.get(usize::try_from(id % n).unwrap_or(0)) {
+                    let _ = w.send(Op::Write { job, bytes });
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, id: SessionId) -> Verdict {
+        self.counts.end(id);
+        let Some(tx) = self.sessions.get_mut(&id) else {
+            return Verdict::Rejected(ReplyId::LocalError);
+        };
+        let Some(job) = tx.job.take() else {
+            return Verdict::Rejected(ReplyId::LocalError);
+        };
+        let bytes = std::mem::take(&mut tx.buf);
+        if !bytes.is_empty() {
+            self.send(id, Op::Write { job, bytes });
+        }
+        let commit = Op::Commit {
+            job,
+            id,
+            ended: Instant::now(),
+        };
+        if self.send(id, commit) {
+            Verdict::Pending
+        } else {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            Verdict::Rejected(ReplyId::LocalError)
+        }
+    }
+
+    fn abort(&mut self, id: SessionId) {
+        if let Some(job) = self.sessions.get_mut(&id).and_then(|tx| {
+            tx.buf.clear();
+            tx.job.take()
+        }) {
+            let _ = self.send(id, Op::Abort { job });
+        }
+    }
+
+    fn closed(&mut self, id: SessionId) {
+        self.abort(id);
+        self.sessions.remove(&id);
+    }
+}
+
+impl Maildir {
+    /// The storage figures as JSON (`--json`).
+    pub fn json(&self) -> serde_json::Value {
+        let s = &self.stats;
+        serde_json::json!({
+            "stored": s.stored.load(Ordering::Relaxed),
+            "bytes_written": s.bytes.load(Ordering::Relaxed),
+            "errors": s.errors.load(Ordering::Relaxed),
+            "fsync": self.opts.fsync,
+            "fsync_batches": s.batches.load(Ordering::Relaxed),
+            "messages_per_batch": s.batched.load(Ordering::Relaxed) as f64 / s.batches.load(Ordering::Relaxed).max(1) as f64,
+            "store_latency": crate::stats::histogram_json(&s.latency()),
+        })
+    }
+}
+
+impl Summary for Maildir {
+    fn summary(&self) -> String {
+        let s = &self.stats;
+        let batches = s.batches.load(Ordering::Relaxed);
+        let in_batches = s.batched.load(Ordering::Relaxed);
+        let mut out = format!(
+            "  stored         {:>14}  ({} bytes written, {} errors{})\n",
+            s.stored.load(Ordering::Relaxed),
+            s.bytes.load(Ordering::Relaxed),
+            s.errors.load(Ordering::Relaxed),
+            if self.opts.fsync {
+                format!(
+                    ", {batches} fsync batches, {:.1} messages per batch",
+                    in_batches as f64 / batches.max(1) as f64
+                )
+            } else {
+                String::new()
+            }
+        );
+        let h = s.latency();
+        if !h.is_empty() {
+            let _ = writeln!(
+                out,
+                "  store latency  {}  (end of data to {})",
+                spread_line(&h),
+                if self.opts.fsync {
+                    "durable"
+                } else {
+                    "in new/"
+                }
+            );
+        }
+        out
+    }
+}

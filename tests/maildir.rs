@@ -1,0 +1,283 @@
+//! The Maildir sink against the real reactor: what is stored is the
+//! message exactly as the client meant it, with trace fields prepended
+//! only; what was not acknowledged leaves nothing behind.
+
+mod common;
+
+use common::{Client, DEADLINE};
+use smtpsink::config::Config;
+use smtpsink::reactor::{Background, Report, Server};
+use smtpsink::sink::maildir::MaildirOptions;
+use smtpsink::sink::Maildir;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+struct Store {
+    dir: PathBuf,
+    addr: std::net::SocketAddr,
+    server: Background<Maildir>,
+}
+
+fn start(name: &str, fsync: bool, tune: impl FnOnce(&mut Config)) -> Store {
+    let dir = std::env::temp_dir().join(format!("smtpsink-maildir-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
+    config.hostname = "sink.test".into();
+    tune(&mut config);
+    let opts = MaildirOptions {
+        dir: dir.clone(),
+        fsync,
+        hostname: "sink.test".into(),
+    };
+    Maildir::prepare(&opts).expect("prepare");
+    let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c))
+        .expect("bind")
+        .spawn();
+    Store {
+        dir,
+        addr: server.addrs[0],
+        server,
+    }
+}
+
+impl Store {
+    fn files(&self, sub: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Waits (bounded) until `tmp/` is empty: aborts are the workers' job.
+    fn tmp_empties(&self) {
+        let t0 = Instant::now();
+        while !self.files("tmp").is_empty() {
+            assert!(
+                t0.elapsed() < DEADLINE,
+                "tmp/ keeps {:?}",
+                self.files("tmp")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn stop(self) -> (PathBuf, Report<Maildir>) {
+        let r = self.server.stop().expect("run");
+        (self.dir, r)
+    }
+}
+
+/// Splits a stored file into its trace fields and the message.
+fn split(file: &[u8]) -> (String, Vec<u8>) {
+    let mut at = 0;
+    for line in file.split_inclusive(|b| *b == b'\n') {
+        let trace = [
+            &b"Return-Path: "[..],
+            b"X-Original-To: ",
+            b"Received: ",
+            b"\t",
+        ]
+        .iter()
+        .any(|p| line.starts_with(p));
+        if !trace {
+            break;
+        }
+        at += line.len();
+    }
+    (
+        String::from_utf8(file[..at].to_vec()).unwrap(),
+        file[at..].to_vec(),
+    )
+}
+
+fn stored(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("new"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| split(&std::fs::read(p).unwrap()))
+        .collect()
+}
+
+const EHLO_N: usize = 1;
+
+fn hello(c: &mut Client) {
+    c.send(b"EHLO client.example\r\n");
+    c.replies(EHLO_N);
+}
+
+#[test]
+fn data_is_stored_unstuffed_and_byte_exact_with_trace_fields_prepended() {
+    let s = start("data", false, |_| {});
+    let mut c = Client::greeted(s.addr);
+    hello(&mut c);
+    // Dot-led lines, a line that is only a dot, 8-bit bytes, a bare CR,
+    // and a body that is empty apart from its headers.
+    let message: &[u8] =
+        b"Subject: dots\r\n\r\n.leading\r\n.\r\n..two\r\nStra\xc3\x9fe \xff\x00\r\nbare\rCR\r\n";
+    let mut wire = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec();
+    smtpsink::proto::dot::stuff(message, &mut wire);
+    c.send(&wire);
+    let r = c.replies(4);
+    assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+    c.send(b"MAIL FROM:<>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n.\r\n");
+    let r = c.replies(4);
+    assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+    c.send(b"QUIT\r\n");
+    c.replies(1);
+    let (dir, report) = s.stop();
+    let files = stored(&dir);
+    assert_eq!(files.len(), 2);
+    let first = files
+        .iter()
+        .find(|(t, _)| t.contains("<a@x.test>"))
+        .unwrap();
+    assert_eq!(first.1, message);
+    let t = &first.0;
+    assert!(t.starts_with("Return-Path: <a@x.test>\r\nX-Original-To: <b@y.test>\r\nReceived: from client.example ([127.0.0.1])\r\n\tby sink.test (smtpsink) with ESMTP id "), "{t}");
+    assert!(t.contains("\r\n\tfor <b@y.test>; "), "{t}");
+    assert!(t.ends_with(" +0000\r\n"), "{t}");
+    let empty = files
+        .iter()
+        .find(|(t, _)| t.starts_with("Return-Path: <>"))
+        .unwrap();
+    assert_eq!(empty.1, b"", "an empty message stays empty");
+    assert_eq!(report.sink.stats.stored.load(Ordering::Relaxed), 2);
+    assert!(std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bdat_is_stored_verbatim_pipelined_with_many_recipients_and_megabytes() {
+    let s = start("bdat", false, |c| c.max_message_size = 16 << 20);
+    let mut c = Client::greeted(s.addr);
+    hello(&mut c);
+    // A chunk that contains what would end DATA, then a 3 MB chunk.
+    let small: &[u8] = b"Subject: b\r\n\r\nline\r\n.\r\nafter the dot\r\n";
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = b"MAIL FROM:<a@x.test>\r\n".to_vec();
+    let rcpts = 100;
+    for i in 0..rcpts {
+        wire.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
+    }
+    wire.extend_from_slice(format!("BDAT {} LAST\r\n", small.len()).as_bytes());
+    wire.extend_from_slice(small);
+    wire.extend_from_slice(b"MAIL FROM:<big@x.test>\r\nRCPT TO:<z@y.test>\r\n");
+    wire.extend_from_slice(format!("BDAT {}\r\n", big.len() / 2).as_bytes());
+    wire.extend_from_slice(&big[..big.len() / 2]);
+    wire.extend_from_slice(format!("BDAT {} LAST\r\n", big.len() - big.len() / 2).as_bytes());
+    wire.extend_from_slice(&big[big.len() / 2..]);
+    let writer = c.send_in_background(wire);
+    let r = c.replies(1 + rcpts + 1 + 2 + 2);
+    writer.join().unwrap();
+    assert_eq!(r.matches("Ok: queued").count(), 2, "{r}");
+    let (dir, report) = s.stop();
+    let files = stored(&dir);
+    assert_eq!(files.len(), 2);
+    let first = files
+        .iter()
+        .find(|(t, _)| t.contains("<a@x.test>"))
+        .unwrap();
+    assert_eq!(first.1, small);
+    assert_eq!(first.0.matches("X-Original-To: <r").count(), rcpts);
+    assert!(
+        !first.0.contains("\tfor <"),
+        "no 'for' with many recipients"
+    );
+    let second = files
+        .iter()
+        .find(|(t, _)| t.contains("<big@x.test>"))
+        .unwrap();
+    assert!(second.1 == big, "3 MB stored byte-exact");
+    assert_eq!(report.sink.stats.stored.load(Ordering::Relaxed), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn what_was_not_acknowledged_leaves_nothing() {
+    let s = start("faults", false, |c| c.max_message_size = 1000);
+    // Disconnect mid-DATA and mid-BDAT.
+    for mid in [
+        &b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: x\r\n\r\nhalf"[..],
+        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 100 LAST\r\nonly part",
+    ] {
+        let mut c = Client::greeted(s.addr);
+        hello(&mut c);
+        c.send(mid);
+        c.replies(2);
+        drop(c);
+    }
+    let mut c = Client::greeted(s.addr);
+    hello(&mut c);
+    // Over the size limit: 552, nothing kept.
+    let mut wire = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec();
+    wire.extend_from_slice(&vec![b'x'; 2000]);
+    wire.extend_from_slice(b"\r\n.\r\n");
+    c.send(&wire);
+    let r = c.replies(4);
+    assert!(
+        r.ends_with("552 5.3.4 Error: message size exceeds fixed limit\r\n"),
+        "{r}"
+    );
+    // RSET in the middle of a BDAT transaction: abandoned.
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 5\r\nhello");
+    c.replies(3);
+    c.send(b"RSET\r\n");
+    c.replies(1);
+    // A rejected transaction (no recipient) never opens a file.
+    c.send(b"MAIL FROM:<a@x.test>\r\nDATA\r\n");
+    let r = c.replies(2);
+    assert!(r.contains("503 5.5.1"), "{r}");
+    s.tmp_empties();
+    assert!(s.files("new").is_empty(), "{:?}", s.files("new"));
+    // And the server still stores the next good message.
+    c.send(b"RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nok\r\n.\r\n");
+    let r = c.replies(5);
+    assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+    let (dir, report) = s.stop();
+    assert_eq!(stored(&dir).len(), 1);
+    assert_eq!(report.sink.stats.errors.load(Ordering::Relaxed), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fsync_mode_commits_in_groups() {
+    let s = start("fsync", true, |_| {});
+    let n = 8;
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = s.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::greeted(addr);
+                hello(&mut c);
+                for k in 0..5 {
+                    c.send(format!("MAIL FROM:<c{i}@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: {k}\r\n\r\nbody {i} {k}\r\n.\r\n").as_bytes());
+                    let r = c.replies(4);
+                    assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (dir, report) = s.stop();
+    assert_eq!(stored(&dir).len(), n * 5);
+    let st = &report.sink.stats;
+    let (stored_n, batches, in_batches) = (
+        st.stored.load(Ordering::Relaxed),
+        st.batches.load(Ordering::Relaxed),
+        st.batched.load(Ordering::Relaxed),
+    );
+    assert_eq!((stored_n, in_batches), (40, 40));
+    assert!((1..=40).contains(&batches), "{batches}");
+    assert_eq!(st.latency().len(), 40);
+    assert!(smtpsink::sink::Summary::summary(&report.sink).contains("fsync batches"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
