@@ -9,8 +9,12 @@ use smtpsink::config::Config;
 use smtpsink::reactor::{Background, Report, Server};
 use smtpsink::sink::maildir::MaildirOptions;
 use smtpsink::sink::Maildir;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 struct Store {
@@ -279,5 +283,210 @@ fn fsync_mode_commits_in_groups() {
     assert!((1..=40).contains(&batches), "{batches}");
     assert_eq!(st.latency().len(), 40);
     assert!(smtpsink::sink::Summary::summary(&report.sink).contains("fsync batches"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// One DATA transaction of `body` (no dot-led lines); the reply text.
+fn send_message(c: &mut Client, body: &[u8]) -> String {
+    let mut wire = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec();
+    wire.extend_from_slice(body);
+    wire.extend_from_slice(b".\r\n");
+    c.send(&wire);
+    c.replies(4)
+}
+
+#[test]
+fn a_full_disk_answers_452_leaves_nothing_partial_and_recovers() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("smtpsink-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let opts = MaildirOptions {
+        dir: dir.join("md"),
+        fsync: false,
+        hostname: "sink.test".into(),
+    };
+    Maildir::prepare(&opts).expect("prepare");
+    let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
+    config.hostname = "sink.test".into();
+    let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c))
+        .expect("bind")
+        .spawn();
+    let body: Vec<u8> = b"Subject: big\r\n\r\n"
+        .iter()
+        .copied()
+        .chain((0..600_000).map(|i| if i % 100 == 99 { b'\n' } else { b'a' }))
+        .collect::<Vec<u8>>()
+        .split(|b| *b == b'\n')
+        .flat_map(|l| l.iter().copied().chain(*b"\r\n"))
+        .collect();
+    let mut c = Client::greeted(server.addrs[0]);
+    hello(&mut c);
+    let r = send_message(&mut c, &body);
+    assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+    let r = send_message(&mut c, &body);
+    assert!(
+        r.ends_with("452 4.3.1 Error: insufficient system storage\r\n"),
+        "{r}"
+    );
+    let md = dir.join("md");
+    let t0 = Instant::now();
+    while std::fs::read_dir(md.join("tmp")).unwrap().next().is_some() {
+        assert!(t0.elapsed() < DEADLINE, "a partial file stays in tmp/");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let new: Vec<_> = std::fs::read_dir(md.join("new"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(new.len(), 1);
+    // Space comes back: the server stores again, by itself.
+    std::fs::remove_file(&new[0]).unwrap();
+    let r = send_message(&mut c, &body);
+    assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+    let report = server.stop().expect("run");
+    assert_eq!(report.sink.stats.errors.load(Ordering::Relaxed), 1);
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_maildir_is_a_one_line_startup_error() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_smtpsink"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            "/proc/no-such-maildir",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "smtpsink: cannot use maildir /proc/no-such-maildir: cannot create /proc/no-such-maildir/tmp: no such file or directory\n"
+    );
+}
+
+/// The message client `t` sends as its `k`th.
+fn crash_body(t: usize, k: usize) -> String {
+    format!(
+        "Subject: {t}-{k}\r\nX-Test-Id: {t}-{k}\r\n\r\n{}\r\n",
+        "z".repeat(50 * k + 10)
+    )
+}
+
+/// Sends messages lock-step until the server goes away, recording each
+/// one whose 250 arrived.
+fn keep_sending(addr: std::net::SocketAddr, t: usize, acked: &Mutex<Vec<String>>) -> Option<()> {
+    let stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(DEADLINE)).ok()?;
+    let mut r = BufReader::new(stream.try_clone().ok()?);
+    let mut w = stream;
+    let mut line = String::new();
+    let mut reply = |r: &mut BufReader<TcpStream>| -> Option<String> {
+        loop {
+            line.clear();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return Some(line.clone());
+            }
+        }
+    };
+    reply(&mut r)?;
+    w.write_all(b"EHLO c.test\r\n").ok()?;
+    reply(&mut r)?;
+    for k in 0.. {
+        let msg = crash_body(t, k);
+        let wire = format!("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n{msg}.\r\n");
+        w.write_all(wire.as_bytes()).ok()?;
+        for _ in 0..3 {
+            reply(&mut r)?;
+        }
+        if reply(&mut r)?.starts_with("250") {
+            acked.lock().ok()?.push(msg);
+        }
+    }
+    Some(())
+}
+
+#[test]
+fn after_sigkill_every_acknowledged_message_is_whole_in_new() {
+    let dir = std::env::temp_dir().join(format!("smtpsink-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_smtpsink"))
+        .args(["--listen", "127.0.0.1:0", "--fsync", "--maildir"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr: std::net::SocketAddr = first
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let acked = Arc::clone(&acked);
+            std::thread::spawn(move || keep_sending(addr, t, &acked))
+        })
+        .collect();
+    // Let some messages through, then kill the server mid-run.
+    let t0 = Instant::now();
+    while acked.lock().unwrap().len() < 40 {
+        assert!(t0.elapsed() < DEADLINE, "too slow to start");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    for c in clients {
+        let _ = c.join();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let in_new: HashSet<Vec<u8>> = stored(&dir).into_iter().map(|(_, m)| m).collect();
+    for m in &acked {
+        assert!(
+            in_new.contains(m.as_bytes()),
+            "acknowledged but not whole in new/: {}",
+            &m[..30]
+        );
+    }
+    for m in &in_new {
+        let text = String::from_utf8_lossy(m);
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Test-Id: "))
+            .expect("an id");
+        let (t, k) = id.split_once('-').unwrap();
+        let want = crash_body(t.parse().unwrap(), k.parse().unwrap());
+        assert_eq!(m, want.as_bytes(), "partial file in new/");
+    }
+    assert!(acked.len() >= 40);
     let _ = std::fs::remove_dir_all(&dir);
 }

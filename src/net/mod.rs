@@ -8,6 +8,8 @@
 //! drain-before-close dance. Knows nothing about SMTP: the protocol is a
 //! closure that says how much input it used.
 
+use std::io;
+
 mod link;
 mod transport;
 
@@ -33,5 +35,21 @@ impl std::ops::AddAssign for IoCounts {
         self.writes += o.writes;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+    }
+}
+
+/// An I/O error in the words a person expects on one line
+/// (`address already in use`, `no such file or directory`), without the
+/// `(os error N)` tail.
+pub fn plain_error(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address already in use".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this host".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        io::ErrorKind::NotFound => "no such file or directory".into(),
+        io::ErrorKind::StorageFull => "no space left on device".into(),
+        io::ErrorKind::ReadOnlyFilesystem => "read-only file system".into(),
+        io::ErrorKind::NotADirectory => "not a directory".into(),
+        _ => e.to_string(),
     }
 }

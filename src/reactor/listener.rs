@@ -21,12 +21,7 @@ pub struct ListenError {
 
 impl fmt::Display for ListenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let why = match self.source.kind() {
-            io::ErrorKind::AddrInUse => "address already in use".to_string(),
-            io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-            io::ErrorKind::AddrNotAvailable => "address not available on this host".to_string(),
-            _ => self.source.to_string(),
-        };
+        let why = crate::net::plain_error(&self.source);
         write!(f, "cannot listen on {}: {why}", self.addr)
     }
 }

@@ -24,12 +24,13 @@
 
 use super::{Discard, SessionId, Sink, Summary, Verdict};
 use crate::completion::Completer;
+use crate::net::plain_error;
 use crate::proto::reply::ReplyId;
 use crate::stats::{histogram, micros, spread_line};
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::fmt::Write as _;
+use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -170,11 +171,17 @@ impl Maildir {
     /// file and removes stale `tmp/` files: everything that can fail at
     /// start-up, before the server binds. [`Maildir::start`] follows.
     pub fn prepare(opts: &MaildirOptions) -> Result<(), String> {
-        let fail = |what: &str, e: io::Error| {
-            format!("cannot use maildir {}: {what}: {e}", opts.dir.display())
+        let fail = |what: String, e: io::Error| {
+            format!(
+                "cannot use maildir {}: {what}: {}",
+                opts.dir.display(),
+                plain_error(&e)
+            )
         };
         for sub in ["tmp", "new", "cur"] {
-            fs::create_dir_all(opts.dir.join(sub)).map_err(|e| fail(sub, e))?;
+            let path = opts.dir.join(sub);
+            fs::create_dir_all(&path)
+                .map_err(|e| fail(format!("cannot create {}", path.display()), e))?;
         }
         let probe = opts
             .dir
@@ -183,7 +190,7 @@ impl Maildir {
         File::create(&probe)
             .and_then(|mut f| f.write_all(b"x"))
             .and_then(|()| fs::remove_file(&probe))
-            .map_err(|e| fail("tmp is not writable", e))?;
+            .map_err(|e| fail("cannot write in tmp/".into(), e))?;
         remove_stale(&opts.dir.join("tmp"), SystemTime::now());
         Ok(())
     }
