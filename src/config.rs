@@ -111,6 +111,11 @@ pub struct Config {
     #[arg(long, requires = "maildir")]
     pub fsync: bool,
 
+    /// With --maildir: keep at most N messages in new/; each message stored
+    /// past it deletes the oldest one there (for long soak runs).
+    #[arg(long, value_name = "N", requires = "maildir", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stored: Option<u64>,
+
     /// smtpload's run summary (its `--summary FILE`); implies --verify. The
     /// sink reads it once it appears, counts every message the run
     /// acknowledged that never arrived, and stops by itself when all have

@@ -33,6 +33,7 @@ fn run(config: &Config) -> Result<(), String> {
             dir: dir.clone(),
             fsync: config.fsync,
             hostname: config.hostname.clone(),
+            max_stored: config.max_stored,
         };
         Maildir::prepare(&opts)?;
         let what = format!(

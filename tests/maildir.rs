@@ -24,8 +24,23 @@ struct Store {
 }
 
 fn start(name: &str, fsync: bool, tune: impl FnOnce(&mut Config)) -> Store {
+    start_in(&fresh(name), fsync, None, tune)
+}
+
+/// An empty directory for test `name`.
+fn fresh(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("smtpsink-maildir-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn start_in(
+    dir: &Path,
+    fsync: bool,
+    max_stored: Option<u64>,
+    tune: impl FnOnce(&mut Config),
+) -> Store {
+    let dir = dir.to_path_buf();
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
     config.hostname = "sink.test".into();
     tune(&mut config);
@@ -33,6 +48,7 @@ fn start(name: &str, fsync: bool, tune: impl FnOnce(&mut Config)) -> Store {
         dir: dir.clone(),
         fsync,
         hostname: "sink.test".into(),
+        max_stored,
     };
     Maildir::prepare(&opts).expect("prepare");
     let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c))
@@ -323,6 +339,7 @@ fn a_full_disk_answers_452_leaves_nothing_partial_and_recovers() {
         dir: dir.join("md"),
         fsync: false,
         hostname: "sink.test".into(),
+        max_stored: None,
     };
     Maildir::prepare(&opts).expect("prepare");
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
@@ -488,5 +505,43 @@ fn after_sigkill_every_acknowledged_message_is_whole_in_new() {
         assert_eq!(m, want.as_bytes(), "partial file in new/");
     }
     assert!(acked.len() >= 40);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn max_stored_keeps_the_newest_and_stale_tmp_files_go_at_start() {
+    let dir = fresh("cap");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    // A message from an earlier run (the oldest), a tmp/ file left 40
+    // hours ago by a crash, and one a live writer may still be writing.
+    std::fs::write(dir.join("new/1000.M1P1Q1.old"), b"old\r\n").unwrap();
+    let stale = dir.join("tmp/1000.M2P1Q2.old");
+    let f = std::fs::File::create(&stale).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 3600))
+        .unwrap();
+    std::fs::write(dir.join("tmp/9999999999.M1P1Q1.live"), b"x").unwrap();
+    let s = start_in(&dir, false, Some(3), |_| {});
+    assert!(!stale.exists(), "a tmp/ file older than 36 h is removed");
+    assert!(dir.join("tmp/9999999999.M1P1Q1.live").exists());
+    let mut c = Client::greeted(s.addr);
+    hello(&mut c);
+    for k in 0..5 {
+        let r = send_message(
+            &mut c,
+            format!("Subject: {k}\r\n\r\nbody {k}\r\n").as_bytes(),
+        );
+        assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+    }
+    let (dir, report) = s.stop();
+    let kept: Vec<Vec<u8>> = stored(&dir).into_iter().map(|(_, m)| m).collect();
+    let mut subjects: Vec<String> = kept
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m[..10]).into_owned())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["Subject: 2", "Subject: 3", "Subject: 4"]);
+    assert_eq!(report.sink.stats.pruned.load(Ordering::Relaxed), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,7 +28,7 @@ use crate::net::plain_error;
 use crate::proto::reply::ReplyId;
 use crate::stats::{histogram, micros, spread_line};
 use hdrhistogram::Histogram;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Write as _};
@@ -55,6 +55,9 @@ pub struct MaildirOptions {
     pub fsync: bool,
     /// This server's name, for the `Received:` field and file names.
     pub hostname: String,
+    /// Keep at most this many messages in `new/`: past it the oldest are
+    /// deleted (for long soak runs). `None`: keep everything.
+    pub max_stored: Option<u64>,
 }
 
 /// What storing has done so far; shared with the threads.
@@ -70,6 +73,8 @@ pub struct StoreStats {
     pub batched: AtomicU64,
     /// Messages refused for a write, sync or rename error.
     pub errors: AtomicU64,
+    /// Old messages deleted from `new/` for `max_stored`.
+    pub pruned: AtomicU64,
     latency: Mutex<Option<Histogram<u64>>>,
 }
 
@@ -202,11 +207,18 @@ impl Maildir {
         let stats = Arc::new(StoreStats::default());
         let (commit_tx, commit_rx) = channel::<Done>();
         let spawned = {
+            let mut kept = Kept {
+                names: VecDeque::new(),
+                max: opts.max_stored,
+            };
+            if kept.max.is_some() {
+                kept.names = existing(&opts.dir.join("new"));
+            }
             let (dir, fsync, stats) = (opts.dir.clone(), opts.fsync, Arc::clone(&stats));
             let completer = completer.clone();
             std::thread::Builder::new()
                 .name("smtpsink-commit".into())
-                .spawn(move || committer(&dir, fsync, &commit_rx, &completer, &stats))
+                .spawn(move || committer(&dir, fsync, &commit_rx, &completer, &stats, kept))
         };
         let mut workers = Vec::new();
         if let Err(e) = spawned {
@@ -391,6 +403,52 @@ fn worker(
     }
 }
 
+/// The files in `new/` the cap counts, oldest first.
+struct Kept {
+    names: VecDeque<String>,
+    max: Option<u64>,
+}
+
+impl Kept {
+    /// Records `name` as stored; deletes the oldest past the cap.
+    fn stored(&mut self, new: &Path, name: String, stats: &StoreStats) {
+        let Some(max) = self.max else { return };
+        self.names.push_back(name);
+        while self.names.len() as u64 > max {
+            if let Some(old) = self.names.pop_front() {
+                // Gone already (a reader moved it to cur/): nothing to do.
+                if fs::remove_file(new.join(old)).is_ok() {
+                    stats.pruned.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// The names in `new/`, oldest first (Maildir names start with the time).
+fn existing(new: &Path) -> VecDeque<String> {
+    let mut v: Vec<(u64, u64, String)> = fs::read_dir(new)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|n| {
+            // "<secs>.M<usecs>P..." sorts by time, numerically.
+            let mut parts = n.splitn(2, '.');
+            let secs = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let usecs = parts
+                .next()
+                .and_then(|p| p.strip_prefix('M'))
+                .and_then(|p| p.split('P').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            (secs, usecs, n)
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, _, n)| n).collect()
+}
+
 /// The committer: moves finished files into `new/`, in groups with a
 /// single sync each when `fsync` is on, and completes their verdicts.
 fn committer(
@@ -399,6 +457,7 @@ fn committer(
     rx: &Receiver<Done>,
     completer: &Completer,
     stats: &StoreStats,
+    mut kept: Kept,
 ) {
     let (tmp, new) = (dir.join("tmp"), dir.join("new"));
     let mut group = Vec::new();
@@ -449,6 +508,7 @@ fn committer(
             stats.stored.fetch_add(1, Ordering::Relaxed);
             stats.record(d.ended.elapsed());
             completer.complete(d.id, Verdict::Accepted);
+            kept.stored(&new, d.name, stats);
         }
     }
 }
@@ -564,6 +624,7 @@ impl Maildir {
             "stored": s.stored.load(Ordering::Relaxed),
             "bytes_written": s.bytes.load(Ordering::Relaxed),
             "errors": s.errors.load(Ordering::Relaxed),
+            "pruned": s.pruned.load(Ordering::Relaxed),
             "fsync": self.opts.fsync,
             "fsync_batches": s.batches.load(Ordering::Relaxed),
             "messages_per_batch": s.batched.load(Ordering::Relaxed) as f64 / s.batches.load(Ordering::Relaxed).max(1) as f64,
@@ -578,10 +639,11 @@ impl Summary for Maildir {
         let batches = s.batches.load(Ordering::Relaxed);
         let in_batches = s.batched.load(Ordering::Relaxed);
         let mut out = format!(
-            "  stored         {:>14}  ({} bytes written, {} errors{})\n",
+            "  stored         {:>14}  ({} bytes written, {} errors, {} pruned{})\n",
             s.stored.load(Ordering::Relaxed),
             s.bytes.load(Ordering::Relaxed),
             s.errors.load(Ordering::Relaxed),
+            s.pruned.load(Ordering::Relaxed),
             if self.opts.fsync {
                 format!(
                     ", {batches} fsync batches, {:.1} messages per batch",
