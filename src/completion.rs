@@ -37,6 +37,13 @@ impl std::fmt::Debug for Completer {
 }
 
 impl Completer {
+    /// Wakes the loop without a verdict: a sink that was under pressure can
+    /// take input again.
+    pub fn wake(&self) {
+        // A failed wake means the loop is gone; nothing is left to tell.
+        let _ = self.waker.wake();
+    }
+
     /// Delivers the verdict for the message `id` ended with.
     pub fn complete(&self, id: SessionId, verdict: Verdict) {
         self.queue

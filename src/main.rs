@@ -34,6 +34,7 @@ fn run(config: &Config) -> Result<(), String> {
             fsync: config.fsync,
             hostname: config.hostname.clone(),
             max_stored: config.max_stored,
+            queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
         };
         Maildir::prepare(&opts)?;
         let what = format!(

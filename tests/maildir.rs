@@ -40,6 +40,22 @@ fn start_in(
     max_stored: Option<u64>,
     tune: impl FnOnce(&mut Config),
 ) -> Store {
+    start_limited(
+        dir,
+        fsync,
+        max_stored,
+        smtpsink::sink::maildir::QUEUE_LIMIT,
+        tune,
+    )
+}
+
+fn start_limited(
+    dir: &Path,
+    fsync: bool,
+    max_stored: Option<u64>,
+    queue_limit: u64,
+    tune: impl FnOnce(&mut Config),
+) -> Store {
     let dir = dir.to_path_buf();
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
     config.hostname = "sink.test".into();
@@ -49,6 +65,7 @@ fn start_in(
         fsync,
         hostname: "sink.test".into(),
         max_stored,
+        queue_limit,
     };
     Maildir::prepare(&opts).expect("prepare");
     let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c))
@@ -340,6 +357,7 @@ fn a_full_disk_answers_452_leaves_nothing_partial_and_recovers() {
         fsync: false,
         hostname: "sink.test".into(),
         max_stored: None,
+        queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
     };
     Maildir::prepare(&opts).expect("prepare");
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
@@ -543,5 +561,49 @@ fn max_stored_keeps_the_newest_and_stale_tmp_files_go_at_start() {
     subjects.sort();
     assert_eq!(subjects, ["Subject: 2", "Subject: 3", "Subject: 4"]);
     assert_eq!(report.sink.stats.pruned.load(Ordering::Relaxed), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_storage_queue_pauses_reading_and_loses_nothing() {
+    // A queue limit of one piece: nearly every piece written stalls the
+    // loop until a worker has written it. Eight clients, 1 MB each, must
+    // all be stored whole (no lost wake-up, no stuck connection).
+    let s = start_limited(&fresh("pressure"), false, None, 64 * 1024, |c| {
+        c.max_message_size = 4 << 20;
+    });
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let clients: Vec<_> = (0..8)
+        .map(|k| {
+            let (addr, body) = (s.addr, body.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::greeted(addr);
+                hello(&mut c);
+                let mut wire = format!(
+                    "MAIL FROM:<c{k}@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT {} LAST\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                wire.extend_from_slice(&body);
+                let w = c.send_in_background(wire);
+                let r = c.replies(3);
+                w.join().unwrap();
+                assert!(r.ends_with("250 2.0.0 Ok: queued\r\n"), "{r}");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (dir, report) = s.stop();
+    let files = stored(&dir);
+    assert_eq!(files.len(), 8);
+    assert!(files.iter().all(|(_, m)| *m == body));
+    let st = &report.sink.stats;
+    assert_eq!(st.queued.load(Ordering::Relaxed), 0);
+    assert!(
+        st.stalls.load(Ordering::Relaxed) > 0,
+        "the limit was reached"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

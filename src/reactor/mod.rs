@@ -193,6 +193,9 @@ pub struct Server<S: Sink> {
     scratch: Vec<u8>,
     out: Vec<u8>,
     still_ready: VecDeque<usize>,
+    /// Connections not served while the sink was under pressure; they go
+    /// back on `still_ready` once it is not.
+    stalled: Vec<usize>,
     timers: Timers,
     fired: Vec<usize>,
     completions: Completions,
@@ -266,6 +269,7 @@ impl<S: Sink> Server<S> {
             scratch: vec![0; scratch_len],
             out: Vec::with_capacity(OUTPUT_HIGH_WATER + 4096),
             still_ready: VecDeque::new(),
+            stalled: Vec::new(),
             timers: Timers::new(),
             fired: Vec::new(),
             completions,
@@ -365,6 +369,7 @@ impl<S: Sink> Server<S> {
             for ev in &events {
                 self.file_event(ev.token(), ev.is_read_closed() || ev.is_error(), now);
             }
+            self.resume_stalled();
             self.serve_still_ready(now);
             self.fire_completions(now);
             self.fire_timers(now);
@@ -408,9 +413,18 @@ impl<S: Sink> Server<S> {
             Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                 self.accept(LISTENER_BASE - t, now);
             }
+            Token(key) if self.sink.pressure() => self.stalled.push(key),
             Token(key) => self.with_conn(key, now, Arm::Sooner, |c, env| {
                 c.serve(Token(key), hup, env)
             }),
+        }
+    }
+
+    /// The sink can take input again: serve what was left waiting (edge-
+    /// triggered readiness is not reported twice, so they must be queued).
+    fn resume_stalled(&mut self) {
+        if !self.stalled.is_empty() && !self.sink.pressure() {
+            self.still_ready.extend(self.stalled.drain(..));
         }
     }
 
@@ -418,6 +432,10 @@ impl<S: Sink> Server<S> {
     fn serve_still_ready(&mut self, now: Instant) {
         for _ in 0..self.still_ready.len() {
             if let Some(key) = self.still_ready.pop_front() {
+                if self.sink.pressure() {
+                    self.stalled.push(key);
+                    continue;
+                }
                 self.with_conn(key, now, Arm::Sooner, |c, env| {
                     c.serve(Token(key), true, env)
                 });

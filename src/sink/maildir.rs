@@ -58,7 +58,14 @@ pub struct MaildirOptions {
     /// Keep at most this many messages in `new/`: past it the oldest are
     /// deleted (for long soak runs). `None`: keep everything.
     pub max_stored: Option<u64>,
+    /// Body bytes handed to the storage threads and not yet written, past
+    /// which the loop stops reading ([`Sink::pressure`]) until half of it
+    /// is written. [`QUEUE_LIMIT`] by default.
+    pub queue_limit: u64,
 }
+
+/// The default [`MaildirOptions::queue_limit`]: 64 MiB.
+pub const QUEUE_LIMIT: u64 = 64 << 20;
 
 /// What storing has done so far; shared with the threads.
 #[derive(Default)]
@@ -75,6 +82,10 @@ pub struct StoreStats {
     pub errors: AtomicU64,
     /// Old messages deleted from `new/` for `max_stored`.
     pub pruned: AtomicU64,
+    /// Body bytes handed to the storage threads, not yet written.
+    pub queued: AtomicU64,
+    /// Times the loop stopped reading because `queued` reached the limit.
+    pub stalls: AtomicU64,
     latency: Mutex<Option<Histogram<u64>>>,
 }
 
@@ -229,9 +240,10 @@ impl Maildir {
                 let (dir, stats, commit) =
                     (opts.dir.clone(), Arc::clone(&stats), commit_tx.clone());
                 let completer = completer.clone();
+                let low = (opts.queue_limit / 2).max(1);
                 let r = std::thread::Builder::new()
                     .name(format!("smtpsink-store-{i}"))
-                    .spawn(move || worker(&dir, &rx, &commit, &completer, &stats));
+                    .spawn(move || worker(&dir, &rx, &commit, &completer, &stats, low));
                 match r {
                     Ok(_) => workers.push(tx),
                     Err(e) => eprintln!("smtpsink: cannot start a storage thread: {e}"),
@@ -258,6 +270,18 @@ impl Maildir {
         self.workers
             .get(usize::try_from(id % n as u64).unwrap_or(0))
             .is_some_and(|w| w.send(op).is_ok())
+    }
+
+    /// Hands a piece of body to the worker, counted as queued until written.
+    fn queue(&self, id: SessionId, job: u64, bytes: Vec<u8>) {
+        let n = bytes.len() as u64;
+        let before = self.stats.queued.fetch_add(n, Ordering::AcqRel);
+        if before < self.opts.queue_limit && before + n >= self.opts.queue_limit {
+            self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.send(id, Op::Write { job, bytes }) {
+            self.stats.queued.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 
     /// The next file name: time, a sequence number, pid and host.
@@ -343,6 +367,7 @@ fn worker(
     commit: &Sender<Done>,
     completer: &Completer,
     stats: &StoreStats,
+    low: u64,
 ) {
     let tmp = dir.join("tmp");
     // job -> (file, name, first error)
@@ -374,6 +399,13 @@ fn worker(
                         }
                         Err(e) => *err = Some(e),
                     }
+                }
+                // Written (or dropped): no longer queued. Crossing the low
+                // mark wakes the loop, which may have stopped reading.
+                let n = bytes.len() as u64;
+                let before = stats.queued.fetch_sub(n, Ordering::AcqRel);
+                if before >= low && before - n < low {
+                    completer.wake();
                 }
             }
             Op::Commit { job, id, ended } => match open.remove(&job) {
@@ -561,18 +593,20 @@ impl Sink for Maildir {
             return;
         };
         let Some(job) = tx.job else { return };
+        // Fill the piece; a full piece goes to the worker (usually none, or
+        // one, per run: runs are at most a read buffer long).
+        let mut full = Vec::new();
         let mut rest = chunk;
         while !rest.is_empty() {
             let take = (PIECE - tx.buf.len()).min(rest.len());
             tx.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if tx.buf.len() == PIECE {
-                let bytes = std::mem::replace(&mut tx.buf, Vec::with_capacity(PIECE));
-                let n = self.workers.len().max(1) as u64;
-                if let Some(w) = self.workers.get(usize::try_from(id % n).unwrap_or(0)) {
-                    let _ = w.send(Op::Write { job, bytes });
-                }
+                full.push(std::mem::replace(&mut tx.buf, Vec::with_capacity(PIECE)));
             }
+        }
+        for bytes in full {
+            self.queue(id, job, bytes);
         }
     }
 
@@ -586,7 +620,7 @@ impl Sink for Maildir {
         };
         let bytes = std::mem::take(&mut tx.buf);
         if !bytes.is_empty() {
-            self.send(id, Op::Write { job, bytes });
+            self.queue(id, job, bytes);
         }
         let commit = Op::Commit {
             job,
@@ -614,6 +648,10 @@ impl Sink for Maildir {
         self.abort(id);
         self.sessions.remove(&id);
     }
+
+    fn pressure(&self) -> bool {
+        self.stats.queued.load(Ordering::Acquire) >= self.opts.queue_limit
+    }
 }
 
 impl Maildir {
@@ -625,6 +663,7 @@ impl Maildir {
             "bytes_written": s.bytes.load(Ordering::Relaxed),
             "errors": s.errors.load(Ordering::Relaxed),
             "pruned": s.pruned.load(Ordering::Relaxed),
+            "stalls": s.stalls.load(Ordering::Relaxed),
             "fsync": self.opts.fsync,
             "fsync_batches": s.batches.load(Ordering::Relaxed),
             "messages_per_batch": s.batched.load(Ordering::Relaxed) as f64 / s.batches.load(Ordering::Relaxed).max(1) as f64,

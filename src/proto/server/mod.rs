@@ -81,6 +81,13 @@ pub trait Sink {
     fn abort(&mut self, _id: SessionId) {}
     /// The session ended; nothing more will come for `id`.
     fn closed(&mut self, _id: SessionId) {}
+    /// True while the sink cannot take more content (its queue to the disk
+    /// is full): the loop then reads from no connection, and the sink wakes
+    /// it through its `Completer` once it can take more. Bounds what a disk
+    /// slower than the network can make the server hold.
+    fn pressure(&self) -> bool {
+        false
+    }
 }
 
 /// How a message ended.
