@@ -42,7 +42,11 @@ class MaildirHandler:
         if not self.fsync:
             # Module-level helper used by Maildir.add: no fsync of the file.
             mailbox._sync_close = _close_nosync
-        self.md = mailbox.Maildir(path, factory=None, create=True)
+        # Maildir(create=True) makes tmp/, new/ and cur/ only when the
+        # directory itself is new.
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        self.md = mailbox.Maildir(path, factory=None, create=False)
         self.new_fd = os.open(os.path.join(path, "new"), os.O_RDONLY | os.O_DIRECTORY)
 
     @classmethod

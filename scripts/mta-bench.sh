@@ -601,6 +601,11 @@ mta_restart() {
     mta_start "$1" "$2"
 }
 
+# scripts/mta-maildir.sh sources this file with MTA_BENCH_SOURCED=1 for the
+# setup above (binaries, namespaces, private /etc, the MTA functions) and
+# runs steps of its own.
+if [[ -n ${MTA_BENCH_SOURCED:-} ]] && (return 0 2>/dev/null); then return 0; fi
+
 # -------------------------------------------------------------- steps ----
 
 printf '%s\n' "$(python3 "$REPORT_PY" header)" >"$TSV"
