@@ -21,6 +21,7 @@
 #                                     without service starts; python3, timeout, cargo
 #   ensure_venv                       a Python venv with pip packages (aiosmtpd, ...)
 #   build_release                     cargo build --release --workspace, retried
+#   use_binaries                      SMTPSINK_BIN/SMTPLOAD_BIN given, or build
 #   free_ports                        free loopback ports, released before use
 #   server_argv, server_desc,         the sinks (smtpsink, smtp-sink, aiosmtpd):
 #   start_server, stop_server,        command line, start, greeting probe and a
@@ -179,6 +180,21 @@ apt_install_nostart() {
         POLICY_RC_CREATED=0
     fi
     return "$rc"
+}
+
+# use_binaries SINK LOAD: the smtpsink and smtpload the script runs: these
+# two paths when given (both, or neither), else the workspace built here.
+use_binaries() {
+    if [[ -n $1 || -n $2 ]]; then
+        [[ -x $1 && -x $2 ]] ||
+            die "set both SMTPSINK_BIN and SMTPLOAD_BIN to executables (or neither)"
+        SMTPSINK_BIN=$1
+        SMTPLOAD_BIN=$2
+        log "using $SMTPSINK_BIN and $SMTPLOAD_BIN (not building)"
+    else
+        ensure_tools
+        build_release
+    fi
 }
 
 # ensure_postfix: Debian's postfix package for smtp-sink and smtp-source,

@@ -129,16 +129,7 @@ wl_on() { [[ " ${WL_LIST[*]} " == *" $1 "* ]]; }
 ensure_postfix
 command -v python3 >/dev/null 2>&1 || apt_install python3
 command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) is required"
-if [[ -n $ENV_SMTPSINK_BIN || -n $ENV_SMTPLOAD_BIN ]]; then
-    [[ -x $ENV_SMTPSINK_BIN && -x $ENV_SMTPLOAD_BIN ]] ||
-        die "set both SMTPSINK_BIN and SMTPLOAD_BIN to executables (or neither)"
-    SMTPSINK_BIN=$ENV_SMTPSINK_BIN
-    SMTPLOAD_BIN=$ENV_SMTPLOAD_BIN
-    log "using $SMTPSINK_BIN and $SMTPLOAD_BIN (not building)"
-else
-    ensure_tools
-    build_release
-fi
+use_binaries "$ENV_SMTPSINK_BIN" "$ENV_SMTPLOAD_BIN"
 "$SMTPSINK_BIN" --help 2>/dev/null | grep -q -- '--maildir' || die "$SMTPSINK_BIN has no --maildir"
 
 NOTES=()
