@@ -57,40 +57,23 @@ fn run(config: &Config) -> Result<(), String> {
     }
 }
 
-/// What a sink does on the loop's tick beyond the interval line, and what
-/// it adds to `--json`.
+/// What a sink does on the loop's tick beyond the interval line.
 trait Watch<S>: Send + 'static {
     /// How often [`Watch::tick`] wants to run, if at all.
     fn every(&self) -> Option<Duration>;
     /// Housekeeping; true asks the server to stop.
     fn tick(&mut self, sink: &mut S, now: SystemTime) -> bool;
-    /// The sink's part of the JSON report.
-    fn json(sink: &S) -> serde_json::Value;
 }
 
+/// No chores.
 struct NoWatch;
 
-impl Watch<Discard> for NoWatch {
+impl<S> Watch<S> for NoWatch {
     fn every(&self) -> Option<Duration> {
         None
     }
-    fn tick(&mut self, _: &mut Discard, _: SystemTime) -> bool {
+    fn tick(&mut self, _: &mut S, _: SystemTime) -> bool {
         false
-    }
-    fn json(_: &Discard) -> serde_json::Value {
-        serde_json::Value::Null
-    }
-}
-
-impl Watch<Maildir> for NoWatch {
-    fn every(&self) -> Option<Duration> {
-        None
-    }
-    fn tick(&mut self, _: &mut Maildir, _: SystemTime) -> bool {
-        false
-    }
-    fn json(sink: &Maildir) -> serde_json::Value {
-        sink.json()
     }
 }
 
@@ -206,10 +189,6 @@ impl Watch<Verify> for VerifyWatch {
         }
         stop
     }
-
-    fn json(sink: &Verify) -> serde_json::Value {
-        sink.json()
-    }
 }
 
 /// Each connection is a file descriptor: raise the soft limit towards the
@@ -309,13 +288,8 @@ where
     print!("{}", report.sink.summary());
     if let Some(path) = &config.json {
         let mut j = report.stats.json(report.elapsed);
-        let extra = W::json(&report.sink);
-        if !extra.is_null() {
-            j[if config.maildir.is_some() {
-                "maildir"
-            } else {
-                "verify"
-            }] = extra;
+        if let Some((key, figures)) = report.sink.json() {
+            j[key] = figures;
         }
         std::fs::write(path, j.to_string() + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -655,8 +655,8 @@ impl Sink for Maildir {
 }
 
 impl Maildir {
-    /// The storage figures as JSON (`--json`).
-    pub fn json(&self) -> serde_json::Value {
+    /// The storage figures as JSON (`--json`, key `maildir`).
+    pub fn figures(&self) -> serde_json::Value {
         let s = &self.stats;
         serde_json::json!({
             "stored": s.stored.load(Ordering::Relaxed),
@@ -673,6 +673,10 @@ impl Maildir {
 }
 
 impl Summary for Maildir {
+    fn json(&self) -> Option<(&'static str, serde_json::Value)> {
+        Some(("maildir", self.figures()))
+    }
+
     fn summary(&self) -> String {
         let s = &self.stats;
         let batches = s.batches.load(Ordering::Relaxed);

@@ -26,6 +26,10 @@ pub trait Summary {
     fn summary(&self) -> String {
         String::new()
     }
+    /// Its part of `--json`: the key and the value (`None`: nothing).
+    fn json(&self) -> Option<(&'static str, serde_json::Value)> {
+        None
+    }
 }
 
 impl Summary for Discard {}

@@ -296,8 +296,8 @@ impl Verify {
         }
     }
 
-    /// The verify figures as JSON (`smtpsink --json`).
-    pub fn json(&self) -> serde_json::Value {
+    /// The verify figures as JSON (`smtpsink --json`, key `verify`).
+    pub fn figures(&self) -> serde_json::Value {
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
         let (expected, complete, first, last) = if let Some(e) = &self.expected {
             let seen = self.runs.get(&e.summary.run);
@@ -409,6 +409,10 @@ impl Sink for Verify {
 }
 
 impl Summary for Verify {
+    fn json(&self) -> Option<(&'static str, serde_json::Value)> {
+        Some(("verify", self.figures()))
+    }
+
     fn summary(&self) -> String {
         let mut s = format!(
             "  verify         intact={} corrupted={} duplicated={} lost={} in_flight={} unverifiable={}\n",
@@ -542,7 +546,7 @@ mod tests {
         assert!(v
             .summary()
             .contains("acknowledged=9 delivered=8 missing=1 (lost"));
-        let j = v.json();
+        let j = v.figures();
         assert_eq!(j["expected"], 9);
         assert_eq!(j["complete"], false);
         assert_eq!(j["lost"], 1);
