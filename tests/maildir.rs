@@ -142,6 +142,14 @@ fn stored(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The stored message whose trace fields mention `sender`.
+fn from<'a>(files: &'a [(String, Vec<u8>)], sender: &str) -> &'a (String, Vec<u8>) {
+    files
+        .iter()
+        .find(|(t, _)| t.contains(sender))
+        .unwrap_or_else(|| panic!("no message from {sender}"))
+}
+
 const EHLO_N: usize = 1;
 
 fn hello(c: &mut Client) {
@@ -171,10 +179,7 @@ fn data_is_stored_unstuffed_and_byte_exact_with_trace_fields_prepended() {
     let (dir, report) = s.stop();
     let files = stored(&dir);
     assert_eq!(files.len(), 2);
-    let first = files
-        .iter()
-        .find(|(t, _)| t.contains("<a@x.test>"))
-        .unwrap();
+    let first = from(&files, "<a@x.test>");
     assert_eq!(first.1, message);
     let t = &first.0;
     assert!(t.starts_with("Return-Path: <a@x.test>\r\nX-Original-To: <b@y.test>\r\nReceived: from client.example ([127.0.0.1])\r\n\tby sink.test (smtpsink) with ESMTP id "), "{t}");
@@ -217,20 +222,14 @@ fn bdat_is_stored_verbatim_pipelined_with_many_recipients_and_megabytes() {
     let (dir, report) = s.stop();
     let files = stored(&dir);
     assert_eq!(files.len(), 2);
-    let first = files
-        .iter()
-        .find(|(t, _)| t.contains("<a@x.test>"))
-        .unwrap();
+    let first = from(&files, "<a@x.test>");
     assert_eq!(first.1, small);
     assert_eq!(first.0.matches("X-Original-To: <r").count(), rcpts);
     assert!(
         !first.0.contains("\tfor <"),
         "no 'for' with many recipients"
     );
-    let second = files
-        .iter()
-        .find(|(t, _)| t.contains("<big@x.test>"))
-        .unwrap();
+    let second = from(&files, "<big@x.test>");
     assert!(second.1 == big, "3 MB stored byte-exact");
     assert_eq!(report.sink.stats.stored.load(Ordering::Relaxed), 2);
     let _ = std::fs::remove_dir_all(&dir);

@@ -331,7 +331,11 @@ impl Maildir {
             "\r\n\tby {} (smtpsink) with {} id {}",
             self.opts.hostname,
             if tx.esmtp { "ESMTP" } else { "SMTP" },
-            name.split('.').take(2).collect::<Vec<_>>().join(".")
+            // "<secs>.M<usecs>P<pid>Q<seq>": the name without its host part.
+            &name[..name
+                .match_indices('.')
+                .nth(1)
+                .map_or(name.len(), |(i, _)| i)]
         );
         if let [only] = tx.rcpts.as_slice() {
             h.extend_from_slice(b"\r\n\tfor <");
