@@ -10,8 +10,11 @@
 //!   its requests; `reactor::timer` keeps deadlines and reads the clock.
 //! - [`completion`] brings deferred sink verdicts back to the loop from any
 //!   thread (a queue and the loop's waker).
-//! - [`sink`] is where message data goes (discard, verify); [`stats`] counts
-//!   and keeps latency histograms (mergeable across loops); [`config`] is
+//! - [`sink`] is where message data goes (discard, verify, maildir: storage
+//!   threads, group commit, back-pressure through `Sink::pressure`);
+//!   [`stats`] counts and keeps latency histograms (mergeable across loops);
+//!   [`histlog`] writes them as HdrHistogram interval logs; [`run_summary`]
+//!   is what smtpload acknowledged, read by the verify sink; [`config`] is
 //!   the CLI.
 //! - [`proto`] is the protocol, sans-IO: [`proto::server::Session`] takes
 //!   bytes and events and gives replies, sink calls and one typed
