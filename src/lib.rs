@@ -13,7 +13,7 @@
 //! - [`sink`] is where message data goes (discard, verify, maildir: storage
 //!   threads, group commit, back-pressure through `Sink::pressure`);
 //!   [`stats`] counts and keeps latency histograms (mergeable across loops);
-//!   [`histlog`] writes them as HdrHistogram interval logs; [`run_summary`]
+//!   [`histlog`] writes them as `HdrHistogram` interval logs; [`run_summary`]
 //!   is what smtpload acknowledged, read by the verify sink; [`config`] is
 //!   the CLI.
 //! - [`proto`] is the protocol, sans-IO: [`proto::server::Session`] takes
