@@ -173,22 +173,19 @@ def report(tsv, clk):
             p(f"| {CASES[c][0]} | {CASES[c][1]} | {msgs} | {cell(stat(c, rate), '.0f')} | "
               f"{cell(stat(c, cpu10k), '.3f')} | {cell(mib, '.1f')} | {runs_ok(c)} | {checks(c)} |")
         p("\n" + hdr)
-        if "discard" in w1 and "maildir" in w1:
-            p(ratio("maildir", "discard", rate, 0.5, True, "msgs/s"))
-        if "maildir" in w1 and "smtp-sink-dump" in w1:
-            p(ratio("maildir", "smtp-sink-dump", rate, 3, True, "msgs/s"))
-        if "maildir" in w1 and "aiosmtpd-maildir" in w1:
-            p(ratio("maildir", "aiosmtpd-maildir", rate, None, True, "msgs/s"))
-        if "discard" in w1 and "maildir" in w1:
-            p(ratio("maildir", "discard", cpu10k, None, True, "server CPU/msg"))
-        if "maildir" in w1 and "smtp-sink-dump" in w1:
-            p(ratio("maildir", "smtp-sink-dump", cpu10k, None, True, "server CPU/msg"))
-        if "maildir" in w1 and "aiosmtpd-maildir" in w1:
-            p(ratio("maildir", "aiosmtpd-maildir", cpu10k, None, True, "server CPU/msg"))
-        if "maildir" in w1 and "fs-floor" in w1:
-            p(ratio("maildir", "fs-floor", cpu10k, None, True, "server CPU/msg"))
-        if "discard" in w1 and "fs-floor" in w1:
-            p(ratio("fs-floor", "discard", rate, None, True, "msgs/s"))
+        # (numerator, denominator, metric, target, label), in report order.
+        for num_c, den_c, metric, tgt, label in (
+            ("maildir", "discard", rate, 0.5, "msgs/s"),
+            ("maildir", "smtp-sink-dump", rate, 3, "msgs/s"),
+            ("maildir", "aiosmtpd-maildir", rate, None, "msgs/s"),
+            ("maildir", "discard", cpu10k, None, "server CPU/msg"),
+            ("maildir", "smtp-sink-dump", cpu10k, None, "server CPU/msg"),
+            ("maildir", "aiosmtpd-maildir", cpu10k, None, "server CPU/msg"),
+            ("maildir", "fs-floor", cpu10k, None, "server CPU/msg"),
+            ("fs-floor", "discard", rate, None, "msgs/s"),
+        ):
+            if num_c in w1 and den_c in w1:
+                p(ratio(num_c, den_c, metric, tgt, True, label))
         p("")
 
     # ---- 2: durable
