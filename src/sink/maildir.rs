@@ -107,10 +107,12 @@ impl StoreStats {
 
 /// Work for a storage worker, for transaction `job`.
 enum Op {
+    /// Create the file and write its first bytes (trace fields and the
+    /// start of the body: one write for a small message).
     Open {
         job: u64,
         name: String,
-        head: Vec<u8>,
+        bytes: Vec<u8>,
     },
     Write {
         job: u64,
@@ -141,8 +143,12 @@ struct Tx {
     esmtp: bool,
     from: Vec<u8>,
     rcpts: Vec<Vec<u8>>,
-    /// The open file's job, once the content began.
+    /// The transaction's job, once the content began.
     job: Option<u64>,
+    /// The file name until the worker was told to create it: the file is
+    /// created with its first piece, so a small message costs one write.
+    pending: Option<String>,
+    /// Trace fields, then body bytes, not yet handed to a worker.
     buf: Vec<u8>,
 }
 
@@ -272,14 +278,19 @@ impl Maildir {
             .is_some_and(|w| w.send(op).is_ok())
     }
 
-    /// Hands a piece of body to the worker, counted as queued until written.
-    fn queue(&self, id: SessionId, job: u64, bytes: Vec<u8>) {
+    /// Hands a piece to the worker, counted as queued until written; the
+    /// first piece of a file (`name` given) creates it.
+    fn queue(&self, id: SessionId, job: u64, name: Option<String>, bytes: Vec<u8>) {
         let n = bytes.len() as u64;
         let before = self.stats.queued.fetch_add(n, Ordering::AcqRel);
         if before < self.opts.queue_limit && before + n >= self.opts.queue_limit {
             self.stats.stalls.fetch_add(1, Ordering::Relaxed);
         }
-        if !self.send(id, Op::Write { job, bytes }) {
+        let op = match name {
+            Some(name) => Op::Open { job, name, bytes },
+            None => Op::Write { job, bytes },
+        };
+        if !self.send(id, op) {
             self.stats.queued.fetch_sub(n, Ordering::AcqRel);
         }
     }
@@ -374,42 +385,27 @@ fn worker(
     low: u64,
 ) {
     let tmp = dir.join("tmp");
-    // job -> (file, name, first error)
-    let mut open: HashMap<u64, (Option<File>, String, Option<io::Error>)> = HashMap::new();
+    let mut open: HashMap<u64, Open> = HashMap::new();
     for op in rx {
         match op {
-            Op::Open { job, name, head } => {
+            Op::Open { job, name, bytes } => {
                 let r = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .open(tmp.join(&name))
-                    .and_then(|mut f| f.write_all(&head).map(|()| f));
-                match r {
-                    Ok(f) => {
-                        stats.bytes.fetch_add(head.len() as u64, Ordering::Relaxed);
-                        open.insert(job, (Some(f), name, None));
-                    }
+                    .open(tmp.join(&name));
+                let entry = match r {
+                    Ok(f) => (Some(f), name, None),
                     Err(e) => {
                         let _ = fs::remove_file(tmp.join(&name));
-                        open.insert(job, (None, name, Some(e)));
+                        (None, name, Some(e))
                     }
-                }
+                };
+                let entry = open.entry(job).insert_entry(entry).into_mut();
+                write(entry, &bytes, stats, completer, low);
             }
             Op::Write { job, bytes } => {
-                if let Some((Some(f), _, err @ None)) = open.get_mut(&job) {
-                    match f.write_all(&bytes) {
-                        Ok(()) => {
-                            stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => *err = Some(e),
-                    }
-                }
-                // Written (or dropped): no longer queued. Crossing the low
-                // mark wakes the loop, which may have stopped reading.
-                let n = bytes.len() as u64;
-                let before = stats.queued.fetch_sub(n, Ordering::AcqRel);
-                if before >= low && before - n < low {
-                    completer.wake();
+                if let Some(entry) = open.get_mut(&job) {
+                    write(entry, &bytes, stats, completer, low);
                 }
             }
             Op::Commit { job, id, ended } => match open.remove(&job) {
@@ -436,6 +432,29 @@ fn worker(
                 }
             }
         }
+    }
+}
+
+/// An open file: the file (none if it could not be created), its name and
+/// the first error.
+type Open = (Option<File>, String, Option<io::Error>);
+
+/// Writes `bytes` to `entry`'s file unless it already failed.
+fn write(entry: &mut Open, bytes: &[u8], stats: &StoreStats, completer: &Completer, low: u64) {
+    if let (Some(f), _, err @ None) = entry {
+        match f.write_all(bytes) {
+            Ok(()) => {
+                stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => *err = Some(e),
+        }
+    }
+    // Written (or dropped): no longer queued. Crossing the low mark wakes
+    // the loop, which may have stopped reading.
+    let n = bytes.len() as u64;
+    let before = stats.queued.fetch_sub(n, Ordering::AcqRel);
+    if before >= low && before - n < low {
+        completer.wake();
     }
 }
 
@@ -587,8 +606,8 @@ impl Sink for Maildir {
         };
         let tx = self.sessions.entry(id).or_default();
         tx.job = Some(job);
-        tx.buf.clear();
-        let _ = self.send(id, Op::Open { job, name, head });
+        tx.pending = Some(name);
+        tx.buf = head;
     }
 
     fn body(&mut self, id: SessionId, chunk: &[u8]) {
@@ -602,15 +621,16 @@ impl Sink for Maildir {
         let mut full = Vec::new();
         let mut rest = chunk;
         while !rest.is_empty() {
-            let take = (PIECE - tx.buf.len()).min(rest.len());
+            let take = PIECE.saturating_sub(tx.buf.len()).min(rest.len());
             tx.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
-            if tx.buf.len() == PIECE {
-                full.push(std::mem::replace(&mut tx.buf, Vec::with_capacity(PIECE)));
+            if tx.buf.len() >= PIECE {
+                let bytes = std::mem::replace(&mut tx.buf, Vec::with_capacity(PIECE));
+                full.push((tx.pending.take(), bytes));
             }
         }
-        for bytes in full {
-            self.queue(id, job, bytes);
+        for (name, bytes) in full {
+            self.queue(id, job, name, bytes);
         }
     }
 
@@ -623,8 +643,10 @@ impl Sink for Maildir {
             return Verdict::Rejected(ReplyId::LocalError);
         };
         let bytes = std::mem::take(&mut tx.buf);
-        if !bytes.is_empty() {
-            self.queue(id, job, bytes);
+        let name = tx.pending.take();
+        // A file never created gets created now, even if empty.
+        if name.is_some() || !bytes.is_empty() {
+            self.queue(id, job, name, bytes);
         }
         let commit = Op::Commit {
             job,
@@ -640,9 +662,11 @@ impl Sink for Maildir {
     }
 
     fn abort(&mut self, id: SessionId) {
+        // A file not yet created has nothing for the worker to remove.
         if let Some(job) = self.sessions.get_mut(&id).and_then(|tx| {
             tx.buf.clear();
-            tx.job.take()
+            let created = tx.pending.take().is_none();
+            tx.job.take().filter(|_| created)
         }) {
             let _ = self.send(id, Op::Abort { job });
         }
