@@ -2,6 +2,8 @@
 //! builds one [`Config`] and hands the parts to the reactor and the protocol.
 
 use crate::proto::server::{Settings, Timeouts};
+use crate::rules::spec::{self, Short};
+use crate::rules::RuleSet;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +21,8 @@ pub enum BareLf {
 /// discards it, and reports exactly what happened.
 ///
 /// Example: `smtpsink --listen 127.0.0.1:2525 --listen [::1]:2525 --stats-interval 1`
+// Each bool is one independent command-line switch.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Parser)]
 #[command(name = "smtpsink", version, about, long_about = None)]
 pub struct Config {
@@ -150,6 +154,121 @@ pub struct Config {
     /// Print one statistics line to stderr every SECS seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
+
+    /// Rules file (TOML): replies, delays, closes, throttles, drops and
+    /// greylisting by stage, address, client and count, plus rate limits.
+    /// See README "Misbehaving on purpose". Its rules come before the
+    /// short forms below.
+    #[arg(long, value_name = "FILE", help_heading = "Misbehaving on purpose")]
+    pub rules: Option<std::path::PathBuf>,
+
+    /// Answer STAGE with REPLY (a code, or a whole reply), with probability
+    /// P (default: always). `--reply rcpt:550:0.1`: 10% of RCPTs get 550;
+    /// `--reply 'mail:451 4.7.1 Try later'`. STAGE: connect, helo, mail,
+    /// rcpt, data, end, bdat, rset, quit, other, any. A 421 also closes.
+    #[arg(
+        long = "reply",
+        value_name = "STAGE:REPLY[:P]",
+        help_heading = "Misbehaving on purpose"
+    )]
+    pub reply: Vec<String>,
+
+    /// Hold the reply to STAGE: `data:2s`, `rcpt:100ms..1s` (uniform),
+    /// `end:lognormal 200ms 0.5`, with probability P.
+    #[arg(
+        long = "delay",
+        value_name = "STAGE:DELAY[:P]",
+        help_heading = "Misbehaving on purpose"
+    )]
+    pub delay: Vec<String>,
+
+    /// Close the connection without a reply at STAGE, with probability P
+    /// (`--close end:0.01`: 1% of messages are lost after their data).
+    #[arg(
+        long = "close",
+        value_name = "STAGE[:P]",
+        help_heading = "Misbehaving on purpose"
+    )]
+    pub close: Vec<String>,
+
+    /// Close without a reply once BYTES of a message's content arrived.
+    #[arg(long, value_name = "BYTES", help_heading = "Misbehaving on purpose")]
+    pub close_after: Option<u64>,
+
+    /// Read every connection at no more than this many octets per second.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Misbehaving on purpose")]
+    pub throttle: Option<u64>,
+
+    /// Accept-but-drop: answer 250 to this fraction of messages (0 to 1)
+    /// but keep and count none of them as stored.
+    #[arg(long, value_name = "P", help_heading = "Misbehaving on purpose")]
+    pub drop: Option<f64>,
+
+    /// Greylist: the first RCPT of each client/sender/recipient triple gets
+    /// 451 4.7.1; a retry at least this long after passes (`60s`, `5m`).
+    #[arg(long, value_name = "DURATION", help_heading = "Misbehaving on purpose")]
+    pub greylist: Option<String>,
+
+    /// A token-bucket rate limit, KIND=N/s (or /m, /h); KIND is
+    /// connections, messages or recipients (conn, msg, rcpt), `client-`
+    /// in front for each client address. Past it: 421 4.7.0 (connections),
+    /// 451 4.7.1 (MAIL, RCPT). `--rate-limit client-conn=5/s`.
+    #[arg(
+        long = "rate-limit",
+        value_name = "KIND=RATE",
+        help_heading = "Misbehaving on purpose"
+    )]
+    pub rate_limit: Vec<String>,
+
+    /// Recipient local parts like reject550, tempfail451, delay2s,
+    /// disconnect, datareject554, drop do what they say (README table).
+    #[arg(long, help_heading = "Misbehaving on purpose")]
+    pub magic_addresses: bool,
+
+    /// Seed of the random decisions (probabilities, random delays): the
+    /// same seed and the same traffic give the same decisions. Default: a
+    /// new seed each start, printed.
+    #[arg(long, value_name = "N", help_heading = "Misbehaving on purpose")]
+    pub seed: Option<u64>,
+
+    /// After N 4xx/5xx replies in one session: 421 4.7.0 and close. 0: never.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Misbehaving on purpose"
+    )]
+    pub max_errors: u32,
+
+    /// Transactions per connection; the next MAIL gets 421 4.7.0 and the
+    /// connection closes. 0: no limit.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Misbehaving on purpose"
+    )]
+    pub max_messages_per_connection: u32,
+
+    /// Stop once N messages got their final reply (accepted, refused or
+    /// dropped): print the final statistics and exit 0 (for CI).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Misbehaving on purpose")]
+    pub exit_after_messages: Option<u64>,
+
+    /// Serve N connections, then stop listening, and exit 0 once they closed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Misbehaving on purpose")]
+    pub exit_after_connections: Option<u64>,
+
+    /// Serve the control and metrics endpoint (HTTP/1.1) on IP:PORT:
+    /// GET /metrics (Prometheus), GET /stats (JSON), PUT /rules, POST
+    /// /reset, GET /health. Loopback only unless --control-allow-remote.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Control and metrics")]
+    pub control: Option<SocketAddr>,
+
+    /// Let --control listen on an address other than loopback (anyone who
+    /// reaches it can change the rules).
+    #[arg(long, requires = "control", help_heading = "Control and metrics")]
+    pub control_allow_remote: bool,
 }
 
 impl Config {
@@ -162,6 +281,8 @@ impl Config {
             self.max_line_length as usize,
         );
         s.reject_bare_lf = self.bare_lf == BareLf::Reject;
+        s.max_errors = self.max_errors;
+        s.max_transactions = self.max_messages_per_connection;
         s.timeouts = Timeouts {
             idle: self.timeout(),
             command: self.command_timeout,
@@ -189,6 +310,74 @@ impl Config {
     /// How often to print a statistics line, if at all.
     pub fn stats_interval(&self) -> Option<Duration> {
         (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval))
+    }
+
+    /// The rule set the file and the short forms describe (file first);
+    /// `None` when they describe nothing. Errors are one line for people.
+    pub fn rule_set(&self) -> Result<Option<RuleSet>, String> {
+        let mut set = match &self.rules {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                spec::parse_file(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => RuleSet::default(),
+        };
+        let mut specs = Vec::new();
+        for (kind, list) in [
+            (Short::Reply, &self.reply),
+            (Short::Delay, &self.delay),
+            (Short::Close, &self.close),
+        ] {
+            for s in list {
+                specs.push(spec::parse_short(kind, s)?);
+            }
+        }
+        if let Some(n) = self.close_after {
+            specs.push(
+                spec::simple("mail", None)
+                    .close_after(n)
+                    .named("close-after"),
+            );
+        }
+        if let Some(n) = self.throttle {
+            specs.push(spec::simple("connect", None).throttle(n).named("throttle"));
+        }
+        if let Some(p) = self.drop {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("--drop {p}: a fraction from 0 to 1"));
+            }
+            specs.push(spec::simple("end", Some(p)).drop_it().named("drop"));
+        }
+        if let Some(g) = &self.greylist {
+            specs.push(spec::simple("rcpt", None).greylist(g).named("greylist"));
+        }
+        let base = set.rules.len();
+        for (i, s) in specs.iter().enumerate() {
+            set.rules.push(s.build(base + i)?);
+        }
+        for r in &self.rate_limit {
+            let (kind, per_client, rate) =
+                spec::parse_rate_limit(r).map_err(|e| format!("--rate-limit {e}"))?;
+            set.limits.set(kind, per_client, rate);
+        }
+        set.magic |= self.magic_addresses;
+        if self.seed.is_some() {
+            set.seed = self.seed;
+        }
+        Ok((!set.is_empty()).then_some(set))
+    }
+
+    /// Checks what clap cannot: --control on loopback unless allowed.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(a) = self.control {
+            if !a.ip().is_loopback() && !self.control_allow_remote {
+                return Err(format!(
+                    "--control {a}: not a loopback address; anyone who reaches it can change the rules (add --control-allow-remote if that is meant)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The defaults, for tests and embedding.

@@ -33,10 +33,13 @@
 
 pub mod completion;
 pub mod config;
+pub mod control;
 pub mod histlog;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod reactor;
+pub mod rules;
 pub mod run_summary;
 pub mod sink;
 pub mod stats;

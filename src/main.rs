@@ -8,6 +8,7 @@ use smtpsink::completion::Completer;
 use smtpsink::config::Config;
 use smtpsink::histlog::HistLog;
 use smtpsink::reactor::{Server, ShutdownHandle};
+use smtpsink::rules::Engine;
 use smtpsink::run_summary::RunSummary;
 use smtpsink::sink::maildir::MaildirOptions;
 use smtpsink::sink::verify::RunState;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &Config) -> Result<(), String> {
+    config.check()?;
     if let Some(dir) = &config.maildir {
         let opts = MaildirOptions {
             dir: dir.clone(),
@@ -261,7 +263,43 @@ where
     W: Watch<S>,
 {
     raise_fd_limit(config);
+    let rules = config.rule_set()?;
     let mut server = Server::from_config_with(config, make_sink).map_err(|e| e.to_string())?;
+    // Without --seed a fresh one each start, printed so a run can be replayed.
+    let seed = config.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
+    });
+    if let Some(set) = rules {
+        let engine = Engine::new(set, seed, &config.hostname);
+        eprintln!(
+            "smtpsink: {} rule(s){}{}, seed {}",
+            engine.set().rules.len(),
+            if engine.set().limits.is_empty() {
+                ""
+            } else {
+                ", rate limits"
+            },
+            if engine.set().magic {
+                ", magic addresses"
+            } else {
+                ""
+            },
+            engine.seed()
+        );
+        server.set_rules(Some(engine), seed);
+    } else {
+        server.set_rules(None, seed);
+    }
+    if let Some(addr) = config.control {
+        let bound = server
+            .serve_control(addr)
+            .map_err(|e| format!("control endpoint: {e}"))?;
+        eprintln!(
+            "smtpsink: control endpoint on http://{bound}/ (metrics, stats, rules, reset, health)"
+        );
+    }
     let handle = server.shutdown_handle();
     install_tick(&mut server, config, watch, handle.clone());
     let addrs: Vec<String> = server

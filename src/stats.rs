@@ -10,8 +10,10 @@
 //! are the one definition of our histogram bounds, shared with smtpload.
 
 use crate::net::IoCounts;
+use crate::proto::reply::ReplyId;
 use crate::proto::server::{Counts, Observer, Outcome, Timeout};
 use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -98,6 +100,8 @@ pub struct Counters {
     pub messages: u64,
     /// Messages refused at the end of data.
     pub messages_rejected: u64,
+    /// Messages answered 250 but kept nowhere (a rule's accept-but-drop).
+    pub messages_dropped: u64,
     /// Recipients accepted.
     pub recipients: u64,
     /// Body octets of accepted messages.
@@ -119,6 +123,7 @@ impl std::ops::AddAssign for Counters {
         self.transactions += o.transactions;
         self.messages += o.messages;
         self.messages_rejected += o.messages_rejected;
+        self.messages_dropped += o.messages_dropped;
         self.recipients += o.recipients;
         self.body_bytes += o.body_bytes;
         for (a, b) in self.replies.iter_mut().zip(o.replies) {
@@ -135,6 +140,13 @@ pub struct Stats {
     pub counters: Counters,
     /// Per-transaction latency in microseconds.
     pub latency: Histogram<u64>,
+    /// Exact sum of what `latency` recorded, in microseconds (the
+    /// histogram keeps only buckets; Prometheus wants the sum).
+    pub latency_sum_us: u64,
+    /// Replies sent, by [`ReplyId`] (`ReplyId as usize`).
+    pub replies_by_id: [u64; ReplyId::COUNT],
+    /// Replies made by rules, by code.
+    pub rule_replies: BTreeMap<u16, u64>,
 }
 
 impl Default for Stats {
@@ -149,8 +161,17 @@ impl Observer for Stats {
         for (total, n) in by_class.zip(c.replies) {
             *total += u64::from(n);
         }
+        for (i, n) in c.replies_by_id() {
+            if let Some(total) = self.replies_by_id.get_mut(i) {
+                *total += u64::from(n);
+            }
+        }
         self.counters.transactions += u64::from(c.transactions);
         self.counters.recipients += u64::from(c.recipients);
+    }
+
+    fn rule_reply(&mut self, code: u16) {
+        *self.rule_replies.entry(code).or_default() += 1;
     }
 
     fn message(&mut self, outcome: Outcome, body_bytes: u64, latency: Duration) {
@@ -160,8 +181,11 @@ impl Observer for Stats {
                 self.counters.body_bytes += body_bytes;
             }
             Outcome::Rejected => self.counters.messages_rejected += 1,
+            Outcome::Dropped => self.counters.messages_dropped += 1,
         }
-        self.latency.saturating_record(micros(latency));
+        let us = micros(latency);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(us);
+        self.latency.saturating_record(us);
     }
 
     fn timeout(&mut self, kind: Timeout) {
@@ -180,7 +204,31 @@ impl Stats {
         Self {
             counters: Counters::default(),
             latency: histogram(),
+            latency_sum_us: 0,
+            replies_by_id: [0; ReplyId::COUNT],
+            rule_replies: BTreeMap::new(),
         }
+    }
+
+    /// Zeroes every counter and histogram (the control endpoint's `POST
+    /// /reset`), keeping what describes now rather than the past: the
+    /// number of open connections.
+    pub fn reset(&mut self) {
+        let open = self.counters.connections_open;
+        *self = Self::new();
+        self.counters.connections_open = open;
+    }
+
+    /// Replies sent, by code: the fixed replies (their codes as `codes`
+    /// gives them; texts are configurable) plus the rules' own.
+    pub fn replies_by_code(&self, code_of: impl Fn(ReplyId) -> u16) -> BTreeMap<u16, u64> {
+        let mut m = self.rule_replies.clone();
+        for (&id, &n) in ReplyId::ALL.iter().zip(&self.replies_by_id) {
+            if n > 0 {
+                *m.entry(code_of(id)).or_default() += n;
+            }
+        }
+        m
     }
 
     /// Adds `other` (another event loop's statistics) into these.
@@ -188,6 +236,13 @@ impl Stats {
         self.counters += other.counters;
         // Same fixed bounds on both sides: adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(other.latency_sum_us);
+        for (a, b) in self.replies_by_id.iter_mut().zip(&other.replies_by_id) {
+            *a += b;
+        }
+        for (&code, &n) in &other.rule_replies {
+            *self.rule_replies.entry(code).or_default() += n;
+        }
     }
 
     /// One compact line for `--stats-interval`: totals and rates since `prev`.
@@ -224,6 +279,7 @@ impl Stats {
                 "transactions": c.transactions,
                 "messages": c.messages,
                 "messages_rejected": c.messages_rejected,
+                "messages_dropped": c.messages_dropped,
                 "recipients": c.recipients,
                 "body_bytes": c.body_bytes,
                 "replies": {"2xx": c.replies[2], "3xx": c.replies[3], "4xx": c.replies[4], "5xx": c.replies[5]},
@@ -262,6 +318,13 @@ impl Stats {
             c.messages as f64 / secs
         );
         let _ = writeln!(s, "  rejected       {:>14}", c.messages_rejected);
+        if c.messages_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "  dropped        {:>14}  (250 sent, kept nowhere: a rule)",
+                c.messages_dropped
+            );
+        }
         let _ = writeln!(s, "  recipients     {:>14}", c.recipients);
         let _ = writeln!(
             s,
@@ -346,6 +409,7 @@ mod tests {
             replies: [0, 0, 1, 0],
             transactions: 2,
             recipients: 1,
+            ..Counts::default()
         });
         b.timeout(Timeout::Command);
         b.message(Outcome::Accepted, 50, Duration::from_millis(1));

@@ -81,6 +81,8 @@ fn a_held_221_waits_for_the_replies_before_it() {
         max_per_client: 0,
         grace: Duration::from_secs(5),
         spin_polls: 0,
+        exit_after_messages: None,
+        exit_after_connections: None,
     };
     let server = Server::bind(
         &["127.0.0.1:0".parse().unwrap()],

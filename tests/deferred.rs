@@ -56,6 +56,8 @@ fn limits() -> Limits {
         max_per_client: 0,
         grace: Duration::from_secs(5),
         spin_polls: 0,
+        exit_after_messages: None,
+        exit_after_connections: None,
     }
 }
 

@@ -113,6 +113,12 @@ replies! {
     Timeout = "421 4.4.2 {host} Error: timeout exceeded, closing transmission channel";
     /// Message content slower than `--data-min-rate` over a `--data-window`.
     DataTooSlow = "421 4.4.2 {host} Error: data transfer too slow, closing transmission channel";
+    /// `--max-errors` 4xx/5xx replies in one session.
+    TooManyErrors = "421 4.7.0 {host} Error: too many errors, closing transmission channel";
+    /// `--max-messages-per-connection` transactions in one session.
+    TooManyMessages = "421 4.7.0 {host} Error: too many messages in one session, closing transmission channel";
+    /// Any command but QUIT after a greeting that refused service (RFC 5321 3.1).
+    ServiceRefused = "503 5.5.1 Error: no service on this connection; send QUIT";
     /// `--max-connections-per-client` reached.
     TooManyConnections = "421 4.7.0 {host} Error: too many connections from your address";
 }

@@ -17,7 +17,7 @@
 use super::{Env, LINGER};
 use crate::net::{Consumed, Drain, Flush, Keep, Link, ReadEnd, Transport};
 use crate::proto::reply::ReplyId;
-use crate::proto::server::{Ctx, Request, Session, Verdict};
+use crate::proto::server::{Ctx, Policy, Request, Session, Verdict};
 use mio::{Interest, Registry, Token};
 use std::io;
 use std::time::Instant;
@@ -81,6 +81,7 @@ macro_rules! with_cx {
     ($env:expr, $limit:expr, |$cx:ident| $body:expr) => {{
         let mut ctx = Ctx::new(&mut *$env.out, &mut *$env.sink, &mut *$env.stats, $env.now);
         ctx.out_limit = $limit;
+        ctx.policy = $env.policy.as_deref_mut().map(|p| p as &mut dyn Policy);
         let $cx = &mut ctx;
         $body
     }};
@@ -304,12 +305,14 @@ impl Conn {
             let session = &mut self.session;
             let out = &mut *env.out;
             let (sink, stats) = (&mut *env.sink, &mut *env.stats);
+            let policy = &mut env.policy;
             let mut io = stats.counters.io;
             let before = io.bytes_in;
             let mut parked = false;
             let mut take = |input: &[u8], _: &mut Vec<u8>| {
                 let mut cx = Ctx::new(&mut *out, &mut *sink, &mut *stats, now);
                 cx.out_limit = limit;
+                cx.policy = policy.as_deref_mut().map(|p| p as &mut dyn Policy);
                 let used = session.handle_input(s, input, &mut cx);
                 parked = !session.takes_input();
                 let stop = parked || cx.out.len() >= limit;

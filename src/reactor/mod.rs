@@ -19,18 +19,23 @@
 
 mod clients;
 mod conn;
+pub mod control;
 pub mod listener;
 pub mod timer;
 
 use crate::completion::{Completer, Completions};
 use crate::config::Config;
+use crate::metrics::Exposition;
 use crate::net::Transport;
 use crate::proto::reply::ReplyId;
 use crate::proto::server::{Session, SessionId, Settings, Sink, EXTENSION_ALLOWANCE};
+use crate::rules::{spec, Engine};
+use crate::sink::Summary;
 use crate::stats::Stats;
 use clients::Clients;
 use conn::{Conn, Next};
 pub use conn::{OUTPUT_HIGH_WATER, READ_BUDGET};
+use control::ControlPort;
 pub use listener::ListenError;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -116,6 +121,11 @@ pub struct Limits {
     pub grace: Duration,
     /// Non-blocking polls after a busy turn before the loop sleeps.
     pub spin_polls: u32,
+    /// Stop (gracefully) once this many messages got their final reply.
+    pub exit_after_messages: Option<u64>,
+    /// Accept this many connections, then stop listening and stop once
+    /// they have all closed.
+    pub exit_after_connections: Option<u64>,
 }
 
 impl From<&Config> for Limits {
@@ -125,6 +135,8 @@ impl From<&Config> for Limits {
             max_per_client: c.max_connections_per_client,
             grace: c.grace(),
             spin_polls: c.spin_polls,
+            exit_after_messages: c.exit_after_messages,
+            exit_after_connections: c.exit_after_connections,
         }
     }
 }
@@ -162,6 +174,7 @@ macro_rules! env {
             out: &mut $server.out,
             scratch: &mut $server.scratch,
             registry: $server.poll.registry(),
+            policy: $server.rules.as_mut(),
             now: $now,
         }
     };
@@ -177,6 +190,8 @@ struct Env<'a> {
     /// The read buffer all connections share.
     scratch: &'a mut [u8],
     registry: &'a Registry,
+    /// The loop's rules, if any.
+    policy: Option<&'a mut Engine>,
     now: Instant,
 }
 
@@ -208,6 +223,22 @@ pub struct Server<S: Sink> {
     /// Set once a graceful shutdown began: the moment the grace period ends.
     draining_until: Option<Instant>,
     tick: Option<Tick<S>>,
+    /// Rules, delays, rate limits (`None`: sessions ask nothing).
+    rules: Option<Engine>,
+    /// The seed a rule set gets when it names none (for `PUT /rules`).
+    seed: u64,
+    control: Option<ControlPort>,
+    /// How the sink reports itself to the control endpoint.
+    report: Option<SinkReport<S>>,
+    started: Instant,
+    /// `exit_after_connections` reached: no longer accepting.
+    accepted_all: bool,
+}
+
+/// A sink's parts of `/metrics` and `/stats`.
+struct SinkReport<S> {
+    metrics: fn(&S, &mut Exposition),
+    json: fn(&S) -> Option<(&'static str, serde_json::Value)>,
 }
 
 /// The session id of connection `key`'s `serial`-th session (see [`SessionId`]).
@@ -280,7 +311,35 @@ impl<S: Sink> Server<S> {
             waker,
             draining_until: None,
             tick: None,
+            rules: None,
+            seed: 0,
+            control: None,
+            report: None,
+            started: timer::now(),
+            accepted_all: false,
         })
+    }
+
+    /// Runs `engine`'s rules; `seed` is what a set installed later by
+    /// `PUT /rules` gets when it names none.
+    pub fn set_rules(&mut self, engine: Option<Engine>, seed: u64) {
+        self.rules = engine;
+        self.seed = seed;
+    }
+
+    /// Serves the control endpoint on `addr`; returns the bound address.
+    pub fn serve_control(&mut self, addr: SocketAddr) -> Result<SocketAddr, ListenError>
+    where
+        S: Summary,
+    {
+        let port = ControlPort::bind(addr, self.poll.registry())?;
+        let bound = port.addr();
+        self.control = Some(port);
+        self.report = Some(SinkReport {
+            metrics: <S as Summary>::metrics,
+            json: <S as Summary>::json,
+        });
+        Ok(bound)
     }
 
     /// Binds with a sink that needs no completer.
@@ -353,6 +412,7 @@ impl<S: Sink> Server<S> {
     /// Runs until shut down; returns the statistics and the sink.
     pub fn run(mut self) -> io::Result<Report<S>> {
         let started = timer::now();
+        self.started = started;
         let mut events = Events::with_capacity(1024);
         let mut spins_left = 0u32;
         loop {
@@ -374,9 +434,15 @@ impl<S: Sink> Server<S> {
             self.fire_completions(now);
             self.fire_timers(now);
             self.fire_tick(now, started);
+            if let Some(c) = self.control.as_mut() {
+                c.expire(now, self.poll.registry());
+            }
             if self.shutdown_step(now) {
                 break;
             }
+        }
+        if let Some(c) = self.control.as_mut() {
+            c.close_all(self.poll.registry());
         }
         Ok(Report {
             stats: self.stats,
@@ -400,6 +466,7 @@ impl<S: Sink> Server<S> {
             self.tick.as_ref().map(|t| t.next),
             self.accept_retry,
             self.draining_until,
+            self.control.as_ref().and_then(ControlPort::deadline),
         ]
         .into_iter()
         .flatten()
@@ -413,6 +480,7 @@ impl<S: Sink> Server<S> {
             Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                 self.accept(LISTENER_BASE - t, now);
             }
+            t if ControlPort::owns(t) => self.control_event(t, now),
             Token(key) if self.sink.pressure() => self.stalled.push(key),
             Token(key) => self.with_conn(key, now, Arm::Sooner, |c, env| {
                 c.serve(Token(key), hup, env)
@@ -516,6 +584,21 @@ impl<S: Sink> Server<S> {
 
     fn accept(&mut self, index: usize, now: Instant) {
         loop {
+            if self.accepted_all {
+                return;
+            }
+            if self
+                .limits
+                .exit_after_connections
+                .is_some_and(|n| self.stats.counters.connections >= n)
+            {
+                // --exit-after-connections: the rest are not ours to serve.
+                self.accepted_all = true;
+                for mut l in self.listeners.drain(..) {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                return;
+            }
             if self.conns.len() >= self.limits.max_connections {
                 // The rest wait in the kernel's backlog until one closes.
                 self.accept_paused = true;
@@ -581,6 +664,19 @@ impl<S: Sink> Server<S> {
 
     /// Acts on shutdown requests; true when the loop must end.
     fn shutdown_step(&mut self, now: Instant) -> bool {
+        if self.accepted_all && self.conns.is_empty() {
+            return true;
+        }
+        let c = &self.stats.counters;
+        if self
+            .limits
+            .exit_after_messages
+            .is_some_and(|n| c.messages + c.messages_rejected + c.messages_dropped >= n)
+            && self.requests.load(Ordering::SeqCst) == 0
+        {
+            // --exit-after-messages: a graceful stop, as on SIGTERM.
+            self.requests.fetch_add(1, Ordering::SeqCst);
+        }
         match self.requests.load(Ordering::SeqCst) {
             1 if self.draining_until.is_none() => self.begin_drain(now),
             0 | 1 => {}
@@ -622,5 +718,131 @@ impl<S: Sink> Server<S> {
                 Next::Remove
             });
         }
+    }
+}
+
+/// The control endpoint's view of a loop.
+struct Controlled<'a, S> {
+    stats: &'a mut Stats,
+    rules: &'a mut Option<Engine>,
+    settings: &'a Settings,
+    sink: &'a S,
+    report: Option<&'a SinkReport<S>>,
+    seed: u64,
+    uptime: Duration,
+}
+
+/// The code of a fixed reply, from its configured text.
+fn code_of(settings: &Settings, id: ReplyId) -> u16 {
+    let t = settings.replies.text(id);
+    t.get(..3)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+impl<S> crate::control::Target for Controlled<'_, S> {
+    fn metrics(&mut self) -> String {
+        let mut x = Exposition::new();
+        crate::metrics::server(
+            &mut x,
+            self.stats,
+            |id| code_of(self.settings, id),
+            self.rules.as_ref(),
+            self.uptime,
+        );
+        if let Some(r) = self.report {
+            (r.metrics)(self.sink, &mut x);
+        }
+        x.finish()
+    }
+
+    fn stats(&mut self) -> serde_json::Value {
+        let mut j = self.stats.json(self.uptime);
+        let codes: serde_json::Map<String, serde_json::Value> = self
+            .stats
+            .replies_by_code(|id| code_of(self.settings, id))
+            .into_iter()
+            .map(|(c, n)| (c.to_string(), n.into()))
+            .collect();
+        j["counters"]["replies_by_code"] = codes.into();
+        j["counters"]["connections_open"] = self.stats.counters.connections_open.into();
+        if let Some(e) = self.rules.as_ref() {
+            let hits: serde_json::Map<String, serde_json::Value> =
+                e.hits().map(|(n, h)| (n.to_string(), h.into())).collect();
+            let k = e.counts();
+            j["rules"] = serde_json::json!({
+                "rules": e.set().rules.len(),
+                "seed": e.seed(),
+                "hits": hits,
+                "rate_limited": {"server": k.rate_limited[0], "client": k.rate_limited[1]},
+                "greylisted": k.greylisted,
+                "greylist_passed": k.greylist_passed,
+                "magic": k.magic,
+            });
+        }
+        if let Some((key, v)) = self.report.and_then(|r| (r.json)(self.sink)) {
+            j[key] = v;
+        }
+        j
+    }
+
+    fn put_rules(&mut self, text: &str) -> Result<String, String> {
+        let set = spec::parse_file(text).map_err(|e| format!("rules not changed: {e}"))?;
+        let what = format!(
+            "{} rule(s), rate limits {}, magic addresses {}",
+            set.rules.len(),
+            if set.limits.is_empty() { "none" } else { "set" },
+            if set.magic { "on" } else { "off" }
+        );
+        if let Some(e) = self.rules.as_mut() {
+            e.install(set)
+                .map_err(|e| format!("rules not changed: {e}"))?;
+        } else {
+            {
+                let host = String::from_utf8_lossy(
+                    self.settings
+                        .replies
+                        .text(ReplyId::Helo)
+                        .get(4..)
+                        .unwrap_or_default(),
+                )
+                .trim()
+                .to_string();
+                *self.rules = Some(Engine::new(set, self.seed, &host));
+            }
+        }
+        let seed = self.rules.as_ref().map_or(self.seed, Engine::seed);
+        Ok(format!("rules replaced: {what}, seed {seed}"))
+    }
+
+    fn reset(&mut self) {
+        self.stats.reset();
+        if let Some(e) = self.rules.as_mut() {
+            e.reset_counts();
+        }
+    }
+}
+
+impl<S: Sink> Server<S> {
+    fn control_event(&mut self, token: Token, now: Instant) {
+        let Some(port) = self.control.as_mut() else {
+            return;
+        };
+        let mut target = Controlled {
+            stats: &mut self.stats,
+            rules: &mut self.rules,
+            settings: &self.settings,
+            sink: &self.sink,
+            report: self.report.as_ref(),
+            seed: self.seed,
+            uptime: now.saturating_duration_since(self.started),
+        };
+        port.event(token, self.poll.registry(), now, &mut target);
+    }
+
+    /// The control endpoint's address, if it serves one.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().map(ControlPort::addr)
     }
 }

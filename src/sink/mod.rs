@@ -30,6 +30,8 @@ pub trait Summary {
     fn json(&self) -> Option<(&'static str, serde_json::Value)> {
         None
     }
+    /// Its metrics for the control endpoint's `/metrics`.
+    fn metrics(&self, _x: &mut crate::metrics::Exposition) {}
 }
 
 impl Summary for Discard {}

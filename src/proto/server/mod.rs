@@ -20,9 +20,11 @@
 //! or a 421 is read; no input is consumed while a verdict is pending or a
 //! reply is held, or once the output holds `Ctx::out_limit` bytes.
 
+mod policy;
 mod settings;
 mod verbs;
 
+pub use policy::{Act, Decision, Policy, Query, RuleReply, Stage};
 pub use settings::{Settings, Timeouts};
 pub use verbs::{row, rows, Phase, Row};
 
@@ -97,6 +99,8 @@ pub enum Outcome {
     Accepted,
     /// It was refused.
     Rejected,
+    /// It got its 250 but a rule said to keep nothing (accept-but-drop).
+    Dropped,
 }
 
 /// Why a session was timed out.
@@ -121,17 +125,77 @@ pub trait Observer {
     fn timeout(&mut self, kind: Timeout);
     /// The session moved from one state to another (only with [`Ctx::trace`]).
     fn transition(&mut self, _id: SessionId, _from: State, _to: State) {}
+    /// A reply a [`Policy`] made was sent, with this code.
+    fn rule_reply(&mut self, _code: u16) {}
 }
 
 /// Plain counts a session gathers during one event and reports at its end.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     /// Replies queued, by class: index 0 = 2xx ... 3 = 5xx.
     pub replies: [u32; 4],
+    /// Replies queued, by [`ReplyId`] (rules' own replies are reported
+    /// through [`Observer::rule_reply`]). Only entries in `touched` are
+    /// non-zero, so reporting and clearing cost what was sent, not the table.
+    pub by_reply: [u32; ReplyId::COUNT],
+    /// Bit `i` set: `by_reply[i]` is non-zero.
+    pub touched: u128,
     /// MAILs accepted: transactions begun.
     pub transactions: u32,
     /// RCPTs accepted.
     pub recipients: u32,
+}
+
+// Every reply has its bit in `Counts::touched`.
+const _: () = assert!(ReplyId::COUNT <= 128);
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self {
+            replies: [0; 4],
+            by_reply: [0; ReplyId::COUNT],
+            touched: 0,
+            transactions: 0,
+            recipients: 0,
+        }
+    }
+}
+
+impl Counts {
+    /// Nothing was counted.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.touched == 0 && self.transactions == 0 && self.recipients == 0
+    }
+
+    /// The replies counted, by id: `(id index, n)` for each non-zero entry.
+    pub fn replies_by_id(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        let mut bits = self.touched;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some((i, self.by_reply.get(i).copied().unwrap_or(0)))
+        })
+    }
+
+    /// Back to nothing counted, touching only what was counted.
+    #[inline]
+    fn clear(&mut self) {
+        let mut bits = self.touched;
+        while bits != 0 {
+            if let Some(n) = self.by_reply.get_mut(bits.trailing_zeros() as usize) {
+                *n = 0;
+            }
+            bits &= bits - 1;
+        }
+        self.touched = 0;
+        self.replies = [0; 4];
+        self.transactions = 0;
+        self.recipients = 0;
+    }
 }
 
 /// What one call works with besides the input.
@@ -150,6 +214,8 @@ pub struct Ctx<'a> {
     pub now: Instant,
     /// Report every state change to the observer (`from -> to`).
     pub trace: bool,
+    /// Rules, delays, rate limits; `None` (the default) asks nothing.
+    pub policy: Option<&'a mut dyn Policy>,
 }
 
 impl<'a> Ctx<'a> {
@@ -167,6 +233,7 @@ impl<'a> Ctx<'a> {
             observer,
             now,
             trace: false,
+            policy: None,
         }
     }
 }
@@ -235,6 +302,13 @@ struct Tx {
     size: u64,
     too_big: bool,
     bare_lf: bool,
+    /// A rule refused a BDAT chunk: the transaction ends with this reply
+    /// once the chunk is read, and nothing is kept.
+    refusal: Option<RuleReply>,
+    /// A rule: close without a reply once this many content octets came.
+    cut: Option<u64>,
+    /// A rule: answer 250 at the end but keep nothing.
+    drop: bool,
 }
 
 /// A reply decided but not necessarily sent yet (it may be held). Small and
@@ -246,6 +320,12 @@ enum Out {
     Chunk(u64),
     /// The final reply to the message in `Session::ended`; counted when sent.
     Final(Verdict),
+    /// A policy's reply (a 421 closes after it).
+    Rule(RuleReply),
+    /// A policy's refusal of the message in `Session::ended`.
+    FinalRule(RuleReply),
+    /// Close without a reply.
+    Hangup,
 }
 
 /// What the final reply of the last message reports: its size and when its
@@ -254,6 +334,8 @@ enum Out {
 struct Ended {
     bytes: u64,
     started: Option<Instant>,
+    /// Accepted but not kept (a rule's accept-but-drop).
+    dropped: bool,
 }
 
 /// The current data-rate window (see [`Timeouts::data_min_rate`]).
@@ -262,6 +344,33 @@ struct Window {
     start: Instant,
     bytes: u64,
 }
+
+/// A connection's read-rate cap (a rule's `throttle`): the time by which
+/// what was read so far is paid for at `rate` octets per second.
+#[derive(Debug, Clone, Copy)]
+struct Throttle {
+    rate: u64,
+    paid_at: Instant,
+}
+
+/// What rules did to a session; boxed, allocated only when one acts.
+#[derive(Debug, Default)]
+struct Effects {
+    /// Hold the next reply this long.
+    delay: Option<Duration>,
+    /// Replaces the 250 of the message in progress, when accepted.
+    final_text: Option<RuleReply>,
+    /// Replaces the 250 of the BDAT chunk in progress.
+    chunk_text: Option<RuleReply>,
+    throttle: Option<Throttle>,
+    /// Input is not read before this (the throttle's debt).
+    paused: Option<Instant>,
+    /// The greeting refused service: only QUIT is served (RFC 5321 3.1).
+    refused: bool,
+}
+
+/// Reads faster than the cap by less than this wait for nothing.
+const THROTTLE_SLACK: Duration = Duration::from_millis(5);
 
 /// One connection's protocol state.
 #[derive(Debug)]
@@ -292,6 +401,13 @@ pub struct Session {
     /// When the first byte of the incomplete command line arrived.
     line_since: Option<Instant>,
     window: Window,
+    /// Transactions begun (MAILs accepted) in this session.
+    transactions: u32,
+    /// 4xx and 5xx replies sent in this session.
+    errors: u32,
+    /// The policy's handle for this session (`u32::MAX`: none).
+    handle: u32,
+    fx: Option<Box<Effects>>,
 }
 
 /// `t + d`, or `None` when that is past what the clock can represent.
@@ -322,6 +438,10 @@ impl Session {
                 start: now,
                 bytes: 0,
             },
+            transactions: 0,
+            errors: 0,
+            handle: u32::MAX,
+            fx: None,
         }
     }
 
@@ -348,7 +468,19 @@ impl Session {
     /// True while input is consumed: not closed, no verdict awaited, no
     /// reply held.
     pub fn takes_input(&self) -> bool {
-        self.held.is_none() && !matches!(self.state, State::Verdict | State::Closed)
+        self.held.is_none()
+            && !matches!(self.state, State::Verdict | State::Closed)
+            && self.paused().is_none()
+    }
+
+    /// Until when a throttle holds input back, if it does.
+    #[inline]
+    fn paused(&self) -> Option<Instant> {
+        self.fx.as_ref().and_then(|f| f.paused)
+    }
+
+    fn fx(&mut self) -> &mut Effects {
+        self.fx.get_or_insert_with(Box::default)
     }
 
     /// True while a message body is arriving, awaiting its verdict, or its
@@ -369,7 +501,7 @@ impl Session {
     /// When [`Session::on_timer`] must be called next, if ever.
     pub fn deadline(&self, s: &Settings) -> Option<Instant> {
         let short = self.short_deadline(s);
-        if self.held.is_some() || self.state == State::Closed {
+        if self.held.is_some() || self.paused().is_some() || self.state == State::Closed {
             return short;
         }
         match (after(self.last_active, s.timeouts.idle), short) {
@@ -387,6 +519,9 @@ impl Session {
         if let Some(&(until, _)) = self.held.as_deref() {
             return Some(until);
         }
+        if let Some(until) = self.paused() {
+            return Some(until);
+        }
         let t = &s.timeouts;
         match self.state {
             State::Command | State::SkipLine => self.line_since.and_then(|l| after(l, t.command)),
@@ -397,11 +532,63 @@ impl Session {
         }
     }
 
-    /// The connection is up: sends the 220 greeting.
+    /// The connection is up: sends the 220 greeting (or what a policy says
+    /// instead: another greeting, a refusal, a delay, silence).
     pub fn start(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
         cx.sink.connected(self.id, self.peer);
-        self.say(s, ReplyId::Greeting, cx);
+        let mut out = Out::Reply(ReplyId::Greeting);
+        let mut delay = None;
+        if let Some(p) = cx.policy.as_deref_mut() {
+            self.handle = p.open(self.id, self.peer, cx.now);
+            let d = p.decide(&Query {
+                id: self.id,
+                handle: self.handle,
+                stage: Stage::Connect,
+                arg: &[],
+                peer: self.peer,
+                transaction: 0,
+                now: cx.now,
+            });
+            delay = d.delay;
+            match d.act {
+                Act::Reply(r) => {
+                    // Refused service: wait for QUIT, 503 to the rest
+                    // (RFC 5321 3.1); a 421 closes at once.
+                    if r.refuses() && r.code != 421 {
+                        self.fx().refused = true;
+                    }
+                    out = Out::Rule(r);
+                }
+                Act::Close => out = Out::Hangup,
+                Act::Throttle(rate) => self.throttle(rate, cx.now),
+                Act::Proceed | Act::CloseAfter(_) | Act::Drop => {}
+            }
+        }
+        self.hold_or_emit(s, delay, out, cx);
         self.settle(s, cx);
+    }
+
+    /// Caps this connection's reading at `rate` octets per second from now.
+    fn throttle(&mut self, rate: u64, now: Instant) {
+        self.fx().throttle = Some(Throttle {
+            rate: rate.max(1),
+            paid_at: now,
+        });
+    }
+
+    /// `n` octets were read under a throttle: pause until they are paid for.
+    fn pay(&mut self, n: usize, now: Instant) {
+        let Some(fx) = self.fx.as_deref_mut() else {
+            return;
+        };
+        let Some(t) = fx.throttle.as_mut() else {
+            return;
+        };
+        let cost = Duration::from_secs_f64(n as f64 / t.rate as f64);
+        t.paid_at = t.paid_at.max(now) + cost;
+        if t.paid_at > now + THROTTLE_SLACK {
+            fx.paused = Some(t.paid_at);
+        }
     }
 
     /// The client took replies at `now` (activity for the idle clock: a slow
@@ -418,8 +605,9 @@ impl Session {
             self.last_active = cx.now;
         }
         let mut pos = 0;
-        if self.held.is_some() {
-            // Verdict and Closed stop the loop below; a held reply must too.
+        if self.held.is_some() || self.paused().is_some() {
+            // Verdict and Closed stop the loop below; a held reply and a
+            // throttle's pause must too.
             self.settle(s, cx);
             return 0;
         }
@@ -444,6 +632,9 @@ impl Session {
                 break;
             }
         }
+        if self.fx.is_some() {
+            self.pay(pos, cx.now);
+        }
         self.settle(s, cx);
         pos
     }
@@ -466,6 +657,15 @@ impl Session {
                     };
                 }
                 self.emit(s, out, cx);
+            }
+            self.settle(s, cx);
+            return None;
+        }
+        if let Some(until) = self.paused() {
+            if now >= until {
+                self.fx().paused = None;
+                // Waiting on our throttle is not idling.
+                self.last_active = now;
             }
             self.settle(s, cx);
             return None;
@@ -560,6 +760,11 @@ impl Session {
         self.request = None;
         self.report(cx);
         cx.sink.closed(self.id);
+        if let Some(p) = cx.policy.as_deref_mut() {
+            if self.handle != u32::MAX {
+                p.closed(self.handle);
+            }
+        }
     }
 
     /// The one place the state changes.
@@ -587,6 +792,13 @@ impl Session {
         if self.closing && !self.in_message() && self.state != State::Closed {
             self.close(s, ReplyId::Shutdown, cx);
         }
+        if s.max_errors != 0 && self.errors >= s.max_errors && self.state != State::Closed {
+            self.close(s, ReplyId::TooManyErrors, cx);
+        }
+        if let Some(until) = self.paused().filter(|_| self.state != State::Closed) {
+            self.request = Some(Request::Hold { until });
+            return;
+        }
         self.request = match self.state {
             State::Closed => Some(Request::Close),
             State::Verdict => Some(Request::Await),
@@ -608,9 +820,9 @@ impl Session {
     /// Hands what was counted during this event to the observer.
     #[inline]
     fn report(&mut self, cx: &mut Ctx<'_>) {
-        if self.counts != Counts::default() {
+        if !self.counts.is_empty() {
             cx.observer.counted(&self.counts);
-            self.counts = Counts::default();
+            self.counts.clear();
         }
     }
 
@@ -641,15 +853,45 @@ impl Session {
     fn say(&mut self, s: &Settings, id: ReplyId, cx: &mut Ctx<'_>) {
         let r = s.replies.text(id);
         self.count_reply(r);
+        if let Some(n) = self.counts.by_reply.get_mut(id as usize) {
+            *n += 1;
+            self.counts.touched |= 1 << (id as u32);
+        }
         cx.out.extend_from_slice(r);
     }
 
-    /// Counts one reply by its class digit.
+    /// Counts one reply by its class digit, and 4xx/5xx as errors.
     #[inline]
     fn count_reply(&mut self, reply: &[u8]) {
         let class = usize::from(reply.first().map_or(0, |c| c.wrapping_sub(b'2')));
         if let Some(n) = self.counts.replies.get_mut(class) {
             *n += 1;
+        }
+        self.errors += u32::from(class >= 2);
+    }
+
+    /// Queues a policy's reply; a 421 ends the session after it.
+    fn say_rule(&mut self, s: &Settings, r: RuleReply, cx: &mut Ctx<'_>) {
+        let Some(p) = cx.policy.as_deref() else {
+            // Policies live as long as the loop: this cannot happen, and
+            // must still answer something true.
+            return self.say(s, ReplyId::LocalError, cx);
+        };
+        let text = p.text(r.index);
+        self.count_reply(text);
+        cx.out.extend_from_slice(text);
+        cx.observer.rule_reply(r.code);
+        if r.code == 421 {
+            self.hang_up(cx);
+        }
+    }
+
+    /// Ends the session without a reply (a rule's close; after a 421).
+    fn hang_up(&mut self, cx: &mut Ctx<'_>) {
+        self.drop_held(cx);
+        self.reset_tx(cx);
+        if self.state != State::Closed {
+            self.enter(State::Closed, cx);
         }
     }
 
@@ -659,10 +901,16 @@ impl Session {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     fn answer(&mut self, s: &Settings, verb: Verb, out: Out, cx: &mut Ctx<'_>) {
-        if !s.has_delays() {
+        if !s.has_delays() && self.fx.is_none() {
             return self.emit(s, out, cx);
         }
-        match s.delay(verb).and_then(|d| after(cx.now, d)) {
+        let rule = self.fx.as_deref_mut().and_then(|f| f.delay.take());
+        self.hold_or_emit(s, rule.or_else(|| s.delay(verb)), out, cx);
+    }
+
+    /// Sends `out` now, or holds it for `delay`.
+    fn hold_or_emit(&mut self, s: &Settings, delay: Option<Duration>, out: Out, cx: &mut Ctx<'_>) {
+        match delay.and_then(|d| after(cx.now, d)) {
             Some(until) => self.held = Some(Box::new((until, out))),
             None => self.emit(s, out, cx),
         }
@@ -676,13 +924,25 @@ impl Session {
         match out {
             Out::Reply(id) => self.say(s, id, cx),
             Out::Chunk(n) => {
+                if let Some(r) = self.fx.as_deref_mut().and_then(|f| f.chunk_text.take()) {
+                    return self.say_rule(s, r, cx);
+                }
                 let start = cx.out.len();
                 s.replies.chunk_received(n, cx.out);
                 let digit = cx.out.get(start..).unwrap_or_default();
                 self.count_reply(digit);
+                let id = ReplyId::ChunkReceived;
+                if let Some(n) = self.counts.by_reply.get_mut(id as usize) {
+                    *n += 1;
+                    self.counts.touched |= 1 << (id as u32);
+                }
             }
             Out::Final(verdict) => {
-                let Ended { bytes, started } = self.ended;
+                let Ended {
+                    bytes,
+                    started,
+                    dropped,
+                } = self.ended;
                 let latency =
                     started.map_or(Duration::ZERO, |t| cx.now.saturating_duration_since(t));
                 match verdict {
@@ -691,11 +951,28 @@ impl Session {
                         self.say(s, r, cx);
                     }
                     Verdict::Accepted | Verdict::Pending => {
-                        cx.observer.message(Outcome::Accepted, bytes, latency);
-                        self.say(s, ReplyId::Queued, cx);
+                        let outcome = if dropped {
+                            Outcome::Dropped
+                        } else {
+                            Outcome::Accepted
+                        };
+                        cx.observer.message(outcome, bytes, latency);
+                        match self.fx.as_deref_mut().and_then(|f| f.final_text.take()) {
+                            Some(r) => self.say_rule(s, r, cx),
+                            None => self.say(s, ReplyId::Queued, cx),
+                        }
                     }
                 }
             }
+            Out::Rule(r) => self.say_rule(s, r, cx),
+            Out::FinalRule(r) => {
+                let Ended { bytes, started, .. } = self.ended;
+                let latency =
+                    started.map_or(Duration::ZERO, |t| cx.now.saturating_duration_since(t));
+                cx.observer.message(Outcome::Rejected, bytes, latency);
+                self.say_rule(s, r, cx);
+            }
+            Out::Hangup => self.hang_up(cx),
         }
     }
 
@@ -704,6 +981,7 @@ impl Session {
         self.ended = Ended {
             bytes: self.tx.size,
             started: self.tx.started,
+            dropped: self.tx.drop,
         };
         self.tx = Tx::default();
         Out::Final(verdict)
@@ -820,6 +1098,11 @@ impl Session {
             }
         });
         self.window.bytes += scan.consumed as u64;
+        if self.tx.cut.is_some_and(|k| self.tx.size >= k) {
+            // A rule: the connection drops mid-message.
+            self.hang_up(cx);
+            return Some(scan.consumed);
+        }
         if scan.end {
             self.dispatch(s, &Command::EndOfContent { bdat: false }, cx);
             return Some(scan.consumed);
@@ -842,11 +1125,15 @@ impl Session {
             self.tx.size += n as u64;
             if self.tx.size > s.max_message_size {
                 self.tx.too_big = true;
-            } else {
+            } else if self.tx.refusal.is_none() {
                 cx.sink.body(self.id, rest.get(..n).unwrap_or_default());
             }
         }
         self.window.bytes += n as u64;
+        if self.tx.cut.is_some_and(|k| self.tx.size >= k) {
+            self.hang_up(cx);
+            return Some(n);
+        }
         let remaining = remaining - n as u64;
         if remaining > 0 {
             // Progress inside one chunk, not a change of state.
@@ -863,7 +1150,7 @@ impl Session {
                 self.enter(State::Command, cx);
                 self.answer(s, Verb::Bdat, Out::Reply(r), cx);
             }
-            None if last || self.tx.too_big => {
+            None if last || self.tx.too_big || self.tx.refusal.is_some() => {
                 self.dispatch(s, &Command::EndOfContent { bdat: true }, cx);
             }
             None => {

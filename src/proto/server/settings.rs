@@ -66,6 +66,13 @@ pub struct Settings {
     pub reject_bare_lf: bool,
     /// How long and how slowly clients may take.
     pub timeouts: Timeouts,
+    /// After this many 4xx/5xx replies in one session: 421 4.7.0 and close
+    /// (Postfix's `smtpd_hard_error_limit`). 0: no limit.
+    pub max_errors: u32,
+    /// Transactions one session may begin; the next MAIL gets 421 4.7.0
+    /// and the connection closes (Exim's `smtp_accept_max_per_connection`).
+    /// 0: no limit.
+    pub max_transactions: u32,
     /// Per verb (indexed by `Verb as usize`): hold its reply this long.
     delays: [Option<Duration>; Verb::COUNT],
     /// Some verb has a delay (spares the lookup on every reply).
@@ -87,6 +94,8 @@ impl Settings {
             max_line,
             reject_bare_lf: false,
             timeouts: Timeouts::default(),
+            max_errors: 0,
+            max_transactions: 0,
             delays: [None; Verb::COUNT],
             any_delay: false,
         }

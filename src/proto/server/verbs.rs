@@ -10,7 +10,9 @@
 //! The session's dispatcher is the only caller; replies come from the
 //! settings' table, so a rule can change any of them.
 
-use super::{Ctx, Out, Session, Settings, State, Tx, Verdict};
+use super::{
+    Act, Ctx, Decision, Out, Query, RuleReply, Session, Settings, Stage, State, Tx, Verdict,
+};
 use crate::proto::command::{Body, Command, Verb};
 use crate::proto::dot::Unstuffer;
 use crate::proto::reply::ReplyId;
@@ -203,6 +205,21 @@ static ROWS: [Row; Verb::COUNT] = [
     },
 ];
 
+/// The stage a policy is asked about for `verb`.
+fn stage_of(verb: Verb) -> Stage {
+    match verb {
+        Verb::Helo | Verb::Ehlo => Stage::Helo,
+        Verb::Mail => Stage::Mail,
+        Verb::Rcpt => Stage::Rcpt,
+        Verb::Data => Stage::Data,
+        Verb::Bdat => Stage::Bdat,
+        Verb::EndOfData | Verb::LastChunk => Stage::EndOfData,
+        Verb::Rset => Stage::Rset,
+        Verb::Quit => Stage::Quit,
+        Verb::Noop | Verb::Vrfy | Verb::Expn | Verb::Help | Verb::NotImplemented => Stage::Other,
+    }
+}
+
 /// Every row, in [`Verb`] order.
 pub fn rows() -> &'static [Row] {
     &ROWS
@@ -250,17 +267,124 @@ impl Session {
     pub(super) fn dispatch(&mut self, s: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
         let verb = cmd.verb();
         let row = row(verb);
-        let allowed = match row.refusal(self.phase()) {
-            Some(r) => Err(r),
-            None => (row.check)(self, s, cmd),
+        let allowed = if self.fx.as_ref().is_some_and(|f| f.refused) && verb != Verb::Quit {
+            // The greeting refused service: only QUIT (RFC 5321 3.1).
+            Err(ReplyId::ServiceRefused)
+        } else {
+            match row.refusal(self.phase()) {
+                Some(r) => Err(r),
+                None => (row.check)(self, s, cmd),
+            }
         };
         let out = match allowed {
+            Ok(()) if cx.policy.is_some() || self.tx.refusal.is_some() => {
+                return self.dispatch_ruled(s, row, cmd, cx);
+            }
             Ok(()) => (row.proceed)(self, s, cmd, cx),
             Err(r) => (row.refuse)(self, r, cmd, cx),
         };
         if let Some(out) = out {
             self.answer(s, verb, out, cx);
         }
+    }
+
+    /// A command that may run, with a policy to ask first: carries out its
+    /// decision around the row's proceed step.
+    fn dispatch_ruled(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
+        let verb = row.verb;
+        let stage = stage_of(verb);
+        if stage == Stage::EndOfData {
+            if let Some(r) = self.tx.refusal {
+                // A rule refused a BDAT chunk of this message.
+                return self.refuse_message(s, verb, r, cx);
+            }
+        }
+        let arg: &[u8] = match cmd {
+            Command::Helo(name) | Command::Ehlo(name) => name,
+            Command::Mail(m) => m.path,
+            Command::Rcpt(r) => r.path,
+            _ => &[],
+        };
+        let d = match cx.policy.as_deref_mut() {
+            Some(p) => p.decide(&Query {
+                id: self.id,
+                handle: self.handle,
+                stage,
+                arg,
+                peer: self.peer,
+                transaction: self.transactions + u32::from(stage == Stage::Mail),
+                now: cx.now,
+            }),
+            None => Decision::PROCEED,
+        };
+        if d.delay.is_some() {
+            self.fx().delay = d.delay;
+        }
+        let mut replace = None;
+        match d.act {
+            Act::Reply(r) if r.refuses() && stage != Stage::Quit => {
+                return self.refuse_by_rule(s, verb, stage, r, cmd, cx);
+            }
+            Act::Reply(r) => match stage {
+                Stage::EndOfData => self.fx().final_text = Some(r),
+                Stage::Bdat => self.fx().chunk_text = Some(r),
+                _ => replace = Some(r),
+            },
+            Act::Close => return self.answer(s, verb, Out::Hangup, cx),
+            Act::Throttle(rate) => self.throttle(rate, cx.now),
+            // The message in progress: before its end is processed.
+            Act::Drop if stage != Stage::Mail => self.tx.drop = true,
+            Act::Proceed | Act::CloseAfter(_) | Act::Drop => {}
+        }
+        let mut out = (row.proceed)(self, s, cmd, cx);
+        // MAIL's proceed step begins a fresh transaction: mark it after.
+        match d.act {
+            Act::Drop if stage == Stage::Mail => self.tx.drop = true,
+            Act::CloseAfter(k) => self.tx.cut = Some(k),
+            _ => {}
+        }
+        if let (Some(r), Some(Out::Reply(_))) = (replace, out) {
+            out = Some(Out::Rule(r));
+        }
+        if let Some(out) = out {
+            self.answer(s, verb, out, cx);
+        }
+    }
+
+    /// A rule's 4xx/5xx instead of running the command.
+    fn refuse_by_rule(
+        &mut self,
+        s: &Settings,
+        verb: Verb,
+        stage: Stage,
+        r: RuleReply,
+        cmd: &Command<'_>,
+        cx: &mut Ctx<'_>,
+    ) {
+        match (stage, cmd) {
+            (Stage::EndOfData, _) => self.refuse_message(s, verb, r, cx),
+            (Stage::Bdat, &Command::Bdat { size, last }) => {
+                // The chunk is still read (RFC 3030 2); the refusal answers
+                // it and ends the transaction, keeping nothing.
+                self.tx.refusal = Some(r);
+                let chunk = State::Chunk {
+                    size,
+                    remaining: size,
+                    last,
+                    reject: None,
+                };
+                self.enter(chunk, cx);
+            }
+            _ => self.answer(s, verb, Out::Rule(r), cx),
+        }
+    }
+
+    /// Ends the message in progress with a rule's refusal; nothing is kept.
+    fn refuse_message(&mut self, s: &Settings, verb: Verb, r: RuleReply, cx: &mut Ctx<'_>) {
+        cx.sink.abort(self.id);
+        self.enter(State::Command, cx);
+        let _ = self.finish(Verdict::Rejected(ReplyId::LocalError));
+        self.answer(s, verb, Out::FinalRule(r), cx);
     }
 
     fn proceed_hello(&mut self, _: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
@@ -292,10 +416,15 @@ impl Session {
         }
     }
 
-    fn proceed_mail(&mut self, _: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+    fn proceed_mail(&mut self, s: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
         let Command::Mail(m) = cmd else {
             return Some(Out::Reply(ReplyId::SyntaxMail));
         };
+        if s.max_transactions != 0 && self.transactions >= s.max_transactions {
+            self.close(s, ReplyId::TooManyMessages, cx);
+            return None;
+        }
+        self.transactions += 1;
         self.tx = Tx {
             started: Some(cx.now),
             smtputf8: m.smtputf8,
@@ -400,6 +529,12 @@ impl Session {
 
     /// Asks the sink; a pending verdict parks the session.
     fn proceed_end(&mut self, _: &Settings, _: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        if self.tx.drop {
+            // Accept-but-drop: the sink keeps nothing, the client hears 250.
+            cx.sink.abort(self.id);
+            self.enter(State::Command, cx);
+            return Some(self.finish(Verdict::Accepted));
+        }
         match cx.sink.end(self.id) {
             Verdict::Pending => {
                 // The wait for the sink is bounded by the idle timeout from now.

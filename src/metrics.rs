@@ -1,0 +1,285 @@
+//! Prometheus text exposition (format 0.0.4) of the server's counters,
+//! rendered on request from what the loop counts anyway: scraping costs the
+//! per-message path nothing.
+//!
+//! Owns: the metric names (`smtpsink_*`), their help texts and types, and
+//! the cumulative buckets of latency histograms (from hdrhistogram, in
+//! seconds, with the exact sum where the caller keeps one).
+
+use crate::proto::reply::ReplyId;
+use crate::rules::limits::Kind;
+use crate::rules::Engine;
+use crate::stats::Stats;
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Bucket bounds of latency histograms, in microseconds (exposed in seconds).
+pub const BUCKETS_US: [u64; 18] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// A text exposition being written.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+/// A label value escaped as the format asks (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Exposition {
+    /// An empty exposition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn head(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        if value.fract() == 0.0 && value.abs() < 1e15 {
+            let _ = writeln!(self.out, " {value:.0}");
+        } else {
+            let _ = writeln!(self.out, " {value}");
+        }
+    }
+
+    /// A counter without labels (`name` ends in `_total`).
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.head(name, help, "counter");
+        self.sample(name, &[], value as f64);
+    }
+
+    /// A counter with one label over several values.
+    pub fn counters(&mut self, name: &str, help: &str, label: &str, values: &[(String, u64)]) {
+        self.head(name, help, "counter");
+        for (v, n) in values {
+            self.sample(name, &[(label, v)], *n as f64);
+        }
+    }
+
+    /// A gauge.
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.head(name, help, "gauge");
+        self.sample(name, &[], value);
+    }
+
+    /// A histogram of microsecond values, exposed in seconds: cumulative
+    /// buckets, `+Inf`, count and sum (`sum_us`: the exact sum when known,
+    /// else the histogram's mean times its count).
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram<u64>, sum_us: Option<u64>) {
+        self.head(name, help, "histogram");
+        let bucket = format!("{name}_bucket");
+        for top in BUCKETS_US {
+            let n = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, top)
+            };
+            let le = (top as f64 / 1e6).to_string();
+            self.sample(&bucket, &[("le", &le)], n as f64);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], h.len() as f64);
+        let sum = sum_us.map_or(h.mean() * h.len() as f64, |s| s as f64);
+        self.sample(&format!("{name}_sum"), &[], sum / 1e6);
+        self.sample(&format!("{name}_count"), &[], h.len() as f64);
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// The server's metrics: connections, transactions, messages, recipients,
+/// bytes, replies by code, rule hits, rate limits, transaction latency.
+/// `code_of` gives each fixed reply's code (texts are configurable).
+pub fn server(
+    x: &mut Exposition,
+    stats: &Stats,
+    code_of: impl Fn(ReplyId) -> u16,
+    rules: Option<&Engine>,
+    uptime: Duration,
+) {
+    let c = &stats.counters;
+    x.gauge(
+        "smtpsink_uptime_seconds",
+        "Seconds since the server started.",
+        uptime.as_secs_f64(),
+    );
+    x.counter(
+        "smtpsink_connections_total",
+        "Connections accepted.",
+        c.connections,
+    );
+    x.gauge(
+        "smtpsink_connections_open",
+        "Connections open now.",
+        c.connections_open as f64,
+    );
+    x.counter(
+        "smtpsink_connections_refused_total",
+        "Connections answered 421 at accept for the per-client connection limit.",
+        c.connections_refused,
+    );
+    x.counters(
+        "smtpsink_timeouts_total",
+        "Sessions closed for a timeout, by kind.",
+        "kind",
+        &[
+            (
+                "idle".into(),
+                c.timeouts - c.command_timeouts - c.data_rate_timeouts,
+            ),
+            ("command".into(), c.command_timeouts),
+            ("data_rate".into(), c.data_rate_timeouts),
+        ],
+    );
+    x.counter(
+        "smtpsink_transactions_total",
+        "Transactions begun (MAIL accepted).",
+        c.transactions,
+    );
+    x.counters(
+        "smtpsink_messages_total",
+        "Messages that got their final reply, by outcome (dropped: 250 sent, kept nowhere, by a rule).",
+        "outcome",
+        &[
+            ("accepted".into(), c.messages),
+            ("rejected".into(), c.messages_rejected),
+            ("dropped".into(), c.messages_dropped),
+        ],
+    );
+    x.counter(
+        "smtpsink_recipients_total",
+        "Recipients accepted.",
+        c.recipients,
+    );
+    x.counter(
+        "smtpsink_body_bytes_total",
+        "Body octets of accepted messages.",
+        c.body_bytes,
+    );
+    x.counters(
+        "smtpsink_network_bytes_total",
+        "Octets read from and written to clients.",
+        "direction",
+        &[("in".into(), c.io.bytes_in), ("out".into(), c.io.bytes_out)],
+    );
+    let by_code: Vec<(String, u64)> = stats
+        .replies_by_code(code_of)
+        .into_iter()
+        .map(|(code, n)| (code.to_string(), n))
+        .collect();
+    x.counters(
+        "smtpsink_replies_total",
+        "Replies sent, by code.",
+        "code",
+        &by_code,
+    );
+    x.histogram(
+        "smtpsink_transaction_duration_seconds",
+        "Time from MAIL accepted to the final reply of the message.",
+        &stats.latency,
+        Some(stats.latency_sum_us),
+    );
+    if let Some(e) = rules {
+        rule_metrics(x, e);
+    }
+}
+
+/// The rules' metrics: hits per rule, rate limits, greylisting, magic.
+fn rule_metrics(x: &mut Exposition, e: &Engine) {
+    {
+        let hits: Vec<(String, u64)> = e.hits().map(|(n, h)| (n.to_string(), h)).collect();
+        x.counters(
+            "smtpsink_rule_hits_total",
+            "Times each rule of the set in force fired.",
+            "rule",
+            &hits,
+        );
+        let k = e.counts();
+        x.head(
+            "smtpsink_rate_limited_total",
+            "Commands refused by a rate limit, by what it counts and its scope.",
+            "counter",
+        );
+        for (scope, row) in ["server", "client"].iter().zip(k.rate_limited) {
+            for (kind, n) in Kind::ALL.iter().zip(row) {
+                x.sample(
+                    "smtpsink_rate_limited_total",
+                    &[("limit", kind.name()), ("scope", scope)],
+                    n as f64,
+                );
+            }
+        }
+        x.counters(
+            "smtpsink_greylist_total",
+            "Greylisting decisions: deferred first tries and retries that passed.",
+            "result",
+            &[
+                ("deferred".into(), k.greylisted),
+                ("passed".into(), k.greylist_passed),
+            ],
+        );
+        x.counter(
+            "smtpsink_magic_addresses_total",
+            "Magic recipient addresses that acted.",
+            k.magic,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::server::{Counts, Observer, Outcome};
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_exact_sum() {
+        let mut s = Stats::new();
+        s.message(Outcome::Accepted, 1, Duration::from_micros(80));
+        s.message(Outcome::Accepted, 1, Duration::from_millis(3));
+        s.message(Outcome::Dropped, 1, Duration::from_secs(60));
+        s.counted(&Counts {
+            transactions: 3,
+            ..Counts::default()
+        });
+        let mut x = Exposition::new();
+        server(&mut x, &s, |_| 250, None, Duration::from_secs(2));
+        let t = x.finish();
+        assert!(
+            t.contains("smtpsink_transaction_duration_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{t}"
+        );
+        assert!(t.contains("smtpsink_transaction_duration_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(t.contains("smtpsink_transaction_duration_seconds_bucket{le=\"30\"} 2\n"));
+        assert!(t.contains("smtpsink_transaction_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(
+            t.contains("smtpsink_transaction_duration_seconds_sum 60.00308\n"),
+            "{t}"
+        );
+        assert!(t.contains("smtpsink_messages_total{outcome=\"dropped\"} 1\n"));
+        assert!(t.contains("smtpsink_transactions_total 3\n"));
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,133 @@
+//! The seam between a session and whatever makes it misbehave on purpose:
+//! reply rules, delays, rate limits, magic addresses (`crate::rules`).
+//!
+//! The session asks a [`Policy`] once per command that passed its sequence
+//! and check steps (so a rule never breaks the protocol: a RCPT before MAIL
+//! still gets 503), and once at connect; the answer is a [`Decision`] the
+//! session carries out itself — the policy never touches the session. With
+//! no policy the session asks nothing: one `Option` test per command.
+//!
+//! Replies a policy makes are rendered by the policy once and named here by
+//! index ([`RuleReply`]), so a held or pipelined reply stays `Copy`.
+
+use super::SessionId;
+use core::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Where in the dialogue a decision is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The connection is up; the greeting is next.
+    Connect,
+    /// HELO or EHLO.
+    Helo,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// DATA (the 354).
+    Data,
+    /// The end of the message: `CRLF.CRLF`, or the last BDAT chunk.
+    EndOfData,
+    /// Each BDAT chunk (asked at its command line; answered once it is read).
+    Bdat,
+    /// RSET.
+    Rset,
+    /// QUIT.
+    Quit,
+    /// NOOP, VRFY, EXPN, HELP and the verbs not implemented.
+    Other,
+}
+
+impl Stage {
+    /// How many stages there are.
+    pub const COUNT: usize = 10;
+}
+
+/// A reply a policy rendered: its index in the policy's table and its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleReply {
+    /// Index for [`Policy::text`].
+    pub index: u32,
+    /// The three-digit code (a 421 also closes the connection).
+    pub code: u16,
+}
+
+impl RuleReply {
+    /// 4xx or 5xx: the command is refused.
+    pub fn refuses(self) -> bool {
+        self.code >= 400
+    }
+}
+
+/// What to do instead of (or besides) the normal processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Act {
+    /// Process the command normally.
+    #[default]
+    Proceed,
+    /// Answer with this reply: a refusal (4xx/5xx) skips the command, a
+    /// success only replaces the normal reply's text; 421 then closes.
+    Reply(RuleReply),
+    /// Close the connection without a reply.
+    Close,
+    /// Proceed, but close without a reply once this many octets of the
+    /// message content have arrived (DATA and BDAT only).
+    CloseAfter(u64),
+    /// Proceed, and from now on read from this connection at no more than
+    /// this many octets per second.
+    Throttle(u64),
+    /// Proceed; at the end of the message answer 250 but keep nothing.
+    Drop,
+}
+
+/// A policy's answer: an action, and a delay before its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Hold the reply (or the close) this long; the session reads nothing
+    /// from that client meanwhile, others are served.
+    pub delay: Option<Duration>,
+    /// What to do.
+    pub act: Act,
+}
+
+impl Decision {
+    /// Nothing special.
+    pub const PROCEED: Self = Self {
+        delay: None,
+        act: Act::Proceed,
+    };
+}
+
+/// What the session tells the policy about one command.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The session.
+    pub id: SessionId,
+    /// The policy's handle for this session (from [`Policy::open`]).
+    pub handle: u32,
+    /// Where in the dialogue.
+    pub stage: Stage,
+    /// The argument: the HELO/EHLO name, the MAIL or RCPT address (without
+    /// angle brackets, empty for the null path); empty otherwise.
+    pub arg: &'a [u8],
+    /// The client.
+    pub peer: SocketAddr,
+    /// Transactions begun in this session, the current one included.
+    pub transaction: u32,
+    /// The time of the event.
+    pub now: Instant,
+}
+
+/// Decides how sessions misbehave. One per event loop; sessions reach it
+/// through their `Ctx`.
+pub trait Policy {
+    /// A session starts: returns its handle for later queries.
+    fn open(&mut self, id: SessionId, peer: SocketAddr, now: Instant) -> u32;
+    /// The decision for one command (or the connect).
+    fn decide(&mut self, q: &Query<'_>) -> Decision;
+    /// The text of a reply this policy made (complete, CRLF included).
+    fn text(&self, index: u32) -> &[u8];
+    /// The session ended; its handle is free again.
+    fn closed(&mut self, _handle: u32) {}
+}

@@ -1,0 +1,633 @@
+//! Misbehaving on purpose: reply rules, delays, rate limits, greylisting
+//! and magic addresses — the [`Policy`] sessions ask (see
+//! `proto::server::policy`).
+//!
+//! Owns: the active [`RuleSet`] (replaced whole by [`Engine::install`], as
+//! `PUT /rules` does), per-rule match and hit counts, the token buckets and
+//! the greylist, one seeded random generator per session, and the table of
+//! rendered replies. Pure: the time comes with each query, nothing here
+//! touches a socket or the clock.
+//!
+//! Decisions, in order: a rate limit that has no token left refuses; then
+//! the first rule (in file order) whose stage and matchers match *and*
+//! that fires (always, first N matches, every Nth, or with probability p);
+//! then, with magic addresses on, the recipient's local part. Otherwise the
+//! command proceeds normally.
+//!
+//! Determinism: a session's generator is seeded from the set's seed and the
+//! session's connection number (1 for the first connection since the set was
+//! installed), and is drawn from only by probability rules that matched and
+//! by random delays, in command order. The same seed and the same traffic
+//! give the same decisions; [`session_rng`] lets a test predict them.
+
+pub mod limits;
+mod magic;
+pub mod spec;
+
+use crate::proto::server::{Act, Decision, Policy, Query, RuleReply, SessionId, Stage};
+use limits::{Buckets, Greylist, Kind, Limits};
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, LogNormal};
+use rand_pcg::Pcg64Mcg;
+use slab::Slab;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use wildmatch::WildMatch;
+
+/// A closed range of counts (the Nth transaction, the Nth connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Lowest, inclusive.
+    pub lo: u64,
+    /// Highest, inclusive.
+    pub hi: u64,
+}
+
+impl Span {
+    fn contains(self, n: u64) -> bool {
+        (self.lo..=self.hi).contains(&n)
+    }
+}
+
+/// When a matching rule acts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fire {
+    /// Every time.
+    Always,
+    /// For its first N matches, then never ("answer this N times, then
+    /// normal").
+    First(u64),
+    /// On every Nth match.
+    Every(u64),
+    /// With this probability, drawn from the session's seeded generator.
+    Probability(f64),
+}
+
+/// A delay before a reply.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Delay {
+    /// Always this long.
+    Fixed(Duration),
+    /// Uniformly between the two.
+    Uniform(Duration, Duration),
+    /// Log-normal: this median, this sigma (of the underlying normal).
+    LogNormal {
+        /// The median delay.
+        median: Duration,
+        /// The spread.
+        sigma: f64,
+    },
+}
+
+/// Longest delay a random distribution may draw.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+impl Delay {
+    fn sample(self, rng: &mut Pcg64Mcg) -> Duration {
+        match self {
+            Delay::Fixed(d) => d,
+            Delay::Uniform(a, b) if a == b => a,
+            Delay::Uniform(a, b) => {
+                Duration::from_secs_f64(rng.random_range(a.as_secs_f64()..b.as_secs_f64()))
+            }
+            Delay::LogNormal { median, sigma } => {
+                let mu = median.as_secs_f64().max(1e-9).ln();
+                let secs =
+                    LogNormal::new(mu, sigma).map_or(median.as_secs_f64(), |d| d.sample(rng));
+                Duration::from_secs_f64(secs.clamp(0.0, MAX_DELAY.as_secs_f64()))
+            }
+        }
+    }
+}
+
+/// What a rule does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Only its delay.
+    Delay,
+    /// This reply (rendered, CRLF included) with this code.
+    Reply {
+        /// The reply.
+        text: Box<[u8]>,
+        /// Its code.
+        code: u16,
+    },
+    /// Close without a reply.
+    Close,
+    /// Close without a reply after this many content octets.
+    CloseAfter(u64),
+    /// Cap the connection's reading at this many octets per second.
+    Throttle(u64),
+    /// Answer 250 at the end of the message but keep nothing.
+    Drop,
+    /// Defer the first try of each client/sender/recipient triple with
+    /// `451 4.7.1`; a retry at least this much later passes.
+    Greylist(Duration),
+}
+
+/// One rule: where it applies, what it matches, when it fires, what it does.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Shown in metrics.
+    pub name: String,
+    /// `None`: any stage but connect.
+    pub stage: Option<Stage>,
+    /// Glob on the whole argument (case-insensitive).
+    pub address: Option<WildMatch>,
+    /// Glob on the argument's domain (after the last `@`; the whole
+    /// argument for HELO/EHLO).
+    pub domain: Option<WildMatch>,
+    /// The client's address is in this network.
+    pub client: Option<ipnet::IpNet>,
+    /// The session's transaction number is in this range.
+    pub transaction: Option<Span>,
+    /// The connection's number (since the set was installed) is in this range.
+    pub connection: Option<Span>,
+    /// When it fires.
+    pub fire: Fire,
+    /// A delay before its reply.
+    pub delay: Option<Delay>,
+    /// What it does.
+    pub action: Action,
+}
+
+/// A whole rule set: what a file or the command line says.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    /// The rules, in order.
+    pub rules: Vec<Rule>,
+    /// Rate limits.
+    pub limits: Limits,
+    /// The generators' seed (`None`: the engine's default).
+    pub seed: Option<u64>,
+    /// Magic recipient addresses on.
+    pub magic: bool,
+}
+
+impl RuleSet {
+    /// Nothing to do at all.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.limits.is_empty() && !self.magic
+    }
+}
+
+/// Counts the metrics show besides the per-rule hits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounts {
+    /// Refused by a rate limit: `[server, client]` by `Kind as usize`.
+    pub rate_limited: [[u64; 3]; 2],
+    /// Deferred by greylisting.
+    pub greylisted: u64,
+    /// Greylisted triples that came back in time and passed.
+    pub greylist_passed: u64,
+    /// Magic addresses that acted.
+    pub magic: u64,
+}
+
+/// A session's own state.
+struct SessionRules {
+    number: u64,
+    rng: Pcg64Mcg,
+    /// The current transaction's sender (for greylisting).
+    sender: Vec<u8>,
+    /// What a magic recipient asked for at the end of the message.
+    at_end: Option<Decision>,
+}
+
+/// The generator of the `number`th session under `seed`.
+pub fn session_rng(seed: u64, number: u64) -> Pcg64Mcg {
+    Pcg64Mcg::seed_from_u64(seed ^ number.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The fixed replies rules and limits use.
+#[derive(Clone, Copy)]
+struct Fixed {
+    connection_rate: RuleReply,
+    message_rate: RuleReply,
+    recipient_rate: RuleReply,
+    greylisted: RuleReply,
+}
+
+/// The engine: one per event loop, the [`Policy`] its sessions ask.
+pub struct Engine {
+    set: RuleSet,
+    /// Per rule: its reply as interned, if it has one.
+    replies: Vec<Option<RuleReply>>,
+    /// Per stage: the rules that apply there, in order.
+    by_stage: [Vec<usize>; Stage::COUNT],
+    matched: Vec<u64>,
+    hits: Vec<u64>,
+    texts: Vec<Box<[u8]>>,
+    interned: HashMap<Box<[u8]>, u32>,
+    fixed: Fixed,
+    sessions: Slab<SessionRules>,
+    connections: u64,
+    seed: u64,
+    buckets: Buckets,
+    greylist: Greylist,
+    counts: EngineCounts,
+    host: String,
+}
+
+/// Distinct reply texts kept: texts are never dropped (a held reply may
+/// still name one after a new set is installed), so their number is capped.
+pub const MAX_TEXTS: usize = 10_000;
+
+impl Engine {
+    /// An engine running `set`; `seed` is used when the set names none.
+    pub fn new(set: RuleSet, seed: u64, hostname: &str) -> Self {
+        let mut e = Self {
+            set: RuleSet::default(),
+            replies: Vec::new(),
+            by_stage: Default::default(),
+            matched: Vec::new(),
+            hits: Vec::new(),
+            texts: Vec::new(),
+            interned: HashMap::new(),
+            fixed: Fixed {
+                connection_rate: RuleReply { index: 0, code: 0 },
+                message_rate: RuleReply { index: 0, code: 0 },
+                recipient_rate: RuleReply { index: 0, code: 0 },
+                greylisted: RuleReply { index: 0, code: 0 },
+            },
+            sessions: Slab::new(),
+            connections: 0,
+            seed,
+            buckets: Buckets::default(),
+            greylist: Greylist::default(),
+            counts: EngineCounts::default(),
+            host: hostname.to_string(),
+        };
+        let fixed = |e: &mut Self, t: String| {
+            let (text, code) = spec::reply_text(&t).unwrap_or_else(|_| (Box::from(&b""[..]), 451));
+            e.intern(text, code).unwrap_or(RuleReply { index: 0, code })
+        };
+        e.fixed = Fixed {
+            connection_rate: fixed(
+                &mut e,
+                format!("421 4.7.0 {hostname} Error: too many connections, try again later"),
+            ),
+            message_rate: fixed(
+                &mut e,
+                "451 4.7.1 Error: message rate limit exceeded, try again later".into(),
+            ),
+            recipient_rate: fixed(
+                &mut e,
+                "451 4.7.1 Error: recipient rate limit exceeded, try again later".into(),
+            ),
+            greylisted: fixed(
+                &mut e,
+                "451 4.7.1 Greylisted, please try again later".into(),
+            ),
+        };
+        // The set is new: nothing to fail on but the text cap, not reached yet.
+        let _ = e.install(set);
+        e
+    }
+
+    /// Replaces the rule set at once: counts of the old rules go, sessions
+    /// already open keep their numbers and generators. Fails (and changes
+    /// nothing) only when the set would pass [`MAX_TEXTS`] distinct replies.
+    pub fn install(&mut self, set: RuleSet) -> Result<(), String> {
+        let mut replies = Vec::with_capacity(set.rules.len());
+        for r in &set.rules {
+            replies.push(match &r.action {
+                Action::Reply { text, code } => Some(self.intern(text.clone(), *code)?),
+                _ => None,
+            });
+        }
+        let mut by_stage: [Vec<usize>; Stage::COUNT] = Default::default();
+        for (i, r) in set.rules.iter().enumerate() {
+            for (s, list) in STAGE_ORDER.iter().zip(by_stage.iter_mut()) {
+                // "any" means every command, not the connect.
+                let applies = r.stage.map_or(*s != Stage::Connect, |st| st == *s);
+                if applies {
+                    list.push(i);
+                }
+            }
+        }
+        if let Some(seed) = set.seed {
+            self.seed = seed;
+        }
+        self.matched = vec![0; set.rules.len()];
+        self.hits = vec![0; set.rules.len()];
+        self.replies = replies;
+        self.by_stage = by_stage;
+        self.connections = 0;
+        self.set = set;
+        Ok(())
+    }
+
+    fn intern(&mut self, text: Box<[u8]>, code: u16) -> Result<RuleReply, String> {
+        if let Some(&index) = self.interned.get(&text) {
+            return Ok(RuleReply { index, code });
+        }
+        if self.texts.len() >= MAX_TEXTS {
+            return Err(format!(
+                "more than {MAX_TEXTS} distinct reply texts since start"
+            ));
+        }
+        let index = u32::try_from(self.texts.len()).unwrap_or(u32::MAX);
+        self.texts.push(text.clone());
+        self.interned.insert(text, index);
+        Ok(RuleReply { index, code })
+    }
+
+    /// The set in force.
+    pub fn set(&self) -> &RuleSet {
+        &self.set
+    }
+
+    /// The seed in force.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The host name replies use.
+    pub fn hostname(&self) -> &str {
+        &self.host
+    }
+
+    /// Each rule's name and how often it fired.
+    pub fn hits(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.set
+            .rules
+            .iter()
+            .zip(&self.hits)
+            .map(|(r, &n)| (r.name.as_str(), n))
+    }
+
+    /// Rate limit, greylist and magic counts.
+    pub fn counts(&self) -> EngineCounts {
+        self.counts
+    }
+
+    /// Zeroes the counts (`POST /reset`); "first N" rules start over too.
+    pub fn reset_counts(&mut self) {
+        self.counts = EngineCounts::default();
+        self.hits.iter_mut().for_each(|h| *h = 0);
+        self.matched.iter_mut().for_each(|m| *m = 0);
+    }
+
+    fn limited(&mut self, kind: Kind, q: &Query<'_>) -> Option<Decision> {
+        if self.set.limits.is_empty() {
+            return None;
+        }
+        let refusal = self
+            .buckets
+            .take(&self.set.limits, kind, q.peer.ip(), q.now)
+            .err()?;
+        if let Some(n) = self
+            .counts
+            .rate_limited
+            .get_mut(usize::from(refusal.per_client))
+            .and_then(|row| row.get_mut(kind as usize))
+        {
+            *n += 1;
+        }
+        let reply = match kind {
+            Kind::Connections => self.fixed.connection_rate,
+            Kind::Messages => self.fixed.message_rate,
+            Kind::Recipients => self.fixed.recipient_rate,
+        };
+        Some(Decision {
+            delay: None,
+            act: Act::Reply(reply),
+        })
+    }
+
+    fn greylist_key(peer: SocketAddr, sender: &[u8], rcpt: &[u8]) -> u64 {
+        let mut h = DefaultHasher::new();
+        peer.ip().hash(&mut h);
+        sender.to_ascii_lowercase().hash(&mut h);
+        rcpt.to_ascii_lowercase().hash(&mut h);
+        h.finish()
+    }
+
+    /// The first rule that matches and fires, as a decision.
+    fn ruled(&mut self, q: &Query<'_>) -> Option<Decision> {
+        let list = self.by_stage.get(stage_index(q.stage))?;
+        if list.is_empty() {
+            return None;
+        }
+        let state = self.sessions.get_mut(q.handle as usize);
+        let number = state.as_ref().map_or(0, |s| s.number);
+        let mut fallback = None;
+        let rng = match state {
+            Some(s) => &mut s.rng,
+            None => fallback.insert(session_rng(self.seed, q.id)),
+        };
+        for &i in list {
+            let Some(rule) = self.set.rules.get(i) else {
+                continue;
+            };
+            if !matches(rule, q, number) {
+                continue;
+            }
+            let Some(m) = self.matched.get_mut(i) else {
+                continue;
+            };
+            *m += 1;
+            let fires = match rule.fire {
+                Fire::Always => true,
+                Fire::First(n) => *m <= n,
+                Fire::Every(n) => *m % n == 0,
+                Fire::Probability(p) => rng.random::<f64>() < p,
+            };
+            if !fires {
+                continue;
+            }
+            if let Some(h) = self.hits.get_mut(i) {
+                *h += 1;
+            }
+            let delay = rule.delay.map(|d| d.sample(rng));
+            let act = match &rule.action {
+                Action::Delay => Act::Proceed,
+                Action::Reply { .. } => self
+                    .replies
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map_or(Act::Proceed, Act::Reply),
+                Action::Close => Act::Close,
+                Action::CloseAfter(n) => Act::CloseAfter(*n),
+                Action::Throttle(n) => Act::Throttle(*n),
+                Action::Drop => Act::Drop,
+                Action::Greylist(wait) => {
+                    let sender = self
+                        .sessions
+                        .get(q.handle as usize)
+                        .map_or(&[][..], |s| &s.sender[..]);
+                    let key = Self::greylist_key(q.peer, sender, q.arg);
+                    if self.greylist.passes(key, *wait, q.now) {
+                        self.counts.greylist_passed += 1;
+                        Act::Proceed
+                    } else {
+                        self.counts.greylisted += 1;
+                        Act::Reply(self.fixed.greylisted)
+                    }
+                }
+            };
+            return Some(Decision { delay, act });
+        }
+        None
+    }
+
+    fn magic(&mut self, q: &Query<'_>) -> Option<Decision> {
+        let handle = q.handle as usize;
+        match q.stage {
+            Stage::Rcpt => {
+                let m = magic::parse(q.arg)?;
+                self.counts.magic += 1;
+                match m {
+                    magic::Magic::Now(d) => Some(self.render(&d)),
+                    magic::Magic::AtEnd(d) => {
+                        let d = self.render(&d);
+                        if let Some(s) = self.sessions.get_mut(handle) {
+                            s.at_end = Some(d);
+                        }
+                        None
+                    }
+                    magic::Magic::Greylist(wait) => {
+                        let sender = self.sessions.get(handle).map_or(&[][..], |s| &s.sender);
+                        let key = Self::greylist_key(q.peer, sender, q.arg);
+                        if self.greylist.passes(key, wait, q.now) {
+                            self.counts.greylist_passed += 1;
+                            None
+                        } else {
+                            self.counts.greylisted += 1;
+                            Some(Decision {
+                                delay: None,
+                                act: Act::Reply(self.fixed.greylisted),
+                            })
+                        }
+                    }
+                }
+            }
+            Stage::EndOfData => self.sessions.get_mut(handle).and_then(|s| s.at_end.take()),
+            _ => None,
+        }
+    }
+
+    fn render(&mut self, d: &magic::Effect) -> Decision {
+        let act = match d.act {
+            magic::Do::Proceed => Act::Proceed,
+            magic::Do::Reply(code, ref text) => {
+                let (t, c) = spec::reply_text(&format!("{code} {text}"))
+                    .unwrap_or_else(|_| (Box::from(&b"451 4.3.0 magic\r\n"[..]), 451));
+                self.intern(t, c).map_or(Act::Proceed, Act::Reply)
+            }
+            magic::Do::Close => Act::Close,
+            magic::Do::Drop => Act::Drop,
+        };
+        Decision {
+            delay: d.delay,
+            act,
+        }
+    }
+}
+
+/// The stages in `Stage as usize` order.
+const STAGE_ORDER: [Stage; Stage::COUNT] = [
+    Stage::Connect,
+    Stage::Helo,
+    Stage::Mail,
+    Stage::Rcpt,
+    Stage::Data,
+    Stage::EndOfData,
+    Stage::Bdat,
+    Stage::Rset,
+    Stage::Quit,
+    Stage::Other,
+];
+
+fn stage_index(s: Stage) -> usize {
+    s as usize
+}
+
+fn matches(rule: &Rule, q: &Query<'_>, number: u64) -> bool {
+    if rule.client.is_some_and(|n| !n.contains(&q.peer.ip())) {
+        return false;
+    }
+    if rule
+        .transaction
+        .is_some_and(|s| !s.contains(u64::from(q.transaction)))
+    {
+        return false;
+    }
+    if rule.connection.is_some_and(|s| !s.contains(number)) {
+        return false;
+    }
+    if rule.address.is_none() && rule.domain.is_none() {
+        return true;
+    }
+    let arg = String::from_utf8_lossy(q.arg);
+    if rule.address.as_ref().is_some_and(|w| !w.matches(&arg)) {
+        return false;
+    }
+    let domain = match q.stage {
+        Stage::Helo => &arg[..],
+        _ => arg.rsplit_once('@').map_or("", |(_, d)| d),
+    };
+    rule.domain.as_ref().is_none_or(|w| w.matches(domain))
+}
+
+impl Policy for Engine {
+    fn open(&mut self, _id: SessionId, _peer: SocketAddr, _now: Instant) -> u32 {
+        self.connections += 1;
+        let number = self.connections;
+        let key = self.sessions.insert(SessionRules {
+            number,
+            rng: session_rng(self.seed, number),
+            sender: Vec::new(),
+            at_end: None,
+        });
+        u32::try_from(key).unwrap_or(u32::MAX)
+    }
+
+    fn decide(&mut self, q: &Query<'_>) -> Decision {
+        let kind = match q.stage {
+            Stage::Connect => Some(Kind::Connections),
+            Stage::Mail => Some(Kind::Messages),
+            Stage::Rcpt => Some(Kind::Recipients),
+            _ => None,
+        };
+        if let Some(d) = kind.and_then(|k| self.limited(k, q)) {
+            return d;
+        }
+        if matches!(q.stage, Stage::Mail | Stage::Rset | Stage::Helo) {
+            if let Some(s) = self.sessions.get_mut(q.handle as usize) {
+                s.at_end = None;
+                s.sender.clear();
+                if q.stage == Stage::Mail {
+                    s.sender.extend_from_slice(q.arg);
+                }
+            }
+        }
+        if let Some(d) = self.ruled(q) {
+            return d;
+        }
+        if self.set.magic {
+            if let Some(d) = self.magic(q) {
+                return d;
+            }
+        }
+        Decision::PROCEED
+    }
+
+    fn text(&self, index: u32) -> &[u8] {
+        self.texts.get(index as usize).map_or(
+            b"451 4.3.0 Error: local error in processing\r\n",
+            |t| &t[..],
+        )
+    }
+
+    fn closed(&mut self, handle: u32) {
+        self.sessions.try_remove(handle as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests;
