@@ -3,7 +3,7 @@
 
 use crate::proto::server::{Settings, Timeouts};
 use crate::rules::spec::{self, Short};
-use crate::rules::RuleSet;
+use crate::rules::{Engine, RuleSet};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -366,6 +366,14 @@ impl Config {
             set.seed = self.seed;
         }
         Ok((!set.is_empty()).then_some(set))
+    }
+
+    /// The rules engine the configuration asks for (`None`: no rules, no
+    /// limits, no magic); `seed` when neither --seed nor the file gives one.
+    pub fn engine(&self, seed: u64) -> Result<Option<Engine>, String> {
+        Ok(self
+            .rule_set()?
+            .map(|set| Engine::new(set, seed, &self.hostname)))
     }
 
     /// Checks what clap cannot: --control on loopback unless allowed.

@@ -8,7 +8,6 @@ use smtpsink::completion::Completer;
 use smtpsink::config::Config;
 use smtpsink::histlog::HistLog;
 use smtpsink::reactor::{Server, ShutdownHandle};
-use smtpsink::rules::Engine;
 use smtpsink::run_summary::RunSummary;
 use smtpsink::sink::maildir::MaildirOptions;
 use smtpsink::sink::verify::RunState;
@@ -263,7 +262,6 @@ where
     W: Watch<S>,
 {
     raise_fd_limit(config);
-    let rules = config.rule_set()?;
     let mut server = Server::from_config_with(config, make_sink).map_err(|e| e.to_string())?;
     // Without --seed a fresh one each start, printed so a run can be replayed.
     let seed = config.seed.unwrap_or_else(|| {
@@ -271,8 +269,8 @@ where
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
     });
-    if let Some(set) = rules {
-        let engine = Engine::new(set, seed, &config.hostname);
+    let engine = config.engine(seed)?;
+    if let Some(engine) = &engine {
         eprintln!(
             "smtpsink: {} rule(s){}{}, seed {}",
             engine.set().rules.len(),
@@ -288,10 +286,8 @@ where
             },
             engine.seed()
         );
-        server.set_rules(Some(engine), seed);
-    } else {
-        server.set_rules(None, seed);
     }
+    server.set_rules(engine, seed);
     if let Some(addr) = config.control {
         let bound = server
             .serve_control(addr)

@@ -155,6 +155,10 @@ impl Conn {
         let s = env.settings;
         if admitted {
             with_cx!(env, usize::MAX, |cx| self.session.start(s, cx));
+            if !self.session.takes_input() {
+                // A rule refused, closed or delayed the greeting.
+                return self.after_event(token, env, false);
+            }
             self.pump(token, false, env)
         } else {
             env.stats.counters.connections_refused += 1;

@@ -43,8 +43,9 @@ impl Kind {
     }
 }
 
-/// A rate: so many per second, with a burst of one second's worth (at
-/// least one).
+/// A rate: N per second, minute or hour, as written; the bucket holds N,
+/// so a whole period's worth may come at once (`3/h`: three, then one
+/// every 20 minutes).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
     /// Tokens added per second.
@@ -73,10 +74,9 @@ impl Rate {
         if !(n > 0.0 && n.is_finite()) {
             return Err(format!("rate {s:?}: must be more than 0"));
         }
-        let per_sec = n / per;
         Ok(Self {
-            per_sec,
-            burst: per_sec.max(1.0),
+            per_sec: n / per,
+            burst: n.max(1.0),
         })
     }
 }
@@ -261,7 +261,7 @@ mod tests {
         let r = Rate::parse("10/s").unwrap();
         assert_eq!((r.per_sec, r.burst), (10.0, 10.0));
         let m = Rate::parse("30/m").unwrap();
-        assert_eq!((m.per_sec, m.burst), (0.5, 1.0));
+        assert_eq!((m.per_sec, m.burst), (0.5, 30.0));
         for bad in ["10", "0/s", "x/s", "10/d", "-1/s", "inf/s"] {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }

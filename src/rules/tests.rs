@@ -1,1 +1,314 @@
+//! The engine against hand-made queries: matchers, firing, determinism,
+//! limits, greylisting, replacement of the set.
 
+use super::*;
+use rand::RngExt;
+
+fn engine(text: &str) -> Engine {
+    Engine::new(spec::parse_file(text).expect("rules"), 99, "sink.test")
+}
+
+fn peer(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), 40000)
+}
+
+struct Q {
+    handle: u32,
+    peer: SocketAddr,
+    now: Instant,
+}
+
+impl Q {
+    fn open(e: &mut Engine, ip: &str) -> Self {
+        let now = Instant::now();
+        let peer = peer(ip);
+        let handle = e.open(1, peer, now);
+        Self { handle, peer, now }
+    }
+
+    fn ask(&self, e: &mut Engine, stage: Stage, arg: &str, transaction: u32) -> Decision {
+        e.decide(&Query {
+            id: 1,
+            handle: self.handle,
+            stage,
+            arg: arg.as_bytes(),
+            peer: self.peer,
+            transaction,
+            now: self.now,
+        })
+    }
+}
+
+impl Q {
+    /// Asks, and gives the reply text (or the action's name).
+    fn say(&self, e: &mut Engine, stage: Stage, arg: &str, transaction: u32) -> String {
+        let d = self.ask(e, stage, arg, transaction);
+        text(e, d)
+    }
+}
+
+fn text(e: &Engine, d: Decision) -> String {
+    match d.act {
+        Act::Reply(r) => String::from_utf8_lossy(e.text(r.index)).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn matchers_address_domain_client_counts() {
+    let mut e = engine(
+        r#"
+[[rule]]
+stage = "rcpt"
+address = "bad-*@example.com"
+reply = "550 5.1.1 bad"
+[[rule]]
+stage = "rcpt"
+domain = "*.invalid"
+reply = "551 5.1.6 invalid"
+[[rule]]
+stage = "mail"
+client = "10.0.0.0/8"
+reply = "450 4.7.1 net"
+[[rule]]
+stage = "mail"
+transaction = "3-"
+reply = "452 4.5.3 third"
+[[rule]]
+stage = "helo"
+connection = 2
+reply = "554 5.7.1 second connection"
+[[rule]]
+stage = "helo"
+domain = "*.spam"
+reply = "550 5.7.1 helo"
+"#,
+    );
+    let a = Q::open(&mut e, "127.0.0.1");
+    assert_eq!(
+        a.say(&mut e, Stage::Rcpt, "BAD-x@Example.COM", 1),
+        "550 5.1.1 bad\r\n"
+    );
+    assert_eq!(
+        a.ask(&mut e, Stage::Rcpt, "good@example.com", 1),
+        Decision::PROCEED
+    );
+    assert_eq!(
+        a.say(&mut e, Stage::Rcpt, "x@a.invalid", 1),
+        "551 5.1.6 invalid\r\n"
+    );
+    assert_eq!(
+        a.ask(&mut e, Stage::Rcpt, "x@invalid.org", 1),
+        Decision::PROCEED
+    );
+    assert_eq!(a.ask(&mut e, Stage::Mail, "s@x", 1), Decision::PROCEED);
+    assert_eq!(a.ask(&mut e, Stage::Mail, "s@x", 2), Decision::PROCEED);
+    assert_eq!(a.say(&mut e, Stage::Mail, "s@x", 3), "452 4.5.3 third\r\n");
+    assert_eq!(
+        a.ask(&mut e, Stage::Helo, "host.example", 0),
+        Decision::PROCEED
+    );
+    assert_eq!(
+        a.say(&mut e, Stage::Helo, "a.spam", 0),
+        "550 5.7.1 helo\r\n"
+    );
+    // The rcpt rules do not apply at other stages.
+    assert_eq!(
+        a.ask(&mut e, Stage::Mail, "bad-x@example.com", 1),
+        Decision::PROCEED
+    );
+    let b = Q::open(&mut e, "10.1.2.3");
+    assert_eq!(b.say(&mut e, Stage::Mail, "s@x", 1), "450 4.7.1 net\r\n");
+    assert_eq!(
+        b.say(&mut e, Stage::Helo, "h", 0),
+        "554 5.7.1 second connection\r\n"
+    );
+    let hits: Vec<(String, u64)> = e.hits().map(|(n, h)| (n.to_string(), h)).collect();
+    assert_eq!(
+        hits.iter().map(|h| h.1).collect::<Vec<_>>(),
+        vec![1, 1, 1, 1, 1, 1]
+    );
+}
+
+#[test]
+fn first_every_and_any() {
+    let mut e = engine(
+        r#"
+[[rule]]
+stage = "rcpt"
+first = 2
+reply = "451 4.3.0 first two"
+[[rule]]
+stage = "rcpt"
+every = 3
+reply = "452 4.3.0 every third"
+[[rule]]
+name = "any"
+stage = "any"
+address = "x@any"
+close = true
+"#,
+    );
+    let q = Q::open(&mut e, "127.0.0.1");
+    let got: Vec<String> = (0..8)
+        .map(|_| q.say(&mut e, Stage::Rcpt, "u@x", 1))
+        .collect();
+    // Rule 2 sees only what rule 1 let through: its 3rd and 6th match.
+    assert_eq!(
+        got,
+        [
+            "451 4.3.0 first two\r\n",
+            "451 4.3.0 first two\r\n",
+            "Proceed",
+            "Proceed",
+            "452 4.3.0 every third\r\n",
+            "Proceed",
+            "Proceed",
+            "452 4.3.0 every third\r\n",
+        ]
+    );
+    assert_eq!(q.ask(&mut e, Stage::Mail, "x@any", 1).act, Act::Close);
+    assert_eq!(q.ask(&mut e, Stage::Other, "", 1), Decision::PROCEED);
+    // "any" is every command, never the connect.
+    let e2 = &mut engine("[[rule]]\nstage = \"any\"\nclose = true\n");
+    let q2 = Q::open(e2, "127.0.0.1");
+    assert_eq!(q2.ask(e2, Stage::Connect, "", 0), Decision::PROCEED);
+    assert_eq!(q2.ask(e2, Stage::Quit, "", 0).act, Act::Close);
+}
+
+#[test]
+fn probabilities_follow_the_seeded_generator_exactly() {
+    let rules = "seed = 7\n[[rule]]\nstage = \"rcpt\"\nprobability = 0.3\nreply = \"450\"\n";
+    let run = || {
+        let mut e = engine(rules);
+        let _first = Q::open(&mut e, "127.0.0.1");
+        let q = Q::open(&mut e, "127.0.0.1");
+        (0..1000)
+            .map(|_| matches!(q.ask(&mut e, Stage::Rcpt, "u@x", 1).act, Act::Reply(_)))
+            .collect::<Vec<bool>>()
+    };
+    let a = run();
+    assert_eq!(a, run(), "same seed, same traffic: same decisions");
+    // The second connection's generator, drawn once per matching RCPT.
+    let mut rng = session_rng(7, 2);
+    let want: Vec<bool> = (0..1000).map(|_| rng.random::<f64>() < 0.3).collect();
+    assert_eq!(a, want);
+    let n = a.iter().filter(|x| **x).count();
+    // And it is a fair coin: 300 +- 4.5 sigma (sigma = 14.5).
+    assert!((235..=365).contains(&n), "{n}");
+}
+
+#[test]
+fn delays_sample_in_their_bounds() {
+    let mut rng = session_rng(1, 1);
+    let u = Delay::Uniform(Duration::from_millis(100), Duration::from_millis(200));
+    let l = Delay::LogNormal {
+        median: Duration::from_millis(100),
+        sigma: 0.5,
+    };
+    let mut below = 0;
+    for _ in 0..2000 {
+        let d = u.sample(&mut rng);
+        assert!(d >= Duration::from_millis(100) && d < Duration::from_millis(200));
+        if l.sample(&mut rng) < Duration::from_millis(100) {
+            below += 1;
+        }
+    }
+    // Half of a log-normal lies below its median.
+    assert!((900..=1100).contains(&below), "{below}");
+    assert_eq!(
+        Delay::Fixed(Duration::from_secs(2)).sample(&mut rng),
+        Duration::from_secs(2)
+    );
+}
+
+#[test]
+fn rate_limits_refuse_past_the_burst_with_their_replies() {
+    let mut e = engine(
+        "[limits]\nclient_connections = \"2/s\"\nmessages = \"1/m\"\nrecipients = \"1/h\"\n",
+    );
+    let a = Q::open(&mut e, "127.0.0.1");
+    assert_eq!(a.ask(&mut e, Stage::Connect, "", 0), Decision::PROCEED);
+    assert_eq!(a.ask(&mut e, Stage::Connect, "", 0), Decision::PROCEED);
+    assert_eq!(
+        a.say(&mut e, Stage::Connect, "", 0),
+        "421 4.7.0 sink.test Error: too many connections, try again later\r\n"
+    );
+    // Another address has its own bucket.
+    let b = Q::open(&mut e, "127.0.0.2");
+    assert_eq!(b.ask(&mut e, Stage::Connect, "", 0), Decision::PROCEED);
+    // 1/m: the server-wide bucket holds one.
+    assert_eq!(a.ask(&mut e, Stage::Mail, "s@x", 1), Decision::PROCEED);
+    assert_eq!(
+        b.say(&mut e, Stage::Mail, "s@x", 1),
+        "451 4.7.1 Error: message rate limit exceeded, try again later\r\n"
+    );
+    assert_eq!(a.ask(&mut e, Stage::Rcpt, "r@x", 1), Decision::PROCEED);
+    assert!(a
+        .say(&mut e, Stage::Rcpt, "r@x", 1)
+        .starts_with("451 4.7.1 "));
+    let k = e.counts();
+    assert_eq!(k.rate_limited, [[0, 1, 1], [1, 0, 0]]);
+}
+
+#[test]
+fn greylisting_keys_on_client_sender_and_recipient() {
+    let mut e = engine("[[rule]]\nstage = \"rcpt\"\ngreylist = \"60s\"\n");
+    let q = Q::open(&mut e, "127.0.0.1");
+    assert_eq!(q.ask(&mut e, Stage::Mail, "s@x", 1), Decision::PROCEED);
+    let first = q.ask(&mut e, Stage::Rcpt, "r@x", 1);
+    assert_eq!(
+        text(&e, first),
+        "451 4.7.1 Greylisted, please try again later\r\n"
+    );
+    let later = Q {
+        now: q.now + Duration::from_secs(61),
+        ..q
+    };
+    assert_eq!(later.ask(&mut e, Stage::Rcpt, "R@X", 1), Decision::PROCEED);
+    // Another sender is another triple.
+    assert_eq!(later.ask(&mut e, Stage::Mail, "t@x", 2), Decision::PROCEED);
+    assert!(matches!(
+        later.ask(&mut e, Stage::Rcpt, "r@x", 2).act,
+        Act::Reply(_)
+    ));
+    assert_eq!((e.counts().greylisted, e.counts().greylist_passed), (2, 1));
+}
+
+#[test]
+fn magic_addresses_at_rcpt_and_at_the_end() {
+    let mut e = engine("magic_addresses = true\n");
+    let q = Q::open(&mut e, "127.0.0.1");
+    assert!(q
+        .say(&mut e, Stage::Rcpt, "reject552@x", 1)
+        .starts_with("552 5.0.0 "));
+    let d = q.ask(&mut e, Stage::Rcpt, "delay150ms@x", 1);
+    assert_eq!(d.delay, Some(Duration::from_millis(150)));
+    assert_eq!(q.ask(&mut e, Stage::Rcpt, "drop@x", 1), Decision::PROCEED);
+    assert_eq!(q.ask(&mut e, Stage::EndOfData, "", 1).act, Act::Drop);
+    // Once: the next message is normal; RSET forgets it.
+    assert_eq!(q.ask(&mut e, Stage::EndOfData, "", 1), Decision::PROCEED);
+    assert_eq!(
+        q.ask(&mut e, Stage::Rcpt, "datareject@x", 2),
+        Decision::PROCEED
+    );
+    assert_eq!(q.ask(&mut e, Stage::Rset, "", 2), Decision::PROCEED);
+    assert_eq!(q.ask(&mut e, Stage::EndOfData, "", 2), Decision::PROCEED);
+    assert_eq!(e.counts().magic, 4);
+}
+
+#[test]
+fn install_replaces_the_set_and_keeps_reply_texts() {
+    let mut e = engine("[[rule]]\nstage = \"rcpt\"\nreply = \"550 5.1.1 old\"\n");
+    let q = Q::open(&mut e, "127.0.0.1");
+    let old = q.ask(&mut e, Stage::Rcpt, "r@x", 1);
+    let set = spec::parse_file("[[rule]]\nstage = \"mail\"\nreply = \"451 4.3.0 new\"\n").unwrap();
+    e.install(set).unwrap();
+    assert_eq!(q.ask(&mut e, Stage::Rcpt, "r@x", 1), Decision::PROCEED);
+    assert_eq!(q.say(&mut e, Stage::Mail, "s@x", 1), "451 4.3.0 new\r\n");
+    // A reply decided under the old set (held, say) still has its text.
+    assert_eq!(text(&e, old), "550 5.1.1 old\r\n");
+    assert_eq!(e.hits().collect::<Vec<_>>(), vec![("rule-1", 1)]);
+    e.reset_counts();
+    assert_eq!(e.hits().collect::<Vec<_>>(), vec![("rule-1", 0)]);
+}

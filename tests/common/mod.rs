@@ -22,9 +22,10 @@ pub fn start_with(tune: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
     config.hostname = "sink.test".into();
     tune(&mut config);
-    let server = Server::from_config(&config, Discard::default())
-        .expect("bind")
-        .spawn();
+    let mut server = Server::from_config(&config, Discard::default()).expect("bind");
+    let seed = config.seed.unwrap_or(1);
+    server.set_rules(config.engine(seed).expect("rules"), seed);
+    let server = server.spawn();
     Running {
         addr: server.addrs[0],
         handle: server.handle.clone(),

@@ -403,6 +403,8 @@ pub struct Session {
     window: Window,
     /// Transactions begun (MAILs accepted) in this session.
     transactions: u32,
+    /// MAIL commands a policy was asked about (its transaction count).
+    mails: u32,
     /// 4xx and 5xx replies sent in this session.
     errors: u32,
     /// The policy's handle for this session (`u32::MAX`: none).
@@ -439,6 +441,7 @@ impl Session {
                 bytes: 0,
             },
             transactions: 0,
+            mails: 0,
             errors: 0,
             handle: u32::MAX,
             fx: None,
@@ -623,6 +626,10 @@ impl Session {
             match step {
                 Some(n) => pos += n,
                 None => break,
+            }
+            if s.max_errors != 0 && self.errors >= s.max_errors && self.state != State::Closed {
+                // Before the next command of a pipelined batch is read.
+                self.close(s, ReplyId::TooManyErrors, cx);
             }
             if self.closing {
                 // A shutdown is waiting for the message to be answered.
@@ -984,6 +991,10 @@ impl Session {
             dropped: self.tx.drop,
         };
         self.tx = Tx::default();
+        if let Some(f) = self.fx.as_deref_mut() {
+            // A chunk reply a rule chose belongs to this message only.
+            f.chunk_text = None;
+        }
         Out::Final(verdict)
     }
 

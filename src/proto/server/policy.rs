@@ -113,7 +113,9 @@ pub struct Query<'a> {
     pub arg: &'a [u8],
     /// The client.
     pub peer: SocketAddr,
-    /// Transactions begun in this session, the current one included.
+    /// MAIL commands in this session so far (this one included, at the
+    /// MAIL stage): the transaction count rules match on. Refused MAILs
+    /// count, so "the 2nd transaction" fails once, not forever.
     pub transaction: u32,
     /// The time of the event.
     pub now: Instant,

@@ -305,6 +305,9 @@ impl Session {
             Command::Rcpt(r) => r.path,
             _ => &[],
         };
+        if stage == Stage::Mail {
+            self.mails += 1;
+        }
         let d = match cx.policy.as_deref_mut() {
             Some(p) => p.decide(&Query {
                 id: self.id,
@@ -312,7 +315,7 @@ impl Session {
                 stage,
                 arg,
                 peer: self.peer,
-                transaction: self.transactions + u32::from(stage == Stage::Mail),
+                transaction: self.mails,
                 now: cx.now,
             }),
             None => Decision::PROCEED,
