@@ -8,6 +8,20 @@ use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// `--help`'s examples: one per MTA behaviour the rules test.
+const EXAMPLES: &str = "\
+Examples (what each tests in an MTA under test):
+  retry queue, back-off       smtpsink --reply 'rcpt:451 4.3.0 Try later:0.3' --seed 1
+  per-recipient failures      smtpsink --magic-addresses   (to: reject550@x, tempfail451@x, ok@x)
+  lost connection, duplicates smtpsink --close end:0.1 --verify
+  connection caching          smtpsink --max-messages-per-connection 5
+  timeouts                    smtpsink --delay 'end:400s'    (or --delay connect:70s)
+  rate limits, concurrency    smtpsink --rate-limit client-conn=2/s --rate-limit msg=100/s
+  slow receiver               smtpsink --throttle 20000 --delay 'rcpt:lognormal 50ms 1'
+  greylisting                 smtpsink --greylist 60s
+  live metrics and rules      smtpsink --control 127.0.0.1:9025   (GET /metrics, PUT /rules)
+  bounded CI run              smtpsink --exit-after-messages 1000 --json out.json";
+
 /// What to do with a bare LF inside DATA (RFC 5321 2.3.8, 4.1.1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BareLf {
@@ -24,7 +38,7 @@ pub enum BareLf {
 // Each bool is one independent command-line switch.
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Parser)]
-#[command(name = "smtpsink", version, about, long_about = None)]
+#[command(name = "smtpsink", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Config {
     /// Address to listen on, IP:PORT (repeat for several; IPv6 as `[::1]:2525`).
     /// Never resolved through DNS.

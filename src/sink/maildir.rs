@@ -705,6 +705,47 @@ impl Summary for Maildir {
         Some(("maildir", self.figures()))
     }
 
+    fn metrics(&self, x: &mut crate::metrics::Exposition) {
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        x.counter(
+            "smtpsink_stored_messages_total",
+            "Messages stored in the Maildir (complete in new/, durable with --fsync).",
+            n(&s.stored),
+        );
+        x.counter(
+            "smtpsink_stored_bytes_total",
+            "Octets written to message files, trace fields included.",
+            n(&s.bytes),
+        );
+        x.counter(
+            "smtpsink_store_errors_total",
+            "Messages refused for a storage error (452 4.3.1 or 451 4.3.0).",
+            n(&s.errors),
+        );
+        x.counter(
+            "smtpsink_stored_pruned_total",
+            "Oldest messages deleted for --max-stored.",
+            n(&s.pruned),
+        );
+        x.counter(
+            "smtpsink_fsync_batches_total",
+            "Group commits (one syncfs each) with --fsync.",
+            n(&s.batches),
+        );
+        x.counter(
+            "smtpsink_fsync_batched_messages_total",
+            "Messages made durable by those group commits.",
+            n(&s.batched),
+        );
+        x.histogram(
+            "smtpsink_store_duration_seconds",
+            "End of data to stored (durable with --fsync); the sum is the histogram's mean times its count.",
+            &s.latency(),
+            None,
+        );
+    }
+
     fn summary(&self) -> String {
         let s = &self.stats;
         let batches = s.batches.load(Ordering::Relaxed);
