@@ -320,10 +320,16 @@ where
         .map_err(|e| format!("event loop failed: {e}"))?;
     print!("{}", report.stats.summary(report.elapsed));
     print!("{}", report.sink.summary());
+    if let Some(e) = &report.rules {
+        print!("{}", e.summary());
+    }
     if let Some(path) = &config.json {
         let mut j = report.stats.json(report.elapsed);
         if let Some((key, figures)) = report.sink.json() {
             j[key] = figures;
+        }
+        if let Some(e) = &report.rules {
+            j["rules"] = e.json();
         }
         std::fs::write(path, j.to_string() + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -22,6 +22,12 @@ fn ehlo(c: &mut Client) {
     c.send_expect("EHLO client.test\r\n", EHLO);
 }
 
+/// MAIL, RCPT and DATA pipelined, and their three replies.
+fn data_started(c: &mut Client) {
+    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
+    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -140,8 +146,7 @@ fn a_421_reply_closes_and_close_hangs_up_without_a_reply() {
     let server = start_with(|c| c.close = vec!["end".into()]);
     let mut c = Client::greeted(server.addr);
     ehlo(&mut c);
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
-    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+    data_started(&mut c);
     c.send(b"Subject: lost\r\n\r\nbody\r\n.\r\n");
     // The message's end gets no reply at all: an MTA must retry it.
     assert_eq!(c.read_to_close(), "");
@@ -160,8 +165,7 @@ fn close_after_bytes_cuts_the_connection_mid_data_and_bdat() {
     let server = start_with(|c| c.close_after = Some(1000));
     let mut c = Client::greeted(server.addr);
     ehlo(&mut c);
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
-    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+    data_started(&mut c);
     // A small message passes; the limit is per message.
     let w = c.send_in_background([&b"x\r\n"[..], &[b'y'; 5000], b"\r\n.\r\n"].concat());
     assert_eq!(c.read_to_close(), "");
@@ -169,8 +173,7 @@ fn close_after_bytes_cuts_the_connection_mid_data_and_bdat() {
 
     let mut c = Client::greeted(server.addr);
     ehlo(&mut c);
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
-    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+    data_started(&mut c);
     c.send_expect("short\r\n.\r\n", QUEUED);
     c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n");
     assert_eq!(c.replies(2), format!("{SENDER_OK}{RCPT_OK}"));
@@ -191,8 +194,7 @@ fn end_of_data_and_bdat_refusals_keep_nothing() {
     });
     let mut c = Client::greeted(server.addr);
     ehlo(&mut c);
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
-    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+    data_started(&mut c);
     c.send_expect("hello\r\n.\r\n", "552 5.2.2 Mailbox full\r\n");
     // The chunk is read (RFC 3030 2), refused, and ends the transaction;
     // a chunk pipelined after it is consumed and refused for want of MAIL.
@@ -215,8 +217,7 @@ fn accept_but_drop_answers_250_and_keeps_nothing() {
     let server = start_with(|c| c.drop = Some(1.0));
     let mut c = Client::greeted(server.addr);
     ehlo(&mut c);
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
-    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+    data_started(&mut c);
     c.send_expect("Subject: x\r\n\r\nbody\r\n.\r\n", QUEUED);
     let report = server.stop();
     let k = report.stats.counters;
@@ -425,8 +426,7 @@ fn throttle_caps_the_read_rate() {
     let server = start_with(|c| c.throttle = Some(40_000));
     let mut c = Client::greeted(server.addr);
     ehlo(&mut c);
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
-    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+    data_started(&mut c);
     let t0 = Instant::now();
     let mut body = vec![b'q'; 100_000];
     body.extend_from_slice(b"\r\n.\r\n");
@@ -611,8 +611,7 @@ fn success_replies_replace_the_text_and_a_held_greeting_waits() {
         t0.elapsed()
     );
     assert_eq!(c.replies(1), EHLO);
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
-    assert_eq!(c.replies(3), format!("{SENDER_OK}{RCPT_OK}{GO_AHEAD}"));
+    data_started(&mut c);
     c.send_expect("x\r\n.\r\n", "250 2.0.0 Kept by rule\r\n");
     c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nBDAT 2\r\nhiBDAT 1 LAST\r\n!");
     assert_eq!(

@@ -108,6 +108,8 @@ pub struct Report<S> {
     pub sink: S,
     /// How long the server ran.
     pub elapsed: Duration,
+    /// The rules engine, with its counts, if there was one.
+    pub rules: Option<Engine>,
 }
 
 /// Reactor knobs that are not protocol settings.
@@ -448,6 +450,7 @@ impl<S: Sink> Server<S> {
             stats: self.stats,
             sink: self.sink,
             elapsed: timer::now().saturating_duration_since(started),
+            rules: self.rules,
         })
     }
 
@@ -768,18 +771,7 @@ impl<S> crate::control::Target for Controlled<'_, S> {
         j["counters"]["replies_by_code"] = codes.into();
         j["counters"]["connections_open"] = self.stats.counters.connections_open.into();
         if let Some(e) = self.rules.as_ref() {
-            let hits: serde_json::Map<String, serde_json::Value> =
-                e.hits().map(|(n, h)| (n.to_string(), h.into())).collect();
-            let k = e.counts();
-            j["rules"] = serde_json::json!({
-                "rules": e.set().rules.len(),
-                "seed": e.seed(),
-                "hits": hits,
-                "rate_limited": {"server": k.rate_limited[0], "client": k.rate_limited[1]},
-                "greylisted": k.greylisted,
-                "greylist_passed": k.greylist_passed,
-                "magic": k.magic,
-            });
+            j["rules"] = e.json();
         }
         if let Some((key, v)) = self.report.and_then(|r| (r.json)(self.sink)) {
             j[key] = v;

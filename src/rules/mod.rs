@@ -364,6 +364,43 @@ impl Engine {
         self.counts
     }
 
+    /// The counts as JSON (`/stats`, `--json`).
+    pub fn json(&self) -> serde_json::Value {
+        let hits: serde_json::Map<String, serde_json::Value> = self
+            .hits()
+            .map(|(n, h)| (n.to_string(), h.into()))
+            .collect();
+        let k = self.counts;
+        serde_json::json!({
+            "rules": self.set.rules.len(),
+            "seed": self.seed,
+            "hits": hits,
+            "rate_limited": {"server": k.rate_limited[0], "client": k.rate_limited[1]},
+            "greylisted": k.greylisted,
+            "greylist_passed": k.greylist_passed,
+            "magic": k.magic,
+        })
+    }
+
+    /// Lines for the final report: each rule's hits and the other counts.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        for (name, n) in self.hits() {
+            let _ = writeln!(s, "  rule {name:<20} {n:>10} hits");
+        }
+        let k = self.counts;
+        let limited: u64 = k.rate_limited.iter().flatten().sum();
+        if limited > 0 || k.greylisted > 0 || k.magic > 0 {
+            let _ = writeln!(
+                s,
+                "  rate-limited   {limited:>14}  greylisted {} (passed {})  magic {}",
+                k.greylisted, k.greylist_passed, k.magic
+            );
+        }
+        s
+    }
+
     /// Zeroes the counts (`POST /reset`); "first N" rules start over too.
     pub fn reset_counts(&mut self) {
         self.counts = EngineCounts::default();

@@ -370,13 +370,7 @@ impl Session {
                 // The chunk is still read (RFC 3030 2); the refusal answers
                 // it and ends the transaction, keeping nothing.
                 self.tx.refusal = Some(r);
-                let chunk = State::Chunk {
-                    size,
-                    remaining: size,
-                    last,
-                    reject: None,
-                };
-                self.enter(chunk, cx);
+                self.read_chunk(size, last, None, cx);
             }
             _ => self.answer(s, verb, Out::Rule(r), cx),
         }
@@ -482,14 +476,20 @@ impl Session {
             self.tx.bdat = true;
             cx.sink.begin(self.id);
         }
+        self.read_chunk(size, last, None, cx);
+        None
+    }
+
+    /// The next `size` octets are a BDAT chunk; `reject`: the reply that
+    /// refuses it once read.
+    fn read_chunk(&mut self, size: u64, last: bool, reject: Option<ReplyId>, cx: &mut Ctx<'_>) {
         let chunk = State::Chunk {
             size,
             remaining: size,
             last,
-            reject: None,
+            reject,
         };
         self.enter(chunk, cx);
-        None
     }
 
     /// A refused BDAT still has its chunk consumed (RFC 3030 2), so the
@@ -498,13 +498,7 @@ impl Session {
         let &Command::Bdat { size, last } = cmd else {
             return Some(Out::Reply(r));
         };
-        let chunk = State::Chunk {
-            size,
-            remaining: size,
-            last,
-            reject: Some(r),
-        };
-        self.enter(chunk, cx);
+        self.read_chunk(size, last, Some(r), cx);
         None
     }
 
