@@ -96,7 +96,9 @@ impl Delay {
                 let mu = median.as_secs_f64().max(1e-9).ln();
                 let secs =
                     LogNormal::new(mu, sigma).map_or(median.as_secs_f64(), |d| d.sample(rng));
-                Duration::from_secs_f64(secs.clamp(0.0, MAX_DELAY.as_secs_f64()))
+                // A NaN cannot come from finite parameters; never panic anyway.
+                Duration::try_from_secs_f64(secs.clamp(0.0, MAX_DELAY.as_secs_f64()))
+                    .unwrap_or(median)
             }
         }
     }
