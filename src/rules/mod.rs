@@ -225,6 +225,7 @@ pub struct Engine {
     interned: HashMap<Box<[u8]>, u32>,
     fixed: Fixed,
     sessions: Slab<SessionRules>,
+    shared_rng: Pcg64Mcg,
     connections: u64,
     seed: u64,
     buckets: Buckets,
@@ -255,6 +256,7 @@ impl Engine {
                 greylisted: RuleReply { index: 0, code: 0 },
             },
             sessions: Slab::new(),
+            shared_rng: session_rng(seed, 0),
             connections: 0,
             seed,
             buckets: Buckets::default(),
@@ -453,10 +455,11 @@ impl Engine {
         }
         let state = self.sessions.get_mut(q.handle as usize);
         let number = state.as_ref().map_or(0, |s| s.number);
-        let mut fallback = None;
+        // A session that began before there was an engine has no state of
+        // its own: it shares one generator.
         let rng = match state {
             Some(s) => &mut s.rng,
-            None => fallback.insert(session_rng(self.seed, q.id)),
+            None => &mut self.shared_rng,
         };
         for &i in list {
             let Some(rule) = self.set.rules.get(i) else {

@@ -64,6 +64,8 @@ struct Harness {
     out: Vec<u8>,
     sink: Recorder,
     stats: Stats,
+    /// Rules the session asks, if any.
+    policy: Option<crate::rules::Engine>,
     t0: Instant,
     now: Instant,
 }
@@ -76,6 +78,7 @@ impl Harness {
             out: Vec::new(),
             sink,
             stats: Stats::new(),
+            policy: None,
             t0: now,
             now,
         }
@@ -84,6 +87,7 @@ impl Harness {
     /// Calls `f` with the session and a context over this harness.
     fn with<R>(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>) -> R) -> R {
         let mut cx = Ctx::new(&mut self.out, &mut self.sink, &mut self.stats, self.now);
+        cx.policy = self.policy.as_mut().map(|p| p as &mut dyn Policy);
         f(&mut self.session, &mut cx)
     }
 
@@ -98,7 +102,11 @@ impl Harness {
 
 /// Runs `input` through a fresh session cut at `cuts` (sorted offsets).
 fn run_cuts(s: &Settings, input: &[u8], cuts: &[usize]) -> Outcome {
-    let mut h = Harness::new(Recorder::default());
+    run_cuts_in(Harness::new(Recorder::default()), s, input, cuts)
+}
+
+/// As `run_cuts`, in a prepared harness.
+fn run_cuts_in(mut h: Harness, s: &Settings, input: &[u8], cuts: &[usize]) -> Outcome {
     let mut pending: Vec<u8> = Vec::new();
     let mut consumed = 0;
     let mut fed = 0;
@@ -544,7 +552,96 @@ mod fuzz {
             prop_assert!(c.messages + c.messages_rejected <= c.transactions);
             prop_assert!(whole.sink.bodies.iter().all(|b| b.len() <= 64));
         }
+
+        #[test]
+        fn rules_never_panic_and_splits_do_not_matter(
+            tokens in prop::collection::vec(token(), 0..40),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+            seed in any::<u64>(),
+        ) {
+            let input: Vec<u8> = tokens.concat();
+            let s = Settings::new("sink.test", 64, 3, 512);
+            let run = |points: &[usize]| {
+                let set = crate::rules::spec::parse_file(RULES).expect("rules");
+                let mut h = Harness::new(Recorder::default());
+                h.policy = Some(crate::rules::Engine::new(set, seed, "sink.test"));
+                h.with(|session, cx| session.start(&s, cx));
+                run_cuts_in(h, &s, &input, points)
+            };
+            let whole = run(&[]);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.sort_unstable();
+            let split = run(&points);
+            prop_assert_eq!(&split.out, &whole.out);
+            prop_assert_eq!(&split.sink.events, &whole.sink.events);
+            prop_assert_eq!(&split.sink.bodies, &whole.sink.bodies);
+            assert_well_formed(&whole.out);
+            let c = whole.stats.counters;
+            prop_assert!(c.messages + c.messages_rejected + c.messages_dropped <= c.transactions);
+            // Whatever the rules did, the sink only ever ended whole messages.
+            prop_assert!(whole.sink.bodies.iter().all(|b| b.len() <= 64));
+        }
     }
+
+    /// Every action but delays and throttles (those wait on timers), at
+    /// every stage, each firing sometimes.
+    const RULES: &str = r#"
+[[rule]]
+stage = "helo"
+probability = 0.2
+reply = "550 5.7.1 helo"
+[[rule]]
+stage = "mail"
+probability = 0.2
+reply = "451 4.3.0 mail"
+[[rule]]
+stage = "mail"
+probability = 0.1
+drop = true
+[[rule]]
+stage = "rcpt"
+probability = 0.3
+reply = "550 5.1.1 rcpt"
+[[rule]]
+stage = "rcpt"
+every = 4
+reply = "250 2.1.5 fine"
+[[rule]]
+stage = "data"
+probability = 0.2
+reply = "554 5.7.1 data"
+[[rule]]
+stage = "data"
+probability = 0.1
+close_after = 5
+[[rule]]
+stage = "bdat"
+probability = 0.3
+reply = "554 5.6.0 chunk"
+[[rule]]
+stage = "end"
+probability = 0.3
+reply = "552 5.2.2 end"
+[[rule]]
+stage = "end"
+probability = 0.2
+drop = true
+[[rule]]
+stage = "rset"
+probability = 0.05
+close = true
+[[rule]]
+stage = "other"
+probability = 0.05
+reply = "421 4.3.0 bye"
+[[rule]]
+stage = "quit"
+reply = "221 2.0.0 ruled bye"
+[[rule]]
+stage = "any"
+first = 1
+reply = "250 2.0.0 first"
+"#;
 }
 
 #[test]
