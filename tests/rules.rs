@@ -260,6 +260,14 @@ stage = "rcpt"
 address = "every@*"
 every = 2
 reply = "450 4.2.0 Every other"
+[[rule]]
+stage = "rcpt"
+domain = "*.invalid"
+reply = "556 5.1.10 Domain does not accept mail"
+[[rule]]
+stage = "any"
+address = "quiet@*"
+close = true
 "#,
     )
     .unwrap();
@@ -283,6 +291,11 @@ reply = "450 4.2.0 Every other"
         a.replies(4),
         format!("{RCPT_OK}450 4.2.0 Every other\r\n{RCPT_OK}450 4.2.0 Every other\r\n")
     );
+    a.send_expect(
+        "RCPT TO:<x@mx.invalid>\r\n",
+        "556 5.1.10 Domain does not accept mail\r\n",
+    );
+    a.send_expect("RCPT TO:<x@invalid.test>\r\n", RCPT_OK);
     a.send_expect("RSET\r\n", "250 2.0.0 Ok\r\n");
     a.send_expect("MAIL FROM:<s@x>\r\n", "452 4.3.1 Second transaction\r\n");
     a.send_expect("MAIL FROM:<s@x>\r\n", SENDER_OK);
@@ -295,14 +308,18 @@ reply = "450 4.2.0 Every other"
         b.replies(2),
         format!("{SENDER_OK}550 5.7.1 Not from .2\r\n")
     );
+    // "any" stage: a HELO naming quiet@ hangs up without a reply.
+    b.send(b"NOOP\r\nHELO quiet@x\r\n");
+    assert_eq!(b.read_to_close(), "250 2.0.0 Ok\r\n");
     // Connection 3.
     let mut c = Client::greeted(server.addr);
     c.send_expect("EHLO c\r\n", "554 5.7.1 Third connection\r\n");
     let report = server.stop();
     std::fs::remove_dir_all(&dir).unwrap();
     let k = report.stats.counters;
-    // 250s to RCPT: ok, the third first@, two every@; the refused MAIL is no transaction.
-    assert_eq!((k.recipients, k.transactions), (4, 3));
+    // 250s to RCPT: ok, the third first@, two every@, invalid.test; the
+    // refused MAIL is no transaction, the hung-up one neither.
+    assert_eq!((k.recipients, k.transactions), (5, 3));
 }
 
 #[test]
