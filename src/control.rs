@@ -90,9 +90,12 @@ pub fn parse(buf: &[u8]) -> Parse {
     }
     let len = match header(req.headers, "content-length") {
         None => 0,
+        // Digits only (RFC 9110 8.6): no sign, no list.
         Some(v) => match std::str::from_utf8(v)
             .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<usize>().ok())
         {
             Some(n) if n > MAX_BODY => return Parse::Bad(413, "body too large"),
             Some(n) => n,
@@ -102,13 +105,15 @@ pub fn parse(buf: &[u8]) -> Parse {
     let Some(body) = buf.get(head..head + len) else {
         return Parse::Partial;
     };
-    let connection = header(req.headers, "connection").map(<[u8]>::to_ascii_lowercase);
-    let keep_alive = match connection.as_deref() {
-        Some(b"close") => false,
-        Some(b"keep-alive") => true,
-        // HTTP/1.1 keeps the connection by default, 1.0 does not.
-        _ => version >= 1,
+    // A comma-separated list of options (RFC 9110 7.6.1).
+    let option = |name: &[u8]| {
+        header(req.headers, "connection").is_some_and(|v| {
+            v.split(|&b| b == b',')
+                .any(|o| o.trim_ascii().eq_ignore_ascii_case(name))
+        })
     };
+    // HTTP/1.1 keeps the connection by default, 1.0 only when asked.
+    let keep_alive = !option(b"close") && (version >= 1 || option(b"keep-alive"));
     let path = target.split('?').next().unwrap_or(target);
     Parse::Complete(
         Request {
@@ -291,6 +296,12 @@ mod tests {
         let r = req("PUT /rules HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde");
         assert_eq!((r.body.as_slice(), r.keep_alive), (&b"abcde"[..], false));
         assert!(!req("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(!req("GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n").keep_alive);
+        assert!(req("GET / HTTP/1.0\r\nConnection: keep-alive, x\r\n\r\n").keep_alive);
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx"),
+            Parse::Bad(400, _)
+        ));
         assert!(matches!(
             parse(b"\x16\x03\x01garbage\r\n\r\n"),
             Parse::Bad(400, _)

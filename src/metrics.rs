@@ -85,7 +85,9 @@ impl Exposition {
 
     /// A histogram of microsecond values, exposed in seconds: cumulative
     /// buckets, `+Inf`, count and sum (`sum_us`: the exact sum when known,
-    /// else the histogram's mean times its count).
+    /// else the histogram's mean times its count). Buckets are as exact as
+    /// the histogram: 3 significant digits, so a value up to 0.1% above a
+    /// bound may count in it.
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram<u64>, sum_us: Option<u64>) {
         self.head(name, help, "histogram");
         let bucket = format!("{name}_bucket");

@@ -41,6 +41,8 @@ pub struct ControlPort {
     listener: TcpListener,
     clients: Slab<Client>,
     addr: SocketAddr,
+    /// An accept failed for want of descriptors: accept again next turn.
+    retry_accept: bool,
 }
 
 impl ControlPort {
@@ -55,6 +57,7 @@ impl ControlPort {
             listener: l,
             clients: Slab::new(),
             addr,
+            retry_accept: false,
         })
     }
 
@@ -88,8 +91,13 @@ impl ControlPort {
             let (mut sock, _) = match self.listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock, or out of descriptors: the rest wait.
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Out of descriptors: try again on the loop's next turn (no
+                // new event would announce the ones already waiting).
+                Err(_) => {
+                    self.retry_accept = true;
+                    return;
+                }
             };
             if self.clients.len() >= MAX_CLIENTS {
                 let _ = sock.shutdown(Shutdown::Both);
@@ -124,8 +132,12 @@ impl ControlPort {
         self.clients.iter().map(|(_, c)| c.last + IDLE).min()
     }
 
-    /// Closes the clients idle since `IDLE` before `now`.
+    /// Closes the clients idle since `IDLE` before `now`; retries a failed
+    /// accept.
     pub fn expire(&mut self, now: Instant, registry: &Registry) {
+        if std::mem::take(&mut self.retry_accept) {
+            self.accept(registry, now);
+        }
         let idle: Vec<usize> = self
             .clients
             .iter()
