@@ -6,7 +6,6 @@
 //! the cumulative buckets of latency histograms (from hdrhistogram, in
 //! seconds, with the exact sum where the caller keeps one).
 
-use crate::proto::reply::ReplyId;
 use crate::rules::limits::Kind;
 use crate::rules::Engine;
 use crate::stats::Stats;
@@ -114,14 +113,7 @@ impl Exposition {
 
 /// The server's metrics: connections, transactions, messages, recipients,
 /// bytes, replies by code, rule hits, rate limits, transaction latency.
-/// `code_of` gives each fixed reply's code (texts are configurable).
-pub fn server(
-    x: &mut Exposition,
-    stats: &Stats,
-    code_of: impl Fn(ReplyId) -> u16,
-    rules: Option<&Engine>,
-    uptime: Duration,
-) {
+pub fn server(x: &mut Exposition, stats: &Stats, rules: Option<&Engine>, uptime: Duration) {
     let c = &stats.counters;
     x.gauge(
         "smtpsink_uptime_seconds",
@@ -188,7 +180,7 @@ pub fn server(
         &[("in".into(), c.io.bytes_in), ("out".into(), c.io.bytes_out)],
     );
     let by_code: Vec<(String, u64)> = stats
-        .replies_by_code(code_of)
+        .replies_by_code()
         .into_iter()
         .map(|(code, n)| (code.to_string(), n))
         .collect();
@@ -267,7 +259,7 @@ mod tests {
             ..Counts::default()
         });
         let mut x = Exposition::new();
-        server(&mut x, &s, |_| 250, None, Duration::from_secs(2));
+        server(&mut x, &s, None, Duration::from_secs(2));
         let t = x.finish();
         assert!(
             t.contains("smtpsink_transaction_duration_seconds_bucket{le=\"0.0001\"} 1\n"),

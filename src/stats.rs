@@ -106,8 +106,6 @@ pub struct Counters {
     pub recipients: u64,
     /// Body octets of accepted messages.
     pub body_bytes: u64,
-    /// Replies by class: index 2 = 2xx ... 5 = 5xx.
-    pub replies: [u64; 6],
     /// Syscalls and bytes on the wire.
     pub io: IoCounts,
 }
@@ -126,9 +124,6 @@ impl std::ops::AddAssign for Counters {
         self.messages_dropped += o.messages_dropped;
         self.recipients += o.recipients;
         self.body_bytes += o.body_bytes;
-        for (a, b) in self.replies.iter_mut().zip(o.replies) {
-            *a += b;
-        }
         self.io += o.io;
     }
 }
@@ -157,10 +152,7 @@ impl Default for Stats {
 
 impl Observer for Stats {
     fn counted(&mut self, c: &Counts) {
-        let by_class = self.counters.replies.iter_mut().skip(2);
-        for (total, n) in by_class.zip(c.replies) {
-            *total += u64::from(n);
-        }
+        // Only by id: classes and codes are derived when read.
         for (i, n) in c.replies_by_id() {
             if let Some(total) = self.replies_by_id.get_mut(i) {
                 *total += u64::from(n);
@@ -219,13 +211,23 @@ impl Stats {
         self.counters.connections_open = open;
     }
 
-    /// Replies sent, by code: the fixed replies (their codes as `codes`
-    /// gives them; texts are configurable) plus the rules' own.
-    pub fn replies_by_code(&self, code_of: impl Fn(ReplyId) -> u16) -> BTreeMap<u16, u64> {
+    /// Replies sent, by class: index 2 = 2xx ... 5 = 5xx.
+    pub fn replies_by_class(&self) -> [u64; 6] {
+        let mut classes = [0u64; 6];
+        for (code, n) in self.replies_by_code() {
+            if let Some(c) = classes.get_mut(usize::from(code / 100)) {
+                *c += n;
+            }
+        }
+        classes
+    }
+
+    /// Replies sent, by code: the fixed replies plus the rules' own.
+    pub fn replies_by_code(&self) -> BTreeMap<u16, u64> {
         let mut m = self.rule_replies.clone();
-        for (&id, &n) in ReplyId::ALL.iter().zip(&self.replies_by_id) {
+        for (&code, &n) in ReplyId::CODES.iter().zip(&self.replies_by_id) {
             if n > 0 {
-                *m.entry(code_of(id)).or_default() += n;
+                *m.entry(code).or_default() += n;
             }
         }
         m
@@ -250,6 +252,7 @@ impl Stats {
     #[allow(clippy::cast_precision_loss)]
     pub fn interval_line(&self, prev: &Counters, elapsed: Duration, interval: Duration) -> String {
         let c = &self.counters;
+        let classes = self.replies_by_class();
         let secs = interval.as_secs_f64().max(1e-9);
         let rate = |now: u64, then: u64| (now.saturating_sub(then)) as f64 / secs;
         format!(
@@ -261,8 +264,8 @@ impl Stats {
             c.recipients,
             c.body_bytes as f64 / 1e6,
             rate(c.body_bytes, prev.body_bytes) / 1e6,
-            c.replies[4],
-            c.replies[5],
+            classes[4],
+            classes[5],
             self.latency.value_at_quantile(0.99),
         )
     }
@@ -270,6 +273,7 @@ impl Stats {
     /// The final statistics as JSON (`--json`).
     pub fn json(&self, elapsed: Duration) -> serde_json::Value {
         let c = &self.counters;
+        let r = self.replies_by_class();
         serde_json::json!({
             "elapsed_s": elapsed.as_secs_f64(),
             "counters": {
@@ -282,7 +286,7 @@ impl Stats {
                 "messages_dropped": c.messages_dropped,
                 "recipients": c.recipients,
                 "body_bytes": c.body_bytes,
-                "replies": {"2xx": c.replies[2], "3xx": c.replies[3], "4xx": c.replies[4], "5xx": c.replies[5]},
+                "replies": {"2xx": r[2], "3xx": r[3], "4xx": r[4], "5xx": r[5]},
                 "bytes_in": c.io.bytes_in,
                 "bytes_out": c.io.bytes_out,
             },
@@ -294,6 +298,7 @@ impl Stats {
     #[allow(clippy::cast_precision_loss)]
     pub fn summary(&self, elapsed: Duration) -> String {
         let c = &self.counters;
+        let r = self.replies_by_class();
         let secs = elapsed.as_secs_f64().max(1e-9);
         let mut s = String::new();
         let _ = writeln!(s, "smtpsink: final statistics after {secs:.3}s");
@@ -335,7 +340,7 @@ impl Stats {
         let _ = writeln!(
             s,
             "  replies        2xx={} 3xx={} 4xx={} 5xx={}",
-            c.replies[2], c.replies[3], c.replies[4], c.replies[5]
+            r[2], r[3], r[4], r[5]
         );
         let _ = writeln!(
             s,
@@ -365,20 +370,35 @@ impl Stats {
 mod tests {
     use super::*;
 
+    /// Counts of these replies.
+    fn replies(ids: &[(ReplyId, u32)]) -> Counts {
+        let mut c = Counts::default();
+        for &(id, n) in ids {
+            c.by_reply[id as usize] += n;
+            c.touched |= 1 << (id as u32);
+        }
+        c
+    }
+
     #[test]
     fn replies_by_class_and_latency() {
         let mut s = Stats::new();
         // One 2xx, one 3xx and one 5xx, then two more 2xx and a recipient.
+        s.counted(&replies(&[
+            (ReplyId::Ok, 1),
+            (ReplyId::StartData, 1),
+            (ReplyId::Unrecognized, 1),
+        ]));
         s.counted(&Counts {
-            replies: [1, 1, 0, 1],
-            ..Counts::default()
-        });
-        s.counted(&Counts {
-            replies: [2, 0, 0, 0],
             recipients: 1,
-            ..Counts::default()
+            ..replies(&[(ReplyId::SenderOk, 1), (ReplyId::Queued, 1)])
         });
-        assert_eq!(s.counters.replies, [0, 0, 3, 1, 0, 1]);
+        assert_eq!(s.replies_by_id[ReplyId::Ok as usize], 1);
+        assert_eq!(
+            s.replies_by_code().into_iter().collect::<Vec<_>>(),
+            [(250, 3), (354, 1), (500, 1)]
+        );
+        assert_eq!(s.replies_by_class(), [0, 0, 3, 1, 0, 1]);
         assert_eq!(s.counters.recipients, 1);
         s.message(Outcome::Accepted, 10, Duration::from_micros(250));
         // Saturates, never fails.
@@ -406,10 +426,9 @@ mod tests {
         a.message(Outcome::Accepted, 100, Duration::from_micros(10));
         a.counters.io.reads = 3;
         b.counted(&Counts {
-            replies: [0, 0, 1, 0],
             transactions: 2,
             recipients: 1,
-            ..Counts::default()
+            ..replies(&[(ReplyId::TooManyRecipients, 1)])
         });
         b.timeout(Timeout::Command);
         b.message(Outcome::Accepted, 50, Duration::from_millis(1));
@@ -417,7 +436,10 @@ mod tests {
         a.merge(&b);
         let c = a.counters;
         assert_eq!((c.transactions, c.messages, c.body_bytes), (3, 2, 150));
-        assert_eq!((c.recipients, c.replies[4], c.io.reads), (1, 1, 7));
+        assert_eq!(
+            (c.recipients, a.replies_by_class()[4], c.io.reads),
+            (1, 1, 7)
+        );
         assert_eq!(
             (c.timeouts, c.command_timeouts, c.data_rate_timeouts),
             (1, 1, 0)

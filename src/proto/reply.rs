@@ -39,6 +39,11 @@ macro_rules! replies {
                     $(ReplyId::$id => $text,)*
                 }
             }
+
+            /// Each reply's code, in declaration order. Fixed: a text may
+            /// be replaced ([`Replies::set`]) but not its code, so counting
+            /// by id is counting by code.
+            pub const CODES: &'static [u16] = &[$(code_of($text),)*];
         }
     };
 }
@@ -126,6 +131,36 @@ replies! {
 impl ReplyId {
     /// How many replies there are.
     pub const COUNT: usize = Self::ALL.len();
+
+    /// Bit `i` set: reply `i` is a 4xx or 5xx.
+    pub const ERRORS: u128 = error_mask(Self::CODES, 0);
+
+    /// This reply's code.
+    #[inline]
+    pub fn code(self) -> u16 {
+        Self::CODES.get(self as usize).copied().unwrap_or(0)
+    }
+}
+
+/// Bit `i` for each code from the `i`th on that is 4xx or 5xx.
+const fn error_mask(codes: &[u16], i: u32) -> u128 {
+    match codes {
+        [first, rest @ ..] if i < 128 => {
+            let bit = if *first >= 400 { 1u128 << i } else { 0 };
+            bit | error_mask(rest, i + 1)
+        }
+        _ => 0,
+    }
+}
+
+/// The code at the start of a reply text (0 if there is none).
+const fn code_of(text: &str) -> u16 {
+    match text.as_bytes() {
+        [a @ b'0'..=b'9', b @ b'0'..=b'9', c @ b'0'..=b'9', ..] => {
+            (*a - b'0') as u16 * 100 + (*b - b'0') as u16 * 10 + (*c - b'0') as u16
+        }
+        _ => 0,
+    }
 }
 
 /// How an extension is offered in the EHLO block (RFC 3207: STARTTLS only
@@ -234,13 +269,13 @@ impl Replies {
     }
 
     /// Replaces the text of `id` (a CRLF is added when missing). The text
-    /// must be one complete reply: three-digit code, the same code on every
-    /// line, `-` on all but the last; `{size}` in `ChunkReceived` marks the
-    /// octet count.
+    /// must be one complete reply with `id`'s own code (the code says what
+    /// happened; rules send other codes): the code on every line, `-` on
+    /// all but the last; `{size}` in `ChunkReceived` marks the octet count.
     pub fn set(&mut self, id: ReplyId, text: &str) -> Result<(), BadReply> {
         let bytes = crlf(text);
         match parse(&bytes) {
-            Parsed::Complete { code, len } if len == bytes.len() && (200..600).contains(&code) => {}
+            Parsed::Complete { code, len } if len == bytes.len() && code == id.code() => {}
             _ => return Err(BadReply(text.to_string())),
         }
         if let Some(t) = self.texts.get_mut(id as usize) {
@@ -431,9 +466,16 @@ mod tests {
     #[test]
     fn texts_can_be_replaced() {
         let mut r = standard("h", 10);
-        r.set(ReplyId::RecipientOk, "550 5.1.1 No such user")
-            .unwrap();
-        assert_eq!(r.text(ReplyId::RecipientOk), b"550 5.1.1 No such user\r\n");
+        r.set(ReplyId::RecipientOk, "250 2.1.5 Fine").unwrap();
+        assert_eq!(r.text(ReplyId::RecipientOk), b"250 2.1.5 Fine\r\n");
+        // The code is the reply's meaning: only rules send other codes.
+        assert!(r
+            .set(ReplyId::RecipientOk, "550 5.1.1 No such user")
+            .is_err());
+        assert_eq!(ReplyId::RecipientOk.code(), 250);
+        assert_eq!(ReplyId::Shutdown.code(), 421);
+        assert_eq!(ReplyId::ERRORS & (1 << ReplyId::Ok as u32), 0);
+        assert_ne!(ReplyId::ERRORS & (1 << ReplyId::TooBig as u32), 0);
         r.set(ReplyId::Bye, "221-so long\n221 bye\r\n").unwrap();
         assert_eq!(r.text(ReplyId::Bye), b"221-so long\r\n221 bye\r\n");
         for bad in [

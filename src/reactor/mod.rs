@@ -483,11 +483,17 @@ impl<S: Sink> Server<S> {
             Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                 self.accept(LISTENER_BASE - t, now);
             }
+            // Mail connections first: the common case pays one comparison.
+            Token(key) if key < control::LISTENER.0 && self.sink.pressure() => {
+                self.stalled.push(key);
+            }
+            Token(key) if key < control::LISTENER.0 => {
+                self.with_conn(key, now, Arm::Sooner, |c, env| {
+                    c.serve(Token(key), hup, env)
+                });
+            }
             t if ControlPort::owns(t) => self.control_event(t, now),
-            Token(key) if self.sink.pressure() => self.stalled.push(key),
-            Token(key) => self.with_conn(key, now, Arm::Sooner, |c, env| {
-                c.serve(Token(key), hup, env)
-            }),
+            Token(_) => {}
         }
     }
 
@@ -735,25 +741,10 @@ struct Controlled<'a, S> {
     uptime: Duration,
 }
 
-/// The code of a fixed reply, from its configured text.
-fn code_of(settings: &Settings, id: ReplyId) -> u16 {
-    let t = settings.replies.text(id);
-    t.get(..3)
-        .and_then(|c| std::str::from_utf8(c).ok())
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 impl<S> crate::control::Target for Controlled<'_, S> {
     fn metrics(&mut self) -> String {
         let mut x = Exposition::new();
-        crate::metrics::server(
-            &mut x,
-            self.stats,
-            |id| code_of(self.settings, id),
-            self.rules.as_ref(),
-            self.uptime,
-        );
+        crate::metrics::server(&mut x, self.stats, self.rules.as_ref(), self.uptime);
         if let Some(r) = self.report {
             (r.metrics)(self.sink, &mut x);
         }
@@ -764,7 +755,7 @@ impl<S> crate::control::Target for Controlled<'_, S> {
         let mut j = self.stats.json(self.uptime);
         let codes: serde_json::Map<String, serde_json::Value> = self
             .stats
-            .replies_by_code(|id| code_of(self.settings, id))
+            .replies_by_code()
             .into_iter()
             .map(|(c, n)| (c.to_string(), n.into()))
             .collect();

@@ -205,7 +205,7 @@ Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n",
         (c.transactions, c.messages, c.recipients, c.body_bytes),
         (1, 1, 2, 26)
     );
-    assert_eq!(c.replies, [0, 0, 6, 1, 0, 0]);
+    assert_eq!(o.stats.replies_by_class(), [0, 0, 6, 1, 0, 0]);
     assert_eq!(o.stats.latency.len(), 1);
     assert_eq!(o.state, State::Closed);
 }
@@ -916,7 +916,7 @@ fn answers_stop_at_the_output_limit_and_go_on_from_there() {
     assert_eq!((used, cx_out.len()), (48, 112));
     assert!(h.session.takes_input());
     assert_eq!(h.feed(&s, &input[used..]), input.len() - used);
-    assert_eq!(h.stats.counters.replies[2], 1000);
+    assert_eq!(h.stats.replies_by_class()[2], 1000);
 }
 
 /// Records every state change.

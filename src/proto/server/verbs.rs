@@ -277,7 +277,9 @@ impl Session {
             }
         };
         let out = match allowed {
-            Ok(()) if cx.policy.is_some() || self.tx.refusal.is_some() => {
+            // Rules refuse BDAT chunks (`tx.refusal`) only where a policy
+            // is installed, and one never goes away.
+            Ok(()) if cx.policy.is_some() => {
                 return self.dispatch_ruled(s, row, cmd, cx);
             }
             Ok(()) => (row.proceed)(self, s, cmd, cx),
@@ -527,10 +529,7 @@ impl Session {
     /// Asks the sink; a pending verdict parks the session.
     fn proceed_end(&mut self, _: &Settings, _: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
         if self.tx.drop {
-            // Accept-but-drop: the sink keeps nothing, the client hears 250.
-            cx.sink.abort(self.id);
-            self.enter(State::Command, cx);
-            return Some(self.finish(Verdict::Accepted));
+            return self.drop_message(cx);
         }
         match cx.sink.end(self.id) {
             Verdict::Pending => {
@@ -544,6 +543,15 @@ impl Session {
                 Some(self.finish(verdict))
             }
         }
+    }
+
+    /// Accept-but-drop: the sink keeps nothing, the client hears 250.
+    #[cold]
+    #[inline(never)]
+    fn drop_message(&mut self, cx: &mut Ctx<'_>) -> Option<Out> {
+        cx.sink.abort(self.id);
+        self.enter(State::Command, cx);
+        Some(self.finish(Verdict::Accepted))
     }
 
     fn refuse_end(&mut self, r: ReplyId, _: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
