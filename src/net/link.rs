@@ -146,6 +146,10 @@ impl Link {
     /// taken as "drained" (edge-triggered epoll reports every later arrival),
     /// which saves the read that would only say `WouldBlock`; not with `drain`
     /// (the event also said the peer closed, which no later event repeats).
+    // Measured (callgrind, pipelined 1 KiB): out of line, with the session
+    // call inlined into it, this costs ~100 instructions per message more.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn read_with(
         &mut self,
         scratch: &mut [u8],

@@ -81,6 +81,7 @@ macro_rules! with_cx {
     ($env:expr, $limit:expr, |$cx:ident| $body:expr) => {{
         let mut ctx = Ctx::new(&mut *$env.out, &mut *$env.sink, &mut *$env.stats, $env.now);
         ctx.out_limit = $limit;
+        ctx.asks = $env.policy.as_deref().map_or(0, Policy::stages);
         ctx.policy = $env.policy.as_deref_mut().map(|p| p as &mut dyn Policy);
         let $cx = &mut ctx;
         $body
@@ -310,12 +311,15 @@ impl Conn {
             let out = &mut *env.out;
             let (sink, stats) = (&mut *env.sink, &mut *env.stats);
             let policy = &mut env.policy;
+            // Read once per serve, statically: the closure runs per read.
+            let asks = policy.as_deref().map_or(0, Policy::stages);
             let mut io = stats.counters.io;
             let before = io.bytes_in;
             let mut parked = false;
             let mut take = |input: &[u8], _: &mut Vec<u8>| {
                 let mut cx = Ctx::new(&mut *out, &mut *sink, &mut *stats, now);
                 cx.out_limit = limit;
+                cx.asks = asks;
                 cx.policy = policy.as_deref_mut().map(|p| p as &mut dyn Policy);
                 let used = session.handle_input(s, input, &mut cx);
                 parked = !session.takes_input();

@@ -20,11 +20,13 @@
 //! by random delays, in command order. The same seed and the same traffic
 //! give the same decisions; [`session_rng`] lets a test predict them.
 
+pub mod glob;
 pub mod limits;
 mod magic;
 pub mod spec;
 
 use crate::proto::server::{Act, Decision, Policy, Query, RuleReply, SessionId, Stage};
+use glob::Glob;
 use limits::{Buckets, Greylist, Kind, Limits};
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
@@ -34,7 +36,6 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use wildmatch::WildMatch;
 
 /// A closed range of counts (the Nth transaction, the Nth connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +138,10 @@ pub struct Rule {
     /// `None`: any stage but connect.
     pub stage: Option<Stage>,
     /// Glob on the whole argument (case-insensitive).
-    pub address: Option<WildMatch>,
+    pub address: Option<Glob>,
     /// Glob on the argument's domain (after the last `@`; the whole
     /// argument for HELO/EHLO).
-    pub domain: Option<WildMatch>,
+    pub domain: Option<Glob>,
     /// The client's address is in this network.
     pub client: Option<ipnet::IpNet>,
     /// The session's transaction number is in this range.
@@ -219,6 +220,10 @@ pub struct Engine {
     replies: Vec<Option<RuleReply>>,
     /// Per stage: the rules that apply there, in order.
     by_stage: [Vec<usize>; Stage::COUNT],
+    /// Bit `Stage as u16`: sessions must ask about that stage.
+    stages: u16,
+    /// Greylisting or magic addresses: keep each transaction's sender.
+    needs_sender: bool,
     matched: Vec<u64>,
     hits: Vec<u64>,
     texts: Vec<Box<[u8]>>,
@@ -245,6 +250,8 @@ impl Engine {
             set: RuleSet::default(),
             replies: Vec::new(),
             by_stage: Default::default(),
+            stages: 0,
+            needs_sender: false,
             matched: Vec::new(),
             hits: Vec::new(),
             texts: Vec::new(),
@@ -305,12 +312,55 @@ impl Engine {
         let mut by_stage: [Vec<usize>; Stage::COUNT] = Default::default();
         for (i, r) in set.rules.iter().enumerate() {
             for (s, list) in STAGE_ORDER.iter().zip(by_stage.iter_mut()) {
-                // "any" means every command, not the connect.
-                let applies = r.stage.map_or(*s != Stage::Connect, |st| st == *s);
+                // "any" means every command, not the connect; where a
+                // command has no argument, a pattern that cannot match an
+                // empty one rules the rule out there.
+                let has_arg = matches!(s, Stage::Helo | Stage::Mail | Stage::Rcpt);
+                let arg_ok = has_arg
+                    || (r.address.as_ref().is_none_or(|g| g.matches(b""))
+                        && r.domain.as_ref().is_none_or(|g| g.matches(b"")));
+                let applies = r.stage.map_or(*s != Stage::Connect, |st| st == *s) && arg_ok;
                 if applies {
                     list.push(i);
                 }
             }
+        }
+        let mut stages = 0u16;
+        for (s, list) in STAGE_ORDER.iter().zip(&by_stage) {
+            if !list.is_empty() {
+                stages |= 1 << (*s as u16);
+            }
+        }
+        let bit = |s: Stage| 1u16 << (s as u16);
+        let l = &set.limits;
+        for (kind, stage) in [
+            (Kind::Connections, Stage::Connect),
+            (Kind::Messages, Stage::Mail),
+            (Kind::Recipients, Stage::Rcpt),
+        ] {
+            let i = kind as usize;
+            if l.server.get(i).is_some_and(Option::is_some)
+                || l.client.get(i).is_some_and(Option::is_some)
+            {
+                stages |= bit(stage);
+            }
+        }
+        let greylists = set
+            .rules
+            .iter()
+            .any(|r| matches!(r.action, Action::Greylist(_)));
+        let needs_sender = greylists || set.magic;
+        if needs_sender {
+            // The sender at MAIL; what a magic recipient left, forgotten
+            // at RSET, HELO and the next MAIL.
+            stages |= bit(Stage::Mail) | bit(Stage::Rset) | bit(Stage::Helo);
+        }
+        if set.magic {
+            stages |= bit(Stage::Rcpt) | bit(Stage::EndOfData);
+        }
+        if stages & bit(Stage::Bdat) != 0 {
+            // A refused chunk ends its message through the end stage.
+            stages |= bit(Stage::EndOfData);
         }
         if let Some(seed) = set.seed {
             self.seed = seed;
@@ -319,6 +369,8 @@ impl Engine {
         self.hits = vec![0; set.rules.len()];
         self.replies = replies;
         self.by_stage = by_stage;
+        self.stages = stages;
+        self.needs_sender = needs_sender;
         self.connections = 0;
         self.set = set;
         Ok(())
@@ -455,6 +507,13 @@ impl Engine {
         }
         let state = self.sessions.get_mut(q.handle as usize);
         let number = state.as_ref().map_or(0, |s| s.number);
+        // The domain once per query, not once per rule.
+        let domain = match q.stage {
+            Stage::Helo => q.arg,
+            _ => memchr::memrchr(b'@', q.arg)
+                .and_then(|at| q.arg.get(at + 1..))
+                .unwrap_or_default(),
+        };
         // A session that began before there was an engine has no state of
         // its own: it shares one generator.
         let rng = match state {
@@ -465,7 +524,7 @@ impl Engine {
             let Some(rule) = self.set.rules.get(i) else {
                 continue;
             };
-            if !matches(rule, q, number) {
+            if !matches(rule, q, domain, number) {
                 continue;
             }
             let Some(m) = self.matched.get_mut(i) else {
@@ -589,7 +648,7 @@ fn stage_index(s: Stage) -> usize {
     s as usize
 }
 
-fn matches(rule: &Rule, q: &Query<'_>, number: u64) -> bool {
+fn matches(rule: &Rule, q: &Query<'_>, domain: &[u8], number: u64) -> bool {
     if rule.client.is_some_and(|n| !n.contains(&q.peer.ip())) {
         return false;
     }
@@ -602,18 +661,8 @@ fn matches(rule: &Rule, q: &Query<'_>, number: u64) -> bool {
     if rule.connection.is_some_and(|s| !s.contains(number)) {
         return false;
     }
-    if rule.address.is_none() && rule.domain.is_none() {
-        return true;
-    }
-    let arg = String::from_utf8_lossy(q.arg);
-    if rule.address.as_ref().is_some_and(|w| !w.matches(&arg)) {
-        return false;
-    }
-    let domain = match q.stage {
-        Stage::Helo => &arg[..],
-        _ => arg.rsplit_once('@').map_or("", |(_, d)| d),
-    };
-    rule.domain.as_ref().is_none_or(|w| w.matches(domain))
+    rule.address.as_ref().is_none_or(|g| g.matches(q.arg))
+        && rule.domain.as_ref().is_none_or(|g| g.matches(domain))
 }
 
 impl Policy for Engine {
@@ -639,7 +688,7 @@ impl Policy for Engine {
         if let Some(d) = kind.and_then(|k| self.limited(k, q)) {
             return d;
         }
-        if matches!(q.stage, Stage::Mail | Stage::Rset | Stage::Helo) {
+        if self.needs_sender && matches!(q.stage, Stage::Mail | Stage::Rset | Stage::Helo) {
             if let Some(s) = self.sessions.get_mut(q.handle as usize) {
                 s.at_end = None;
                 s.sender.clear();
@@ -668,6 +717,10 @@ impl Policy for Engine {
 
     fn closed(&mut self, handle: u32) {
         self.sessions.try_remove(handle as usize);
+    }
+
+    fn stages(&self) -> u16 {
+        self.stages
     }
 }
 

@@ -24,6 +24,7 @@
 //! `close_after = BYTES`, `throttle = BYTES_PER_SEC`, `drop = true`,
 //! `greylist = "60s"`.
 
+use super::glob::Glob;
 use super::limits::{Kind, Limits, Rate};
 use super::{Action, Delay, Fire, Rule, RuleSet, Span};
 use crate::proto::reply::{self, Parsed};
@@ -31,7 +32,6 @@ use crate::proto::server::Stage;
 use serde::Deserialize;
 use std::time::Duration;
 use toml::Spanned;
-use wildmatch::WildMatch;
 
 /// The file's top level.
 #[derive(Debug, Deserialize)]
@@ -234,7 +234,7 @@ impl RuleSpec {
     /// Checks the rule and compiles it; `index` names an unnamed rule.
     pub fn build(&self, index: usize) -> Result<Rule, String> {
         let stage = stage(&self.stage)?;
-        let glob = |p: &Option<String>| p.as_deref().map(WildMatch::new_case_insensitive);
+        let glob = |p: &Option<String>| p.as_deref().map(Glob::new);
         let client = self
             .client
             .as_deref()

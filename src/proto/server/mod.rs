@@ -216,8 +216,11 @@ pub struct Ctx<'a> {
     pub now: Instant,
     /// Report every state change to the observer (`from -> to`).
     pub trace: bool,
-    /// Rules, delays, rate limits; `None` (the default) asks nothing.
+    /// Rules, delays, rate limits; `None` (the default) asks nothing. Set
+    /// it with [`Ctx::set_policy`].
     pub policy: Option<&'a mut dyn Policy>,
+    /// The policy's [`Policy::stages`]: what to ask it about.
+    pub asks: u16,
 }
 
 impl<'a> Ctx<'a> {
@@ -236,7 +239,14 @@ impl<'a> Ctx<'a> {
             now,
             trace: false,
             policy: None,
+            asks: 0,
         }
+    }
+
+    /// Sessions ask `policy` (about the stages it names).
+    pub fn set_policy(&mut self, policy: Option<&'a mut dyn Policy>) {
+        self.asks = policy.as_deref().map_or(0, Policy::stages);
+        self.policy = policy;
     }
 }
 
@@ -405,7 +415,9 @@ pub struct Session {
     window: Window,
     /// Transactions begun (MAILs accepted) in this session.
     transactions: u32,
-    /// MAIL commands a policy was asked about (its transaction count).
+    /// MAIL commands that passed their sequence and check steps, whether
+    /// then accepted or refused by a rule: the transaction count rules
+    /// match on.
     mails: u32,
     /// 4xx and 5xx replies sent in this session.
     errors: u32,
@@ -543,8 +555,11 @@ impl Session {
         cx.sink.connected(self.id, self.peer);
         let mut out = Out::Reply(ReplyId::Greeting);
         let mut delay = None;
+        let asks = cx.asks & Stage::Connect.bit() != 0;
         if let Some(p) = cx.policy.as_deref_mut() {
             self.handle = p.open(self.id, self.peer, cx.now);
+        }
+        if let Some(p) = cx.policy.as_deref_mut().filter(|_| asks) {
             let d = p.decide(&Query {
                 id: self.id,
                 handle: self.handle,

@@ -42,6 +42,12 @@ pub enum Stage {
 impl Stage {
     /// How many stages there are.
     pub const COUNT: usize = 10;
+
+    /// This stage's bit in [`Policy::stages`].
+    #[inline]
+    pub const fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
 }
 
 /// A reply a policy rendered: its index in the policy's table and its code.
@@ -132,4 +138,9 @@ pub trait Policy {
     fn text(&self, index: u32) -> &[u8];
     /// The session ended; its handle is free again.
     fn closed(&mut self, _handle: u32) {}
+    /// The stages worth asking about (bit `Stage as u16`): about the others
+    /// the answer would be to proceed, so sessions do not ask.
+    fn stages(&self) -> u16 {
+        u16::MAX
+    }
 }

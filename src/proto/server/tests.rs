@@ -87,7 +87,7 @@ impl Harness {
     /// Calls `f` with the session and a context over this harness.
     fn with<R>(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>) -> R) -> R {
         let mut cx = Ctx::new(&mut self.out, &mut self.sink, &mut self.stats, self.now);
-        cx.policy = self.policy.as_mut().map(|p| p as &mut dyn Policy);
+        cx.set_policy(self.policy.as_mut().map(|p| p as &mut dyn Policy));
         f(&mut self.session, &mut cx)
     }
 

@@ -278,8 +278,8 @@ impl Session {
         };
         let out = match allowed {
             // Rules refuse BDAT chunks (`tx.refusal`) only where a policy
-            // is installed, and one never goes away.
-            Ok(()) if cx.policy.is_some() => {
+            // asks about BDAT, and it then asks about the end too.
+            Ok(()) if cx.asks != 0 && cx.asks & stage_of(verb).bit() != 0 => {
                 return self.dispatch_ruled(s, row, cmd, cx);
             }
             Ok(()) => (row.proceed)(self, s, cmd, cx),
@@ -307,9 +307,6 @@ impl Session {
             Command::Rcpt(r) => r.path,
             _ => &[],
         };
-        if stage == Stage::Mail {
-            self.mails += 1;
-        }
         let d = match cx.policy.as_deref_mut() {
             Some(p) => p.decide(&Query {
                 id: self.id,
@@ -317,7 +314,7 @@ impl Session {
                 stage,
                 arg,
                 peer: self.peer,
-                transaction: self.mails,
+                transaction: self.mails + u32::from(stage == Stage::Mail),
                 now: cx.now,
             }),
             None => Decision::PROCEED,
@@ -328,6 +325,8 @@ impl Session {
         let mut replace = None;
         match d.act {
             Act::Reply(r) if r.refuses() && stage != Stage::Quit => {
+                // A refused MAIL still counts: "the 2nd transaction" fails once.
+                self.mails += u32::from(stage == Stage::Mail);
                 return self.refuse_by_rule(s, verb, stage, r, cmd, cx);
             }
             Act::Reply(r) => match stage {
@@ -424,6 +423,7 @@ impl Session {
             return None;
         }
         self.transactions += 1;
+        self.mails += 1;
         self.tx = Tx {
             started: Some(cx.now),
             smtputf8: m.smtputf8,
