@@ -85,22 +85,23 @@ impl Exposition {
     /// A histogram of microsecond values, exposed in seconds: cumulative
     /// buckets, `+Inf`, count and sum (`sum_us`: the exact sum when known,
     /// else the histogram's mean times its count). Buckets are as exact as
-    /// the histogram: 3 significant digits, so a value up to 0.1% above a
-    /// bound may count in it.
+    /// the histogram: 3 significant digits, so a value within 0.1% of a
+    /// bound may fall on either side of it.
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram<u64>, sum_us: Option<u64>) {
         self.head(name, help, "histogram");
         let bucket = format!("{name}_bucket");
+        // One pass over the recorded values (ascending), not one per bucket.
+        let mut values = h.iter_recorded().peekable();
+        let mut below = 0u64;
         for top in BUCKETS_US {
-            let n = if h.is_empty() {
-                0
-            } else {
-                h.count_between(0, top)
-            };
+            while let Some(v) = values.next_if(|v| v.value_iterated_to() <= top) {
+                below += v.count_at_value();
+            }
             let le = (top as f64 / 1e6).to_string();
-            self.sample(&bucket, &[("le", &le)], n as f64);
+            self.sample(&bucket, &[("le", &le)], below as f64);
         }
         self.sample(&bucket, &[("le", "+Inf")], h.len() as f64);
-        let sum = sum_us.map_or(h.mean() * h.len() as f64, |s| s as f64);
+        let sum = sum_us.map_or_else(|| h.mean() * h.len() as f64, |s| s as f64);
         self.sample(&format!("{name}_sum"), &[], sum / 1e6);
         self.sample(&format!("{name}_count"), &[], h.len() as f64);
     }
