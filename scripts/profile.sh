@@ -284,39 +284,8 @@ done
 # splits one function into. Prints Markdown table rows.
 hotspots() {
     local file=$1 top=$2
-    # shellcheck disable=SC2016 # a Python program, not shell
-    callgrind_annotate --auto=no --threshold=100 "$file" 2>/dev/null | python3 -c '
-import collections, os, re, sys
-top = int(sys.argv[1])
-total, agg, objs = None, collections.Counter(), {}
-for line in sys.stdin:
-    m = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*\S)\s*$", line)
-    if not m:
-        continue
-    ir, rest = int(m.group(1).replace(",", "")), m.group(2)
-    if rest == "PROGRAM TOTALS":
-        total = ir
-        continue
-    obj = re.search(r" \[([^\]]*)\]$", rest)
-    if obj:
-        rest = rest[: obj.start()]
-    _, _, fn = rest.partition(":")
-    fn = fn or rest
-    agg[fn] += ir
-    if obj:
-        objs.setdefault(fn, os.path.basename(obj.group(1)))
-if not total:
-    sys.exit("no PROGRAM TOTALS in callgrind_annotate output")
-print("| # | self Ir | share | cumulative | function | object |")
-print("|---:|---:|---:|---:|---|---|")
-cum = 0
-for i, (fn, ir) in enumerate(agg.most_common(top), 1):
-    cum += ir
-    name = fn if len(fn) <= 110 else fn[:107] + "..."
-    name = name.replace("|", "\\|")
-    obj = objs.get(fn, "?")
-    print(f"| {i} | {ir:,} | {100 * ir / total:.1f}% | {100 * cum / total:.1f}% | `{name}` | {obj} |")
-' "$top"
+    callgrind_annotate --auto=no --threshold=100 "$file" 2>/dev/null |
+        python3 "$(dirname -- "${BASH_SOURCE[0]}")/cg_annotate.py" hotspots "$top"
 }
 
 # ------------------------------------------------------------- perf runs ----

@@ -38,6 +38,9 @@ import signal
 import statistics
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cg_annotate  # noqa: E402  (beside this script)
 import urllib.parse
 
 # ------------------------------------------------------------------ scrape ----
@@ -229,27 +232,12 @@ def fmt_int(x):
 
 
 def annot_functions(path):
-    """Self Ir per function from a callgrind_annotate listing, summed over
-    the file:function lines that inlining splits a function into (as
-    profile.sh's hot-spot lists)."""
-    agg = collections.Counter()
-    total = None
+    """Self Ir per function from a callgrind_annotate listing (as
+    profile.sh's hot-spot lists: scripts/cg_annotate.py)."""
     if not os.path.exists(path):
-        return agg, None
+        return collections.Counter(), None
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*\S)\s*$", line)
-            if not m:
-                continue
-            ir, rest = int(m.group(1).replace(",", "")), m.group(2)
-            if rest == "PROGRAM TOTALS":
-                total = ir
-                continue
-            obj = re.search(r" \[([^\]]*)\]$", rest)
-            if obj:
-                rest = rest[: obj.start()]
-            _, _, fn = rest.partition(":")
-            agg[fn or rest] += ir
+        agg, total, _ = cg_annotate.aggregate(f)
     return agg, total
 
 
