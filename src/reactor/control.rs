@@ -21,7 +21,7 @@ pub const MAX_CLIENTS: usize = 32;
 /// A control connection idle this long is closed.
 pub const IDLE: Duration = Duration::from_secs(30);
 /// Unsent response bytes past which a client's requests are not read.
-pub const OUT_LIMIT: usize = 4 << 20;
+pub const OUT_LIMIT: usize = 1 << 20;
 /// The listener's token; clients follow it.
 pub const LISTENER: Token = Token(1 << 40);
 const BASE: usize = (1 << 40) + 1;
