@@ -368,7 +368,11 @@ impl Config {
         }
         let base = set.rules.len();
         for (i, s) in specs.iter().enumerate() {
-            set.rules.push(s.build(base + i)?);
+            let rule = s.build(base + i)?;
+            if set.rules.iter().any(|o| o.name == rule.name) {
+                return Err(format!("two rules are named {:?}", rule.name));
+            }
+            set.rules.push(rule);
         }
         for r in &self.rate_limit {
             let (kind, per_client, rate) =

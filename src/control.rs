@@ -43,6 +43,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The client wants the connection kept.
     pub keep_alive: bool,
+    /// HTTP/1.0: keeping the connection must be said in the response.
+    pub http10: bool,
 }
 
 /// What [`parse`] found at the start of the input.
@@ -88,6 +90,15 @@ pub fn parse(buf: &[u8]) -> Parse {
             "Transfer-Encoding is not supported; send Content-Length",
         );
     }
+    let lengths = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .count();
+    if lengths > 1 {
+        // Two lengths: which one frames the next request? (RFC 9112 6.3)
+        return Parse::Bad(400, "more than one Content-Length");
+    }
     let len = match header(req.headers, "content-length") {
         None => 0,
         // Digits only (RFC 9110 8.6): no sign, no list.
@@ -121,6 +132,7 @@ pub fn parse(buf: &[u8]) -> Parse {
             path: path.to_string(),
             body: body.to_vec(),
             keep_alive,
+            http10: version == 0,
         },
         head + len,
     )
@@ -163,6 +175,11 @@ impl Response {
 
     /// The bytes on the wire; `close` adds `Connection: close`.
     pub fn encode(&self, close: bool, out: &mut Vec<u8>) {
+        self.encode_for(close, false, out);
+    }
+
+    /// As `encode`; `http10` and kept: say `Connection: keep-alive`.
+    pub fn encode_for(&self, close: bool, http10: bool, out: &mut Vec<u8>) {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
@@ -186,6 +203,8 @@ impl Response {
         }
         if close {
             head.push_str("Connection: close\r\n");
+        } else if http10 {
+            head.push_str("Connection: keep-alive\r\n");
         }
         head.push_str("\r\n");
         out.extend_from_slice(head.as_bytes());
@@ -296,6 +315,10 @@ mod tests {
         let r = req("PUT /rules HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde");
         assert_eq!((r.body.as_slice(), r.keep_alive), (&b"abcde"[..], false));
         assert!(!req("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(matches!(
+            parse(b"POST /reset HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nabcde"),
+            Parse::Bad(400, _)
+        ));
         assert!(!req("GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n").keep_alive);
         assert!(req("GET / HTTP/1.0\r\nConnection: keep-alive, x\r\n\r\n").keep_alive);
         assert!(matches!(

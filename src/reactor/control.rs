@@ -164,7 +164,10 @@ impl Client {
     /// socket takes. `Err`: the connection is done (closed, failed).
     fn serve(&mut self, t: &mut dyn Target) -> io::Result<()> {
         // Output first: a client that read its responses may be owed the
-        // rest of its requests, and no new event will say so.
+        // rest of its requests (already read, waiting in `inbuf`), and no
+        // new event will say so.
+        self.flush()?;
+        self.answer(t);
         self.flush()?;
         let mut eof = false;
         let mut buf = [0u8; 16 * 1024];
@@ -202,7 +205,8 @@ impl Client {
     }
 
     fn answer(&mut self, t: &mut dyn Target) {
-        while !self.closing {
+        // Past the limit, requests wait in `inbuf` until the client reads.
+        while !self.closing && self.out.len() < OUT_LIMIT {
             match control::parse(&self.inbuf) {
                 Parse::Partial => return,
                 Parse::Bad(status, why) => {
@@ -214,7 +218,7 @@ impl Client {
                     self.inbuf.drain(..used);
                     let resp = control::route(&req, t);
                     self.closing = !req.keep_alive;
-                    resp.encode(self.closing, &mut self.out);
+                    resp.encode_for(self.closing, req.http10, &mut self.out);
                 }
             }
         }

@@ -203,7 +203,9 @@ impl Buckets {
                 _ => false,
             })
         });
-        if self.clients.len() >= MAX_CLIENTS {
+        // A sweep must free a quarter, or the next arrivals would each pay
+        // for a whole scan; else start over (every bucket full again).
+        if self.clients.len() > MAX_CLIENTS / 4 * 3 {
             self.clients.clear();
         }
     }
@@ -233,7 +235,9 @@ impl Greylist {
         if self.first_seen.len() >= MAX_GREYLIST {
             self.first_seen
                 .retain(|_, t| now.saturating_duration_since(*t) < GREYLIST_KEEP);
-            if self.first_seen.len() >= MAX_GREYLIST {
+            // As for the buckets: free a quarter, or start over (every
+            // triple then greylisted once more).
+            if self.first_seen.len() > MAX_GREYLIST / 4 * 3 {
                 self.first_seen.clear();
             }
         }

@@ -19,6 +19,14 @@
 
 use std::time::Duration;
 
+/// Longest delay a magic address may ask for: the default idle timeout.
+pub const MAX_DELAY: Duration = Duration::from_secs(300);
+
+/// The digits of a delay (`2s` -> `2`, `150ms` -> `150`).
+fn n_text(rest: &str) -> &str {
+    rest.trim_end_matches(['m', 's'])
+}
+
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Do {
@@ -44,9 +52,15 @@ pub enum Magic {
     Greylist(Duration),
 }
 
+/// The code after a keyword: none (the default) or exactly three digits of
+/// `class`. Exactly three: `reject0550` is not another spelling of 550
+/// (each distinct text is kept for the life of the server).
 fn code_in(rest: &str, class: u16, default: u16) -> Option<u16> {
     if rest.is_empty() {
         return Some(default);
+    }
+    if rest.len() != 3 || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
     rest.parse::<u16>().ok().filter(|c| c / 100 == class)
 }
@@ -56,12 +70,15 @@ fn delay(rest: &str) -> Option<Duration> {
         Some(n) => (n, true),
         None => (rest.strip_suffix('s')?, false),
     };
-    let n: u64 = n.parse().ok().filter(|&n| n <= 3600 * 1000)?;
-    Some(if ms {
+    // A client chooses these: at most the default idle timeout, so a
+    // delay cannot hold a connection slot longer than idling could.
+    let n: u64 = n.parse().ok()?;
+    let d = if ms {
         Duration::from_millis(n)
     } else {
-        Duration::from_secs(n.min(3600))
-    })
+        Duration::from_secs(n)
+    };
+    (d <= MAX_DELAY && n.to_string() == n_text(rest)).then_some(d)
 }
 
 fn now(delay: Option<Duration>, act: Do) -> Magic {
@@ -82,17 +99,18 @@ pub fn parse(addr: &[u8]) -> Option<Magic> {
         .unwrap_or(local)
         .to_ascii_lowercase();
     let w = word.as_str();
-    let refuse = |code: u16| {
+    // The text names the keyword and the code, never the client's spelling.
+    let refuse = |kind: &str, code: u16| {
         Do::Reply(
             code,
-            format!("{}.0.0 Refused by magic address {w}", code / 100),
+            format!("{}.0.0 Refused by magic address {kind}{code}", code / 100),
         )
     };
     if let Some(r) = w.strip_prefix("datareject") {
-        return Some(at_end(None, refuse(code_in(r, 5, 554)?)));
+        return Some(at_end(None, refuse("datareject", code_in(r, 5, 554)?)));
     }
     if let Some(r) = w.strip_prefix("datatempfail") {
-        return Some(at_end(None, refuse(code_in(r, 4, 451)?)));
+        return Some(at_end(None, refuse("datatempfail", code_in(r, 4, 451)?)));
     }
     if let Some(r) = w.strip_prefix("datadelay") {
         return Some(at_end(Some(delay(r)?), Do::Proceed));
@@ -104,10 +122,10 @@ pub fn parse(addr: &[u8]) -> Option<Magic> {
         return Some(at_end(None, Do::Drop));
     }
     if let Some(r) = w.strip_prefix("reject") {
-        return Some(now(None, refuse(code_in(r, 5, 550)?)));
+        return Some(now(None, refuse("reject", code_in(r, 5, 550)?)));
     }
     if let Some(r) = w.strip_prefix("tempfail") {
-        return Some(now(None, refuse(code_in(r, 4, 451)?)));
+        return Some(now(None, refuse("tempfail", code_in(r, 4, 451)?)));
     }
     if let Some(r) = w.strip_prefix("delay") {
         return Some(now(Some(delay(r)?), Do::Proceed));
@@ -156,6 +174,9 @@ mod tests {
         assert_eq!(reply(p("Reject@x")), Some((true, 550)));
         assert_eq!(reply(p("reject553+tag@x")), Some((true, 553)));
         assert_eq!(p("reject450@x"), None, "a reject is 5xx");
+        // One spelling per code: the texts a client can make are bounded.
+        assert_eq!(p("reject0550@x"), None);
+        assert_eq!(p("delay301s@x"), None, "at most the idle timeout");
         assert_eq!(reply(p("tempfail452@x")), Some((true, 452)));
         assert_eq!(reply(p("tempfail@x")), Some((true, 451)));
         assert_eq!(reply(p("disconnect421@x")), Some((true, 421)));

@@ -302,6 +302,24 @@ impl Engine {
     /// already open keep their numbers and generators. Fails (and changes
     /// nothing) only when the set would pass [`MAX_TEXTS`] distinct replies.
     pub fn install(&mut self, set: RuleSet) -> Result<(), String> {
+        // Check the cap first, so a refused set changes nothing at all.
+        let new: std::collections::HashSet<&[u8]> = set
+            .rules
+            .iter()
+            .filter_map(|r| match &r.action {
+                Action::Reply { text, .. } if !self.interned.contains_key(text) => Some(&text[..]),
+                _ => None,
+            })
+            .collect();
+        if self.texts.len() + new.len() > MAX_TEXTS {
+            return Err(format!(
+                "more than {MAX_TEXTS} distinct reply texts since start"
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(r) = set.rules.iter().find(|r| !names.insert(r.name.as_str())) {
+            return Err(format!("two rules are named {:?}", r.name));
+        }
         let mut replies = Vec::with_capacity(set.rules.len());
         for r in &set.rules {
             replies.push(match &r.action {

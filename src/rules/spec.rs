@@ -268,6 +268,7 @@ impl RuleSpec {
         let mut actions = Vec::new();
         if let Some(r) = &self.reply {
             let (text, code) = reply_text(r)?;
+            success_fits(stage, code)?;
             actions.push(Action::Reply { text, code });
         }
         if self.close == Some(true) {
@@ -320,6 +321,39 @@ impl RuleSpec {
     }
 }
 
+/// A success reply may replace only a success of the same kind: its code
+/// tells the client what happens next (a 354 after RCPT, or a 250 after
+/// DATA, would put client and server out of step).
+fn success_fits(stage: Option<Stage>, code: u16) -> Result<(), String> {
+    if code >= 400 {
+        return Ok(());
+    }
+    let fits = match stage {
+        Some(Stage::Connect) => code == 220,
+        Some(Stage::Data) => code == 354,
+        Some(Stage::Quit) => code == 221,
+        Some(
+            Stage::Helo
+            | Stage::Mail
+            | Stage::Rcpt
+            | Stage::EndOfData
+            | Stage::Bdat
+            | Stage::Rset
+            | Stage::Other,
+        ) => (200..300).contains(&code) && code != 220 && code != 221,
+        // "any" covers DATA and QUIT too: no one success code fits all.
+        None => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "a {code} reply does not fit this stage: a success reply must be 220 at connect, \
+             354 at data, 221 at quit, another 2xx elsewhere, and none at \"any\""
+        ))
+    }
+}
+
 /// 1-based line and column of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
@@ -367,6 +401,10 @@ pub fn parse_file(text: &str) -> Result<RuleSet, String> {
             .get_ref()
             .build(i)
             .map_err(|e| at(r.span().start, &format!("rule {}: {e}", i + 1)))?;
+        if set.rules.iter().any(|o| o.name == rule.name) {
+            let msg = format!("rule {}: another rule is named {:?}", i + 1, rule.name);
+            return Err(at(r.span().start, &msg));
+        }
         set.rules.push(rule);
     }
     Ok(set)
@@ -575,6 +613,31 @@ mod tests {
         assert_eq!(set.rules[0].name, "rule-1");
         assert_eq!(set.rules[1].stage, None);
         assert!(set.limits.client[Kind::Messages as usize].is_some());
+    }
+
+    #[test]
+    fn success_replies_must_fit_their_stage_and_names_be_unique() {
+        for (stage, reply, ok) in [
+            ("rcpt", "250 2.1.5 fine", true),
+            ("rcpt", "251 2.1.5 will forward", true),
+            ("rcpt", "354 go on", false),
+            ("data", "354 go ahead", true),
+            ("data", "250 2.0.0 fine", false),
+            ("connect", "220 hi", true),
+            ("quit", "221 bye", true),
+            ("quit", "250 bye", false),
+            ("any", "250 fine", false),
+            ("any", "421 4.3.0 bye", true),
+        ] {
+            let text = format!("[[rule]]\nstage = \"{stage}\"\nreply = \"{reply}\"\n");
+            assert_eq!(parse_file(&text).is_ok(), ok, "{stage} {reply}");
+        }
+        let e = parse_file(
+            "[[rule]]\nname = \"rule-2\"\nstage = \"rcpt\"\nreply = \"550\"\n\
+             [[rule]]\nstage = \"mail\"\nreply = \"550\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("another rule is named \"rule-2\""), "{e}");
     }
 
     #[test]

@@ -631,6 +631,18 @@ impl Session {
             self.settle(s, cx);
             return 0;
         }
+        // Under a throttle, take only a tenth of a second's worth now (at
+        // least a whole command line), pay for it, and pause: the client
+        // is slowed while it sends, not after.
+        let input = match self.fx.as_deref().and_then(|f| f.throttle) {
+            Some(t) => {
+                let allow = usize::try_from(t.rate / 10)
+                    .unwrap_or(usize::MAX)
+                    .max(s.max_line + EXTENSION_ALLOWANCE);
+                input.get(..allow.min(input.len())).unwrap_or(input)
+            }
+            None => input,
+        };
         while cx.out.len() < cx.out_limit {
             let rest = input.get(pos..).unwrap_or_default();
             let step = match self.state {
@@ -978,6 +990,8 @@ impl Session {
                     started,
                     dropped,
                 } = self.ended;
+                // A rule's text for this message's 250, used only if it is one.
+                let text = self.fx.as_deref_mut().and_then(|f| f.final_text.take());
                 let latency =
                     started.map_or(Duration::ZERO, |t| cx.now.saturating_duration_since(t));
                 match verdict {
@@ -992,7 +1006,7 @@ impl Session {
                             Outcome::Accepted
                         };
                         cx.observer.message(outcome, bytes, latency);
-                        match self.fx.as_deref_mut().and_then(|f| f.final_text.take()) {
+                        match text {
                             Some(r) => self.say_rule(s, r, cx),
                             None => self.say(s, ReplyId::Queued, cx),
                         }
@@ -1001,6 +1015,9 @@ impl Session {
             }
             Out::Rule(r) => self.say_rule(s, r, cx),
             Out::FinalRule(r) => {
+                if let Some(f) = self.fx.as_deref_mut() {
+                    f.final_text = None;
+                }
                 let Ended { bytes, started, .. } = self.ended;
                 let latency =
                     started.map_or(Duration::ZERO, |t| cx.now.saturating_duration_since(t));
@@ -1189,7 +1206,15 @@ impl Session {
                 self.enter(State::Command, cx);
                 self.answer(s, Verb::Bdat, Out::Reply(r), cx);
             }
-            None if last || self.tx.too_big || self.tx.refusal.is_some() => {
+            None if self.tx.refusal.is_some() => {
+                // A rule refused this chunk: the message ends refused,
+                // whatever rules are in force by now (a PUT may have
+                // replaced them while the chunk was read).
+                if let Some(r) = self.tx.refusal {
+                    self.refuse_message(s, Verb::LastChunk, r, cx);
+                }
+            }
+            None if last || self.tx.too_big => {
                 self.dispatch(s, &Command::EndOfContent { bdat: true }, cx);
             }
             None => {

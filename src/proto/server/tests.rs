@@ -487,6 +487,69 @@ fn shutdown_and_disconnect_abort_the_transaction() {
     assert_eq!(h.sink.events, ["mail <a@b>", "abort"]);
 }
 
+/// A harness whose session asks a rules engine built from `rules`.
+fn ruled(rules: &str, sink: Recorder) -> Harness {
+    let set = crate::rules::spec::parse_file(rules).expect("rules");
+    let mut h = Harness::new(sink);
+    h.policy = Some(crate::rules::Engine::new(set, 1, "sink.test"));
+    h
+}
+
+#[test]
+fn a_refused_bdat_chunk_ends_refused_even_if_the_rules_change_meanwhile() {
+    let s = settings();
+    let mut h = ruled(
+        "[[rule]]\nstage = \"bdat\"\nreply = \"554 5.6.0 no\"\n",
+        Recorder::default(),
+    );
+    h.with(|session, cx| session.start(&s, cx));
+    let first: &[u8] = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 10 LAST\r\nhalf ";
+    assert_eq!(h.feed(&s, first), first.len());
+    // A PUT /rules while the chunk is read: the new set has no rules.
+    let empty = crate::rules::spec::parse_file("").expect("empty");
+    h.policy
+        .as_mut()
+        .expect("engine")
+        .install(empty)
+        .expect("install");
+    assert_eq!(h.feed(&s, b"chunk"), 5);
+    assert!(
+        h.text().ends_with("250 2.1.5 Ok\r\n554 5.6.0 no\r\n"),
+        "{}",
+        h.text()
+    );
+    assert!(h.sink.bodies.is_empty(), "nothing ended");
+    assert_eq!(h.sink.events.last().map(String::as_str), Some("abort"));
+}
+
+#[test]
+fn a_rule_text_for_a_250_does_not_outlive_its_message() {
+    let s = settings();
+    let sink = Recorder {
+        verdict: Some(Verdict::Rejected(ReplyId::LocalError)),
+        ..Recorder::default()
+    };
+    let mut h = ruled(
+        "[[rule]]\nstage = \"end\"\nfirst = 1\nreply = \"250 2.0.0 custom\"\n",
+        sink,
+    );
+    let msg: &[u8] = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n";
+    h.feed(&s, b"HELO c\r\n");
+    h.feed(&s, msg);
+    // The sink refused the first: its rule text is dropped with it.
+    assert!(h
+        .text()
+        .ends_with("451 4.3.0 Error: local error in processing\r\n"));
+    h.sink.verdict = None;
+    h.out.clear();
+    h.feed(&s, msg);
+    assert!(
+        h.text().ends_with("250 2.0.0 Ok: queued\r\n"),
+        "{}",
+        h.text()
+    );
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
@@ -638,7 +701,7 @@ reply = "421 4.3.0 bye"
 stage = "quit"
 reply = "221 2.0.0 ruled bye"
 [[rule]]
-stage = "any"
+stage = "helo"
 first = 1
 reply = "250 2.0.0 first"
 "#;

@@ -378,7 +378,13 @@ impl Session {
     }
 
     /// Ends the message in progress with a rule's refusal; nothing is kept.
-    fn refuse_message(&mut self, s: &Settings, verb: Verb, r: RuleReply, cx: &mut Ctx<'_>) {
+    pub(super) fn refuse_message(
+        &mut self,
+        s: &Settings,
+        verb: Verb,
+        r: RuleReply,
+        cx: &mut Ctx<'_>,
+    ) {
         cx.sink.abort(self.id);
         self.enter(State::Command, cx);
         let _ = self.finish(Verdict::Rejected(ReplyId::LocalError));
