@@ -133,7 +133,7 @@ impl ReplyId {
     pub const COUNT: usize = Self::ALL.len();
 
     /// Bit `i` set: reply `i` is a 4xx or 5xx.
-    pub const ERRORS: u128 = error_mask(Self::CODES, 0);
+    pub const ERRORS: u64 = error_mask(Self::CODES, 0);
 
     /// This reply's code.
     #[inline]
@@ -143,10 +143,10 @@ impl ReplyId {
 }
 
 /// Bit `i` for each code from the `i`th on that is 4xx or 5xx.
-const fn error_mask(codes: &[u16], i: u32) -> u128 {
+const fn error_mask(codes: &[u16], i: u32) -> u64 {
     match codes {
-        [first, rest @ ..] if i < 128 => {
-            let bit = if *first >= 400 { 1u128 << i } else { 0 };
+        [first, rest @ ..] if i < 64 => {
+            let bit = if *first >= 400 { 1u64 << i } else { 0 };
             bit | error_mask(rest, i + 1)
         }
         _ => 0,
