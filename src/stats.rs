@@ -138,7 +138,8 @@ pub struct Stats {
     /// Exact sum of what `latency` recorded, in microseconds (the
     /// histogram keeps only buckets; Prometheus wants the sum).
     pub latency_sum_us: u64,
-    /// Replies sent, by [`ReplyId`] (`ReplyId as usize`).
+    /// Replies sent, by [`ReplyId`] (`ReplyId as usize`): the loop's
+    /// [`Tally`](crate::proto::server::Tally), copied in before each read.
     pub replies_by_id: [u64; ReplyId::COUNT],
     /// Replies made by rules, by code.
     pub rule_replies: BTreeMap<u16, u64>,
@@ -152,12 +153,6 @@ impl Default for Stats {
 
 impl Observer for Stats {
     fn counted(&mut self, c: &Counts) {
-        // Only by id: classes and codes are derived when read.
-        for (i, n) in c.replies_by_id() {
-            if let Some(total) = self.replies_by_id.get_mut(i) {
-                *total += u64::from(n);
-            }
-        }
         self.counters.transactions += u64::from(c.transactions);
         self.counters.recipients += u64::from(c.recipients);
     }
@@ -370,28 +365,29 @@ impl Stats {
 mod tests {
     use super::*;
 
-    /// Counts of these replies.
-    fn replies(ids: &[(ReplyId, u32)]) -> Counts {
-        let mut c = Counts::default();
+    /// Counts these replies into `s`, as the loop's tally would.
+    fn replies(s: &mut Stats, ids: &[(ReplyId, u64)]) {
         for &(id, n) in ids {
-            c.by_reply[id as usize] += n;
-            c.touched |= 1 << (id as u32);
+            s.replies_by_id[id as usize] += n;
         }
-        c
     }
 
     #[test]
     fn replies_by_class_and_latency() {
         let mut s = Stats::new();
         // One 2xx, one 3xx and one 5xx, then two more 2xx and a recipient.
-        s.counted(&replies(&[
-            (ReplyId::Ok, 1),
-            (ReplyId::StartData, 1),
-            (ReplyId::Unrecognized, 1),
-        ]));
+        replies(
+            &mut s,
+            &[
+                (ReplyId::Ok, 1),
+                (ReplyId::StartData, 1),
+                (ReplyId::Unrecognized, 1),
+            ],
+        );
+        replies(&mut s, &[(ReplyId::SenderOk, 1), (ReplyId::Queued, 1)]);
         s.counted(&Counts {
             recipients: 1,
-            ..replies(&[(ReplyId::SenderOk, 1), (ReplyId::Queued, 1)])
+            ..Counts::default()
         });
         assert_eq!(s.replies_by_id[ReplyId::Ok as usize], 1);
         assert_eq!(
@@ -428,8 +424,8 @@ mod tests {
         b.counted(&Counts {
             transactions: 2,
             recipients: 1,
-            ..replies(&[(ReplyId::TooManyRecipients, 1)])
         });
+        replies(&mut b, &[(ReplyId::TooManyRecipients, 1)]);
         b.timeout(Timeout::Command);
         b.message(Outcome::Accepted, 50, Duration::from_millis(1));
         b.counters.io.reads = 4;

@@ -82,6 +82,7 @@ macro_rules! with_cx {
         let mut ctx = Ctx::new(&mut *$env.out, &mut *$env.sink, &mut *$env.stats, $env.now);
         ctx.out_limit = $limit;
         ctx.asks = $env.policy.as_deref().map_or(0, Policy::stages);
+        ctx.tally = Some(&mut *$env.tally);
         ctx.policy = $env.policy.as_deref_mut().map(|p| p as &mut dyn Policy);
         let $cx = &mut ctx;
         $body
@@ -309,7 +310,7 @@ impl Conn {
             let limit = OUTPUT_HIGH_WATER.saturating_sub(self.link.pending());
             let session = &mut self.session;
             let out = &mut *env.out;
-            let (sink, stats) = (&mut *env.sink, &mut *env.stats);
+            let (sink, stats, tally) = (&mut *env.sink, &mut *env.stats, &mut *env.tally);
             let policy = &mut env.policy;
             // Read once per serve, statically: the closure runs per read.
             let asks = policy.as_deref().map_or(0, Policy::stages);
@@ -320,6 +321,7 @@ impl Conn {
                 let mut cx = Ctx::new(&mut *out, &mut *sink, &mut *stats, now);
                 cx.out_limit = limit;
                 cx.asks = asks;
+                cx.tally = Some(&mut *tally);
                 cx.policy = policy.as_deref_mut().map(|p| p as &mut dyn Policy);
                 let used = session.handle_input(s, input, &mut cx);
                 parked = !session.takes_input();

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::metrics::Exposition;
 use crate::net::Transport;
 use crate::proto::reply::ReplyId;
-use crate::proto::server::{Session, SessionId, Settings, Sink, EXTENSION_ALLOWANCE};
+use crate::proto::server::{Session, SessionId, Settings, Sink, Tally, EXTENSION_ALLOWANCE};
 use crate::rules::{spec, Engine};
 use crate::sink::Summary;
 use crate::stats::Stats;
@@ -177,6 +177,7 @@ macro_rules! env {
             scratch: &mut $server.scratch,
             registry: $server.poll.registry(),
             policy: $server.rules.as_mut(),
+            tally: &mut $server.tally,
             now: $now,
         }
     };
@@ -194,6 +195,8 @@ struct Env<'a> {
     registry: &'a Registry,
     /// The loop's rules, if any.
     policy: Option<&'a mut Engine>,
+    /// Replies by id, counted by the sessions.
+    tally: &'a mut Tally,
     now: Instant,
 }
 
@@ -235,6 +238,8 @@ pub struct Server<S: Sink> {
     started: Instant,
     /// `exit_after_connections` reached: no longer accepting.
     accepted_all: bool,
+    /// Replies by id; copied into `stats` before anyone reads it.
+    tally: Tally,
 }
 
 /// A sink's parts of `/metrics` and `/stats`.
@@ -319,6 +324,7 @@ impl<S: Sink> Server<S> {
             report: None,
             started: timer::now(),
             accepted_all: false,
+            tally: [0; ReplyId::COUNT],
         })
     }
 
@@ -446,6 +452,7 @@ impl<S: Sink> Server<S> {
         if let Some(c) = self.control.as_mut() {
             c.close_all(self.poll.registry());
         }
+        self.stats.replies_by_id = self.tally;
         Ok(Report {
             stats: self.stats,
             sink: self.sink,
@@ -555,6 +562,7 @@ impl<S: Sink> Server<S> {
     fn fire_tick(&mut self, now: Instant, started: Instant) {
         if let Some(t) = self.tick.as_mut() {
             if now >= t.next {
+                self.stats.replies_by_id = self.tally;
                 (t.hook)(&self.stats, &mut self.sink, now - started);
                 t.next = now + t.every;
             }
@@ -732,6 +740,7 @@ impl<S: Sink> Server<S> {
 
 /// The control endpoint's view of a loop.
 struct Controlled<'a, S> {
+    tally: &'a mut Tally,
     stats: &'a mut Stats,
     rules: &'a mut Option<Engine>,
     settings: &'a Settings,
@@ -800,6 +809,7 @@ impl<S> crate::control::Target for Controlled<'_, S> {
     }
 
     fn reset(&mut self) {
+        *self.tally = [0; ReplyId::COUNT];
         self.stats.reset();
         if let Some(e) = self.rules.as_mut() {
             e.reset_counts();
@@ -812,7 +822,9 @@ impl<S: Sink> Server<S> {
         let Some(port) = self.control.as_mut() else {
             return;
         };
+        self.stats.replies_by_id = self.tally;
         let mut target = Controlled {
+            tally: &mut self.tally,
             stats: &mut self.stats,
             rules: &mut self.rules,
             settings: &self.settings,

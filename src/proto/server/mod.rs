@@ -130,76 +130,29 @@ pub trait Observer {
 }
 
 /// Plain counts a session gathers during one event and reports at its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
-    /// Replies queued, by [`ReplyId`] (their codes are fixed:
-    /// `ReplyId::CODES`; rules' own replies are reported through
-    /// [`Observer::rule_reply`]). Only entries in `touched` are non-zero,
-    /// so reporting and clearing cost what was sent, not the table.
-    pub by_reply: [u32; ReplyId::COUNT],
-    /// Bit `i` set: `by_reply[i]` is non-zero.
-    pub touched: u64,
     /// MAILs accepted: transactions begun.
     pub transactions: u32,
     /// RCPTs accepted.
     pub recipients: u32,
 }
 
-// Every reply has its bit in `Counts::touched`.
-// (A u64: a u128 shift costs several instructions per reply.)
-const _: () = assert!(ReplyId::COUNT <= 64);
-
-impl Default for Counts {
-    fn default() -> Self {
-        Self {
-            by_reply: [0; ReplyId::COUNT],
-            touched: 0,
-            transactions: 0,
-            recipients: 0,
-        }
-    }
-}
-
 impl Counts {
     /// Nothing was counted.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.touched == 0 && self.transactions == 0 && self.recipients == 0
-    }
-
-    /// The replies counted, by id: `(id index, n)` for each non-zero entry.
-    pub fn replies_by_id(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
-        self.replies_in(self.touched)
-    }
-
-    /// As `replies_by_id`, for the ids in `mask` only.
-    fn replies_in(&self, mask: u64) -> impl Iterator<Item = (usize, u32)> + '_ {
-        let mut bits = self.touched & mask;
-        std::iter::from_fn(move || {
-            if bits == 0 {
-                return None;
-            }
-            let i = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            Some((i, self.by_reply.get(i).copied().unwrap_or(0)))
-        })
-    }
-
-    /// Back to nothing counted, touching only what was counted.
-    #[inline]
-    fn clear(&mut self) {
-        let mut bits = self.touched;
-        while bits != 0 {
-            if let Some(n) = self.by_reply.get_mut(bits.trailing_zeros() as usize) {
-                *n = 0;
-            }
-            bits &= bits - 1;
-        }
-        self.touched = 0;
-        self.transactions = 0;
-        self.recipients = 0;
+        self.transactions == 0 && self.recipients == 0
     }
 }
+
+/// Replies sent, by [`ReplyId`] (`ReplyId as usize`); their codes are fixed
+/// (`ReplyId::CODES`). The loop owns one and every session counts into it
+/// directly: one increment per reply, nothing to gather and report.
+pub type Tally = [u64; ReplyId::COUNT];
+
+// Every reply has its bit in `ReplyId::ERRORS`.
+const _: () = assert!(ReplyId::COUNT <= 64);
 
 /// What one call works with besides the input.
 pub struct Ctx<'a> {
@@ -222,6 +175,8 @@ pub struct Ctx<'a> {
     pub policy: Option<&'a mut dyn Policy>,
     /// The policy's [`Policy::stages`]: what to ask it about.
     pub asks: u16,
+    /// Replies are counted here, by id (`None`: not counted).
+    pub tally: Option<&'a mut Tally>,
 }
 
 impl<'a> Ctx<'a> {
@@ -241,6 +196,7 @@ impl<'a> Ctx<'a> {
             trace: false,
             policy: None,
             asks: 0,
+            tally: None,
         }
     }
 
@@ -657,8 +613,7 @@ impl Session {
                 Some(n) => pos += n,
                 None => break,
             }
-            if s.max_errors != 0 && self.state != State::Closed && self.errors_now() >= s.max_errors
-            {
+            if s.max_errors != 0 && self.state != State::Closed && self.errors >= s.max_errors {
                 // Before the next command of a pipelined batch is read.
                 self.close(s, ReplyId::TooManyErrors, cx);
             }
@@ -858,13 +813,6 @@ impl Session {
         false
     }
 
-    /// 4xx/5xx replies so far, those of this event included.
-    fn errors_now(&self) -> u32 {
-        self.counts
-            .replies_in(ReplyId::ERRORS)
-            .fold(self.errors, |e, (_, n)| e + n)
-    }
-
     /// Forgets a held reply. If it was the final 250 of a message the sink
     /// already accepted, the client never hears of it: the sink is told to
     /// abort, as when a session is dropped before a pending verdict.
@@ -880,11 +828,8 @@ impl Session {
     #[inline]
     fn report(&mut self, cx: &mut Ctx<'_>) {
         if !self.counts.is_empty() {
-            if self.counts.touched & ReplyId::ERRORS != 0 {
-                self.errors = self.errors_now();
-            }
             cx.observer.counted(&self.counts);
-            self.counts.clear();
+            self.counts = Counts::default();
         }
     }
 
@@ -913,17 +858,18 @@ impl Session {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     fn say(&mut self, s: &Settings, id: ReplyId, cx: &mut Ctx<'_>) {
-        self.count(id);
+        self.count(id, cx);
         cx.out.extend_from_slice(s.replies.text(id));
     }
 
-    /// Counts one reply by its id (its code is the id's: `ReplyId::CODES`).
+    /// Counts one reply by its id (its code is the id's: `ReplyId::CODES`),
+    /// and 4xx/5xx ones as this session's errors.
     #[inline]
-    fn count(&mut self, id: ReplyId) {
-        if let Some(n) = self.counts.by_reply.get_mut(id as usize) {
+    fn count(&mut self, id: ReplyId, cx: &mut Ctx<'_>) {
+        if let Some(n) = cx.tally.as_deref_mut().and_then(|t| t.get_mut(id as usize)) {
             *n += 1;
-            self.counts.touched |= 1 << (id as u32);
         }
+        self.errors += u32::from((ReplyId::ERRORS >> (id as u32)) & 1 == 1);
     }
 
     /// Queues a policy's reply; a 421 ends the session after it.
@@ -983,7 +929,7 @@ impl Session {
                     return self.say_rule(s, r, cx);
                 }
                 s.replies.chunk_received(n, cx.out);
-                self.count(ReplyId::ChunkReceived);
+                self.count(ReplyId::ChunkReceived, cx);
             }
             Out::Final(verdict) => {
                 let Ended {

@@ -66,6 +66,8 @@ struct Harness {
     stats: Stats,
     /// Rules the session asks, if any.
     policy: Option<crate::rules::Engine>,
+    /// Replies by id, as the loop's tally.
+    tally: Tally,
     t0: Instant,
     now: Instant,
 }
@@ -79,6 +81,7 @@ impl Harness {
             sink,
             stats: Stats::new(),
             policy: None,
+            tally: [0; ReplyId::COUNT],
             t0: now,
             now,
         }
@@ -88,7 +91,11 @@ impl Harness {
     fn with<R>(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>) -> R) -> R {
         let mut cx = Ctx::new(&mut self.out, &mut self.sink, &mut self.stats, self.now);
         cx.set_policy(self.policy.as_mut().map(|p| p as &mut dyn Policy));
-        f(&mut self.session, &mut cx)
+        cx.tally = Some(&mut self.tally);
+        let r = f(&mut self.session, &mut cx);
+        // What the loop does before anyone reads its statistics.
+        self.stats.replies_by_id = self.tally;
+        r
     }
 
     fn feed(&mut self, s: &Settings, input: &[u8]) -> usize {
@@ -973,6 +980,7 @@ fn answers_stop_at_the_output_limit_and_go_on_from_there() {
     let used = {
         let mut cx = Ctx::new(&mut cx_out, &mut h.sink, &mut h.stats, h.now);
         cx.out_limit = 100;
+        cx.tally = Some(&mut h.tally);
         h.session.handle_input(&s, &input, &mut cx)
     };
     // The eighth 14-octet reply crosses 100 octets; nothing runs after it.
