@@ -224,6 +224,8 @@ pub struct Engine {
     stages: u16,
     /// Greylisting or magic addresses: keep each transaction's sender.
     needs_sender: bool,
+    /// Bit `Stage as u16`: a rule there has a `domain` matcher.
+    domain_stages: u16,
     matched: Vec<u64>,
     hits: Vec<u64>,
     texts: Vec<Box<[u8]>>,
@@ -252,6 +254,7 @@ impl Engine {
             by_stage: Default::default(),
             stages: 0,
             needs_sender: false,
+            domain_stages: 0,
             matched: Vec::new(),
             hits: Vec::new(),
             texts: Vec::new(),
@@ -344,9 +347,16 @@ impl Engine {
             }
         }
         let mut stages = 0u16;
+        let mut domain_stages = 0u16;
         for (s, list) in STAGE_ORDER.iter().zip(&by_stage) {
             if !list.is_empty() {
-                stages |= 1 << (*s as u16);
+                stages |= s.bit();
+            }
+            if list
+                .iter()
+                .any(|&i| set.rules.get(i).is_some_and(|r| r.domain.is_some()))
+            {
+                domain_stages |= s.bit();
             }
         }
         let bit = |s: Stage| 1u16 << (s as u16);
@@ -389,6 +399,7 @@ impl Engine {
         self.by_stage = by_stage;
         self.stages = stages;
         self.needs_sender = needs_sender;
+        self.domain_stages = domain_stages;
         self.connections = 0;
         self.set = set;
         Ok(())
@@ -525,12 +536,18 @@ impl Engine {
         }
         let state = self.sessions.get_mut(q.handle as usize);
         let number = state.as_ref().map_or(0, |s| s.number);
-        // The domain once per query, not once per rule.
+        // The domain once per query, not once per rule, and only where a
+        // rule of this stage looks at it.
+        let wants_domain = self.domain_stages & q.stage.bit() != 0;
         let domain = match q.stage {
             Stage::Helo => q.arg,
-            _ => memchr::memrchr(b'@', q.arg)
+            _ if wants_domain => q
+                .arg
+                .iter()
+                .rposition(|&b| b == b'@')
                 .and_then(|at| q.arg.get(at + 1..))
                 .unwrap_or_default(),
+            _ => &[],
         };
         // A session that began before there was an engine has no state of
         // its own: it shares one generator.
