@@ -259,7 +259,7 @@ enum Greeted {
 /// reply, RSET, HELO/EHLO or QUIT.
 // Four independent facts about one transaction, not a state in disguise.
 #[allow(clippy::struct_excessive_bools)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Tx {
     started: Option<Instant>,
     recipients: u32,
@@ -274,10 +274,29 @@ struct Tx {
     /// A rule refused a BDAT chunk: the transaction ends with this reply
     /// once the chunk is read, and nothing is kept.
     refusal: Option<RuleReply>,
-    /// A rule: close without a reply once this many content octets came.
-    cut: Option<u64>,
+    /// A rule: close without a reply once this many content octets came
+    /// (`u64::MAX`: never; one comparison per content run either way).
+    cut: u64,
     /// A rule: answer 250 at the end but keep nothing.
     drop: bool,
+}
+
+impl Default for Tx {
+    fn default() -> Self {
+        Self {
+            started: None,
+            recipients: 0,
+            smtputf8: false,
+            body: Body::default(),
+            bdat: false,
+            size: 0,
+            too_big: false,
+            bare_lf: false,
+            refusal: None,
+            cut: u64::MAX,
+            drop: false,
+        }
+    }
 }
 
 /// A reply decided but not necessarily sent yet (it may be held). Small and
@@ -372,10 +391,10 @@ pub struct Session {
     window: Window,
     /// Transactions begun (MAILs accepted) in this session.
     transactions: u32,
-    /// MAIL commands that passed their sequence and check steps, whether
-    /// then accepted or refused by a rule: the transaction count rules
-    /// match on.
-    mails: u32,
+    /// MAIL commands a rule refused: with `transactions`, the transaction
+    /// count rules match on (a refused MAIL counts, so "the 2nd
+    /// transaction" fails once, not forever).
+    refused_mails: u32,
     /// 4xx and 5xx replies sent in this session.
     errors: u32,
     /// The policy's handle for this session (`u32::MAX`: none).
@@ -412,7 +431,7 @@ impl Session {
                 bytes: 0,
             },
             transactions: 0,
-            mails: 0,
+            refused_mails: 0,
             errors: 0,
             handle: u32::MAX,
             fx: None,
@@ -1101,7 +1120,7 @@ impl Session {
             }
         });
         self.window.bytes += scan.consumed as u64;
-        if self.tx.cut.is_some_and(|k| self.tx.size >= k) {
+        if self.tx.size >= self.tx.cut {
             // A rule: the connection drops mid-message.
             self.hang_up(cx);
             return Some(scan.consumed);
@@ -1133,7 +1152,7 @@ impl Session {
             }
         }
         self.window.bytes += n as u64;
-        if self.tx.cut.is_some_and(|k| self.tx.size >= k) {
+        if self.tx.size >= self.tx.cut {
             self.hang_up(cx);
             return Some(n);
         }

@@ -314,7 +314,9 @@ impl Session {
                 stage,
                 arg,
                 peer: self.peer,
-                transaction: self.mails + u32::from(stage == Stage::Mail),
+                transaction: self.transactions
+                    + self.refused_mails
+                    + u32::from(stage == Stage::Mail),
                 now: cx.now,
             }),
             None => Decision::PROCEED,
@@ -326,7 +328,7 @@ impl Session {
         match d.act {
             Act::Reply(r) if r.refuses() && stage != Stage::Quit => {
                 // A refused MAIL still counts: "the 2nd transaction" fails once.
-                self.mails += u32::from(stage == Stage::Mail);
+                self.refused_mails += u32::from(stage == Stage::Mail);
                 return self.refuse_by_rule(s, verb, stage, r, cmd, cx);
             }
             Act::Reply(r) => match stage {
@@ -344,7 +346,7 @@ impl Session {
         // MAIL's proceed step begins a fresh transaction: mark it after.
         match d.act {
             Act::Drop if stage == Stage::Mail => self.tx.drop = true,
-            Act::CloseAfter(k) => self.tx.cut = Some(k),
+            Act::CloseAfter(k) => self.tx.cut = k,
             _ => {}
         }
         if let (Some(r), Some(Out::Reply(_))) = (replace, out) {
@@ -429,7 +431,6 @@ impl Session {
             return None;
         }
         self.transactions += 1;
-        self.mails += 1;
         self.tx = Tx {
             started: Some(cx.now),
             smtputf8: m.smtputf8,
