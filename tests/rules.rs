@@ -97,8 +97,13 @@ fn connect_stage_greeting_refusal_close_and_421() {
         "EHLO x\r\n",
         "503 5.5.1 Error: no service on this connection; send QUIT\r\n",
     );
+    // Out of sequence anyway: its usual 503.
     c.send_expect(
         "MAIL FROM:<a@x>\r\n",
+        "503 5.5.1 Error: send HELO/EHLO first\r\n",
+    );
+    c.send_expect(
+        "NOOP\r\n",
         "503 5.5.1 Error: no service on this connection; send QUIT\r\n",
     );
     c.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");

@@ -738,7 +738,7 @@ impl Session {
         self.last_active = cx.now;
         self.enter(State::Command, cx);
         let out = self.finish(verdict);
-        self.answer(s, verb, out, cx);
+        self.answer_ruled(s, verb, out, cx);
         self.settle(s, cx);
     }
 
@@ -921,11 +921,21 @@ impl Session {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     fn answer(&mut self, s: &Settings, verb: Verb, out: Out, cx: &mut Ctx<'_>) {
-        if !s.has_delays() && self.fx.is_none() {
+        if !s.has_delays() {
             return self.emit(s, out, cx);
         }
-        let rule = self.fx.as_deref_mut().and_then(|f| f.delay.take());
-        self.hold_or_emit(s, rule.or_else(|| s.delay(verb)), out, cx);
+        self.hold_or_emit(s, s.delay(verb), out, cx);
+    }
+
+    /// As `answer`, where a rule may have asked for a delay (kept in the
+    /// session's effects until the reply it is for is decided): the
+    /// policy's answers, the end of a BDAT chunk, a sink's late verdict.
+    /// The plain path never looks.
+    fn answer_ruled(&mut self, s: &Settings, verb: Verb, out: Out, cx: &mut Ctx<'_>) {
+        match self.fx.as_deref_mut().and_then(|f| f.delay.take()) {
+            Some(d) => self.hold_or_emit(s, Some(d), out, cx),
+            None => self.answer(s, verb, out, cx),
+        }
     }
 
     /// Sends `out` now, or holds it for `delay`.
@@ -1170,7 +1180,7 @@ impl Session {
         match reject {
             Some(r) => {
                 self.enter(State::Command, cx);
-                self.answer(s, Verb::Bdat, Out::Reply(r), cx);
+                self.answer_ruled(s, Verb::Bdat, Out::Reply(r), cx);
             }
             None if self.tx.refusal.is_some() => {
                 // A rule refused this chunk: the message ends refused,
@@ -1185,7 +1195,7 @@ impl Session {
             }
             None => {
                 self.enter(State::Command, cx);
-                self.answer(s, Verb::Bdat, Out::Chunk(size), cx);
+                self.answer_ruled(s, Verb::Bdat, Out::Chunk(size), cx);
             }
         }
         Some(n)

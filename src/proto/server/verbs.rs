@@ -267,19 +267,17 @@ impl Session {
     pub(super) fn dispatch(&mut self, s: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
         let verb = cmd.verb();
         let row = row(verb);
-        let allowed = if self.fx.as_ref().is_some_and(|f| f.refused) && verb != Verb::Quit {
-            // The greeting refused service: only QUIT (RFC 5321 3.1).
-            Err(ReplyId::ServiceRefused)
-        } else {
-            match row.refusal(self.phase()) {
-                Some(r) => Err(r),
-                None => (row.check)(self, s, cmd),
-            }
+        let allowed = match row.refusal(self.phase()) {
+            Some(r) => Err(r),
+            None => (row.check)(self, s, cmd),
         };
         let out = match allowed {
             // Rules refuse BDAT chunks (`tx.refusal`) only where a policy
-            // asks about BDAT, and it then asks about the end too.
-            Ok(()) if cx.asks != 0 && cx.asks & stage_of(verb).bit() != 0 => {
+            // asks about BDAT, and it then asks about the end too. Effects
+            // (a refused greeting) exist only where there is a policy.
+            Ok(())
+                if cx.asks != 0 && (cx.asks & stage_of(verb).bit() != 0 || self.fx.is_some()) =>
+            {
                 return self.dispatch_ruled(s, row, cmd, cx);
             }
             Ok(()) => (row.proceed)(self, s, cmd, cx),
@@ -294,7 +292,24 @@ impl Session {
     /// decision around the row's proceed step.
     fn dispatch_ruled(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
         let verb = row.verb;
+        if verb != Verb::Quit && self.fx.as_ref().is_some_and(|f| f.refused) {
+            // The greeting refused service: only QUIT (RFC 5321 3.1); a
+            // BDAT's chunk is still read.
+            let out = (row.refuse)(self, ReplyId::ServiceRefused, cmd, cx);
+            if let Some(out) = out {
+                self.answer(s, verb, out, cx);
+            }
+            return;
+        }
         let stage = stage_of(verb);
+        if cx.asks & stage.bit() == 0 {
+            // Here for the effects only: the policy has nothing to say.
+            let out = (row.proceed)(self, s, cmd, cx);
+            if let Some(out) = out {
+                self.answer_ruled(s, verb, out, cx);
+            }
+            return;
+        }
         if stage == Stage::EndOfData {
             if let Some(r) = self.tx.refusal {
                 // A rule refused a BDAT chunk of this message.
@@ -336,7 +351,7 @@ impl Session {
                 Stage::Bdat => self.fx().chunk_text = Some(r),
                 _ => replace = Some(r),
             },
-            Act::Close => return self.answer(s, verb, Out::Hangup, cx),
+            Act::Close => return self.answer_ruled(s, verb, Out::Hangup, cx),
             Act::Throttle(rate) => self.throttle(rate, cx.now),
             // The message in progress: before its end is processed.
             Act::Drop if stage != Stage::Mail => self.tx.drop = true,
@@ -353,7 +368,7 @@ impl Session {
             out = Some(Out::Rule(r));
         }
         if let Some(out) = out {
-            self.answer(s, verb, out, cx);
+            self.answer_ruled(s, verb, out, cx);
         }
     }
 
@@ -375,7 +390,7 @@ impl Session {
                 self.tx.refusal = Some(r);
                 self.read_chunk(size, last, None, cx);
             }
-            _ => self.answer(s, verb, Out::Rule(r), cx),
+            _ => self.answer_ruled(s, verb, Out::Rule(r), cx),
         }
     }
 
@@ -390,7 +405,7 @@ impl Session {
         cx.sink.abort(self.id);
         self.enter(State::Command, cx);
         let _ = self.finish(Verdict::Rejected(ReplyId::LocalError));
-        self.answer(s, verb, Out::FinalRule(r), cx);
+        self.answer_ruled(s, verb, Out::FinalRule(r), cx);
     }
 
     fn proceed_hello(&mut self, _: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
