@@ -13,6 +13,13 @@ use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// The same bounds as exposition labels, in seconds (formatting floats on
+/// every scrape showed up in its profile).
+const BUCKET_LABELS: [&str; 18] = [
+    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+    "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30",
+];
+
 /// Bucket bounds of latency histograms, in microseconds (exposed in seconds).
 pub const BUCKETS_US: [u64; 18] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
@@ -90,15 +97,18 @@ impl Exposition {
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram<u64>, sum_us: Option<u64>) {
         self.head(name, help, "histogram");
         let bucket = format!("{name}_bucket");
-        // One pass over the recorded values (ascending), not one per bucket.
-        let mut values = h.iter_recorded().peekable();
-        let mut below = 0u64;
-        for top in BUCKETS_US {
-            while let Some(v) = values.next_if(|v| v.value_iterated_to() <= top) {
-                below += v.count_at_value();
+        // Each bucket sums only the counts between the previous bound and
+        // its own (a tight loop over the histogram's array), and nothing
+        // past the largest value recorded is walked: a scrape costs the
+        // width of what was recorded, not a walk per bucket.
+        let (max, mut below, mut low) = (h.max(), 0u64, 0u64);
+        for (top, le) in BUCKETS_US.into_iter().zip(BUCKET_LABELS) {
+            if !h.is_empty() && low <= top && low <= max {
+                let high = h.highest_equivalent(top.min(max));
+                below += h.count_between(low, high);
+                low = high.saturating_add(1);
             }
-            let le = (top as f64 / 1e6).to_string();
-            self.sample(&bucket, &[("le", &le)], below as f64);
+            self.sample(&bucket, &[("le", le)], below as f64);
         }
         self.sample(&bucket, &[("le", "+Inf")], h.len() as f64);
         let sum = sum_us.map_or_else(|| h.mean() * h.len() as f64, |s| s as f64);
@@ -248,6 +258,14 @@ fn rule_metrics(x: &mut Exposition, e: &Engine) {
 mod tests {
     use super::*;
     use crate::proto::server::{Counts, Observer, Outcome};
+
+    #[test]
+    fn bucket_labels_are_the_bounds_in_seconds() {
+        for (us, label) in BUCKETS_US.iter().zip(BUCKET_LABELS) {
+            let secs: f64 = label.parse().unwrap();
+            assert!((secs * 1e6 - *us as f64).abs() < 1e-6, "{label}");
+        }
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_with_exact_sum() {
