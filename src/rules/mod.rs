@@ -238,7 +238,6 @@ pub struct Engine {
     buckets: Buckets,
     greylist: Greylist,
     counts: EngineCounts,
-    host: String,
 }
 
 /// Distinct reply texts kept: texts are never dropped (a held reply may
@@ -272,7 +271,6 @@ impl Engine {
             buckets: Buckets::default(),
             greylist: Greylist::default(),
             counts: EngineCounts::default(),
-            host: hostname.to_string(),
         };
         let fixed = |e: &mut Self, t: String| {
             let (text, code) = spec::reply_text(&t).unwrap_or_else(|_| (Box::from(&b""[..]), 451));
@@ -428,11 +426,6 @@ impl Engine {
     /// The seed in force.
     pub fn seed(&self) -> u64 {
         self.seed
-    }
-
-    /// The host name replies use.
-    pub fn hostname(&self) -> &str {
-        &self.host
     }
 
     /// Each rule's name and how often it fired.

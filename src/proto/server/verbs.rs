@@ -310,12 +310,6 @@ impl Session {
             }
             return;
         }
-        if stage == Stage::EndOfData {
-            if let Some(r) = self.tx.refusal {
-                // A rule refused a BDAT chunk of this message.
-                return self.refuse_message(s, verb, r, cx);
-            }
-        }
         let arg: &[u8] = match cmd {
             Command::Helo(name) | Command::Ehlo(name) => name,
             Command::Mail(m) => m.path,
