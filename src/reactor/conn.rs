@@ -82,6 +82,7 @@ macro_rules! with_cx {
         let mut ctx = Ctx::new(&mut *$env.out, &mut *$env.sink, &mut *$env.stats, $env.now);
         ctx.out_limit = $limit;
         ctx.asks = $env.policy.as_deref().map_or(0, Policy::stages);
+        ctx.generation = $env.policy.as_deref().map_or(0, Policy::generation);
         ctx.tally = Some(&mut *$env.tally);
         ctx.policy = $env.policy.as_deref_mut().map(|p| p as &mut dyn Policy);
         let $cx = &mut ctx;
@@ -314,6 +315,7 @@ impl Conn {
             let policy = &mut env.policy;
             // Read once per serve, statically: the closure runs per read.
             let asks = policy.as_deref().map_or(0, Policy::stages);
+            let generation = policy.as_deref().map_or(0, Policy::generation);
             let mut io = stats.counters.io;
             let before = io.bytes_in;
             let mut parked = false;
@@ -321,6 +323,7 @@ impl Conn {
                 let mut cx = Ctx::new(&mut *out, &mut *sink, &mut *stats, now);
                 cx.out_limit = limit;
                 cx.asks = asks;
+                cx.generation = generation;
                 cx.tally = Some(&mut *tally);
                 cx.policy = policy.as_deref_mut().map(|p| p as &mut dyn Policy);
                 let used = session.handle_input(s, input, &mut cx);

@@ -192,6 +192,14 @@ pub struct EngineCounts {
 /// A session's own state.
 struct SessionRules {
     number: u64,
+    peer: std::net::IpAddr,
+    /// Bit `i` (rules 0..64): rule `i` can never match this session (its
+    /// client or connection matcher says no), so it is not even looked at.
+    skip: u64,
+    /// The stages worth asking about for this session.
+    stages: u16,
+    /// The set `skip` and `stages` were worked out for.
+    generation: u32,
     rng: Pcg64Mcg,
     /// The current transaction's sender (for greylisting).
     sender: Vec<u8>,
@@ -226,6 +234,10 @@ pub struct Engine {
     needs_sender: bool,
     /// Bit `Stage as u16`: a rule there has a `domain` matcher.
     domain_stages: u16,
+    /// Stages asked about whatever the rules (limits, the sender, magic).
+    base_stages: u16,
+    /// Bumped by each `install`: sessions' `skip` refer to rule indices.
+    generation: u32,
     matched: Vec<u64>,
     hits: Vec<u64>,
     texts: Vec<Box<[u8]>>,
@@ -254,6 +266,8 @@ impl Engine {
             stages: 0,
             needs_sender: false,
             domain_stages: 0,
+            base_stages: 0,
+            generation: 0,
             matched: Vec::new(),
             hits: Vec::new(),
             texts: Vec::new(),
@@ -358,6 +372,7 @@ impl Engine {
             }
         }
         let bit = |s: Stage| 1u16 << (s as u16);
+        let mut base = 0u16;
         let l = &set.limits;
         for (kind, stage) in [
             (Kind::Connections, Stage::Connect),
@@ -368,7 +383,7 @@ impl Engine {
             if l.server.get(i).is_some_and(Option::is_some)
                 || l.client.get(i).is_some_and(Option::is_some)
             {
-                stages |= bit(stage);
+                base |= bit(stage);
             }
         }
         let greylists = set
@@ -379,15 +394,12 @@ impl Engine {
         if needs_sender {
             // The sender at MAIL; what a magic recipient left, forgotten
             // at RSET, HELO and the next MAIL.
-            stages |= bit(Stage::Mail) | bit(Stage::Rset) | bit(Stage::Helo);
+            base |= bit(Stage::Mail) | bit(Stage::Rset) | bit(Stage::Helo);
         }
         if set.magic {
-            stages |= bit(Stage::Rcpt) | bit(Stage::EndOfData);
+            base |= bit(Stage::Rcpt) | bit(Stage::EndOfData);
         }
-        if stages & bit(Stage::Bdat) != 0 {
-            // A refused chunk ends its message through the end stage.
-            stages |= bit(Stage::EndOfData);
-        }
+        let stages = with_end(stages | base);
         if let Some(seed) = set.seed {
             self.seed = seed;
         }
@@ -398,6 +410,8 @@ impl Engine {
         self.stages = stages;
         self.needs_sender = needs_sender;
         self.domain_stages = domain_stages;
+        self.base_stages = base;
+        self.generation = self.generation.wrapping_add(1);
         self.connections = 0;
         self.set = set;
         Ok(())
@@ -523,12 +537,14 @@ impl Engine {
 
     /// The first rule that matches and fires, as a decision.
     fn ruled(&mut self, q: &Query<'_>) -> Option<Decision> {
-        let list = self.by_stage.get(stage_index(q.stage))?;
-        if list.is_empty() {
+        if self.by_stage.get(stage_index(q.stage))?.is_empty() {
             return None;
         }
+        self.refit(q.handle);
+        let list = self.by_stage.get(stage_index(q.stage))?;
         let state = self.sessions.get_mut(q.handle as usize);
         let number = state.as_ref().map_or(0, |s| s.number);
+        let skip = state.as_ref().map_or(0, |s| s.skip);
         // The domain once per query, not once per rule, and only where a
         // rule of this stage looks at it.
         let wants_domain = self.domain_stages & q.stage.bit() != 0;
@@ -549,6 +565,9 @@ impl Engine {
             None => &mut self.shared_rng,
         };
         for &i in list {
+            if i < 64 && (skip >> i) & 1 == 1 {
+                continue;
+            }
             let Some(rule) = self.set.rules.get(i) else {
                 continue;
             };
@@ -658,6 +677,48 @@ impl Engine {
     }
 }
 
+/// `stages` plus the end stage where BDAT is asked about: a refused chunk
+/// ends its message through the end stage.
+fn with_end(stages: u16) -> u16 {
+    if stages & Stage::Bdat.bit() != 0 {
+        stages | Stage::EndOfData.bit()
+    } else {
+        stages
+    }
+}
+
+impl Engine {
+    /// Works out, for the set in force, which rules can never match
+    /// session `handle` (client and connection matchers are fixed for a
+    /// session) and so which stages are worth asking about; once per set.
+    fn refit(&mut self, handle: u32) {
+        let generation = self.generation;
+        let Some(s) = self.sessions.get_mut(handle as usize) else {
+            return;
+        };
+        if s.generation == generation {
+            return;
+        }
+        let mut skip = 0u64;
+        for (i, r) in self.set.rules.iter().enumerate().take(64) {
+            let client_no = r.client.is_some_and(|n| !n.contains(&s.peer));
+            let conn_no = r.connection.is_some_and(|c| !c.contains(s.number));
+            if client_no || conn_no {
+                skip |= 1 << i;
+            }
+        }
+        let mut stages = self.base_stages;
+        for (stage, list) in STAGE_ORDER.iter().zip(&self.by_stage) {
+            if list.iter().any(|&i| i >= 64 || (skip >> i) & 1 == 0) {
+                stages |= stage.bit();
+            }
+        }
+        s.skip = skip;
+        s.stages = with_end(stages);
+        s.generation = generation;
+    }
+}
+
 /// The stages in `Stage as usize` order.
 const STAGE_ORDER: [Stage; Stage::COUNT] = [
     Stage::Connect,
@@ -694,16 +755,33 @@ fn matches(rule: &Rule, q: &Query<'_>, domain: &[u8], number: u64) -> bool {
 }
 
 impl Policy for Engine {
-    fn open(&mut self, _id: SessionId, _peer: SocketAddr, _now: Instant) -> u32 {
+    fn open(&mut self, _id: SessionId, peer: SocketAddr, _now: Instant) -> u32 {
         self.connections += 1;
         let number = self.connections;
         let key = self.sessions.insert(SessionRules {
             number,
+            peer: peer.ip(),
+            skip: 0,
+            stages: self.stages,
+            generation: self.generation.wrapping_sub(1),
             rng: session_rng(self.seed, number),
             sender: Vec::new(),
             at_end: None,
         });
-        u32::try_from(key).unwrap_or(u32::MAX)
+        let handle = u32::try_from(key).unwrap_or(u32::MAX);
+        self.refit(handle);
+        handle
+    }
+
+    fn session_stages(&mut self, handle: u32) -> u16 {
+        self.refit(handle);
+        self.sessions
+            .get(handle as usize)
+            .map_or(self.stages, |s| s.stages)
+    }
+
+    fn generation(&self) -> u32 {
+        self.generation
     }
 
     fn decide(&mut self, q: &Query<'_>) -> Decision {

@@ -312,3 +312,26 @@ fn install_replaces_the_set_and_keeps_reply_texts() {
     e.reset_counts();
     assert_eq!(e.hits().collect::<Vec<_>>(), vec![("rule-1", 0)]);
 }
+
+#[test]
+fn sessions_are_asked_only_about_rules_that_can_match_them() {
+    let mut e = engine(
+        "[[rule]]\nstage = \"end\"\nclient = \"10.0.0.0/8\"\ndrop = true\n\
+         [[rule]]\nstage = \"rcpt\"\nconnection = \"2-\"\nreply = \"450\"\n",
+    );
+    let end = Stage::EndOfData.bit();
+    let rcpt = Stage::Rcpt.bit();
+    let a = Q::open(&mut e, "127.0.0.1");
+    assert_eq!(e.session_stages(a.handle) & (end | rcpt), 0);
+    let b = Q::open(&mut e, "10.1.1.1");
+    assert_eq!(e.session_stages(b.handle) & (end | rcpt), end | rcpt);
+    // The engine as a whole still asks about both.
+    assert_eq!(e.stages() & (end | rcpt), end | rcpt);
+    // A new set: every session's stages are worked out again.
+    let before = e.generation();
+    e.install(spec::parse_file("[[rule]]\nstage = \"end\"\ndrop = true\n").unwrap())
+        .unwrap();
+    assert_ne!(e.generation(), before);
+    assert_eq!(e.session_stages(a.handle) & (end | rcpt), end);
+    assert_eq!(a.ask(&mut e, Stage::EndOfData, "", 1).act, Act::Drop);
+}

@@ -175,6 +175,8 @@ pub struct Ctx<'a> {
     pub policy: Option<&'a mut dyn Policy>,
     /// The policy's [`Policy::stages`]: what to ask it about.
     pub asks: u16,
+    /// The policy's [`Policy::generation`].
+    pub generation: u32,
     /// Replies are counted here, by id (`None`: not counted).
     pub tally: Option<&'a mut Tally>,
 }
@@ -196,6 +198,7 @@ impl<'a> Ctx<'a> {
             trace: false,
             policy: None,
             asks: 0,
+            generation: 0,
             tally: None,
         }
     }
@@ -203,6 +206,7 @@ impl<'a> Ctx<'a> {
     /// Sessions ask `policy` (about the stages it names).
     pub fn set_policy(&mut self, policy: Option<&'a mut dyn Policy>) {
         self.asks = policy.as_deref().map_or(0, Policy::stages);
+        self.generation = policy.as_deref().map_or(0, Policy::generation);
         self.policy = policy;
     }
 }
@@ -399,6 +403,10 @@ pub struct Session {
     errors: u32,
     /// The policy's handle for this session (`u32::MAX`: none).
     handle: u32,
+    /// The stages the policy wants to hear about from this session, as of
+    /// generation `asks_gen` of its rules.
+    asks: u16,
+    asks_gen: u32,
     fx: Option<Box<Effects>>,
 }
 
@@ -434,6 +442,8 @@ impl Session {
             refused_mails: 0,
             errors: 0,
             handle: u32::MAX,
+            asks: u16::MAX,
+            asks_gen: u32::MAX,
             fx: None,
         }
     }
@@ -531,10 +541,10 @@ impl Session {
         cx.sink.connected(self.id, self.peer);
         let mut out = Out::Reply(ReplyId::Greeting);
         let mut delay = None;
-        let asks = cx.asks & Stage::Connect.bit() != 0;
         if let Some(p) = cx.policy.as_deref_mut() {
             self.handle = p.open(self.id, self.peer, cx.now);
         }
+        let asks = cx.asks != 0 && self.asks(cx) & Stage::Connect.bit() != 0;
         if let Some(p) = cx.policy.as_deref_mut().filter(|_| asks) {
             let d = p.decide(&Query {
                 id: self.id,
@@ -562,6 +572,18 @@ impl Session {
         }
         self.hold_or_emit(s, delay, out, cx);
         self.settle(s, cx);
+    }
+
+    /// What the policy wants to hear about from this session; asked again
+    /// when its rules changed.
+    fn asks(&mut self, cx: &mut Ctx<'_>) -> u16 {
+        if self.asks_gen != cx.generation {
+            if let Some(p) = cx.policy.as_deref_mut() {
+                self.asks = p.session_stages(self.handle);
+                self.asks_gen = cx.generation;
+            }
+        }
+        self.asks & cx.asks
     }
 
     /// Caps this connection's reading at `rate` octets per second from now.

@@ -143,4 +143,13 @@ pub trait Policy {
     fn stages(&self) -> u16 {
         u16::MAX
     }
+    /// The stages worth asking about for session `handle` (a subset of
+    /// [`Policy::stages`]: rules that can never match it left out).
+    fn session_stages(&mut self, _handle: u32) -> u16 {
+        self.stages()
+    }
+    /// Changes whenever the rules do: a session's stages are asked again.
+    fn generation(&self) -> u32 {
+        0
+    }
 }

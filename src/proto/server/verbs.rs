@@ -276,7 +276,8 @@ impl Session {
             // asks about BDAT, and it then asks about the end too. Effects
             // (a refused greeting) exist only where there is a policy.
             Ok(())
-                if cx.asks != 0 && (cx.asks & stage_of(verb).bit() != 0 || self.fx.is_some()) =>
+                if cx.asks != 0
+                    && (self.asks(cx) & stage_of(verb).bit() != 0 || self.fx.is_some()) =>
             {
                 return self.dispatch_ruled(s, row, cmd, cx);
             }
@@ -302,7 +303,7 @@ impl Session {
             return;
         }
         let stage = stage_of(verb);
-        if cx.asks & stage.bit() == 0 {
+        if self.asks(cx) & stage.bit() == 0 {
             // Here for the effects only: the policy has nothing to say.
             let out = (row.proceed)(self, s, cmd, cx);
             if let Some(out) = out {
