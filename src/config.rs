@@ -368,11 +368,8 @@ impl Config {
         }
         let base = set.rules.len();
         for (i, s) in specs.iter().enumerate() {
-            let rule = s.build(base + i)?;
-            if set.rules.iter().any(|o| o.name == rule.name) {
-                return Err(format!("two rules are named {:?}", rule.name));
-            }
-            set.rules.push(rule);
+            // Two rules with one name: refused when the engine installs them.
+            set.rules.push(s.build(base + i)?);
         }
         for r in &self.rate_limit {
             let (kind, per_client, rate) =
@@ -389,9 +386,9 @@ impl Config {
     /// The rules engine the configuration asks for (`None`: no rules, no
     /// limits, no magic); `seed` when neither --seed nor the file gives one.
     pub fn engine(&self, seed: u64) -> Result<Option<Engine>, String> {
-        Ok(self
-            .rule_set()?
-            .map(|set| Engine::new(set, seed, &self.hostname)))
+        self.rule_set()?
+            .map(|set| Engine::new(set, seed, &self.hostname))
+            .transpose()
     }
 
     /// Checks what clap cannot: --control on loopback unless allowed.

@@ -801,7 +801,9 @@ impl<S> crate::control::Target for Controlled<'_, S> {
                 )
                 .trim()
                 .to_string();
-                *self.rules = Some(Engine::new(set, self.seed, &host));
+                let engine = Engine::new(set, self.seed, &host)
+                    .map_err(|e| format!("rules not changed: {e}"))?;
+                *self.rules = Some(engine);
             }
         }
         let seed = self.rules.as_ref().map_or(self.seed, Engine::seed);

@@ -258,7 +258,8 @@ pub const MAX_TEXTS: usize = 10_000;
 
 impl Engine {
     /// An engine running `set`; `seed` is used when the set names none.
-    pub fn new(set: RuleSet, seed: u64, hostname: &str) -> Self {
+    /// Fails as [`Engine::install`] does (two rules with one name).
+    pub fn new(set: RuleSet, seed: u64, hostname: &str) -> Result<Self, String> {
         let mut e = Self {
             set: RuleSet::default(),
             replies: Vec::new(),
@@ -308,9 +309,8 @@ impl Engine {
                 "451 4.7.1 Greylisted, please try again later".into(),
             ),
         };
-        // The set is new: nothing to fail on but the text cap, not reached yet.
-        let _ = e.install(set);
-        e
+        e.install(set)?;
+        Ok(e)
     }
 
     /// Replaces the rule set at once: counts of the old rules go, sessions

@@ -5,7 +5,7 @@ use super::*;
 use rand::RngExt;
 
 fn engine(text: &str) -> Engine {
-    Engine::new(spec::parse_file(text).expect("rules"), 99, "sink.test")
+    Engine::new(spec::parse_file(text).expect("rules"), 99, "sink.test").expect("engine")
 }
 
 fn peer(ip: &str) -> SocketAddr {

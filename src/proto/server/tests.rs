@@ -498,7 +498,7 @@ fn shutdown_and_disconnect_abort_the_transaction() {
 fn ruled(rules: &str, sink: Recorder) -> Harness {
     let set = crate::rules::spec::parse_file(rules).expect("rules");
     let mut h = Harness::new(sink);
-    h.policy = Some(crate::rules::Engine::new(set, 1, "sink.test"));
+    h.policy = Some(crate::rules::Engine::new(set, 1, "sink.test").expect("engine"));
     h
 }
 
@@ -634,7 +634,7 @@ mod fuzz {
             let run = |points: &[usize]| {
                 let set = crate::rules::spec::parse_file(RULES).expect("rules");
                 let mut h = Harness::new(Recorder::default());
-                h.policy = Some(crate::rules::Engine::new(set, seed, "sink.test"));
+                h.policy = Some(crate::rules::Engine::new(set, seed, "sink.test").expect("engine"));
                 h.with(|session, cx| session.start(&s, cx));
                 run_cuts_in(h, &s, &input, points)
             };
