@@ -527,6 +527,23 @@ impl Engine {
         })
     }
 
+    /// Greylisting of this query's client/sender/recipient triple: proceed
+    /// (a retry at least `wait` after the first try), or the 451.
+    fn greylist(&mut self, q: &Query<'_>, wait: Duration) -> Act {
+        let sender = self
+            .sessions
+            .get(q.handle as usize)
+            .map_or(&[][..], |s| &s.sender[..]);
+        let key = Self::greylist_key(q.peer, sender, q.arg);
+        if self.greylist.passes(key, wait, q.now) {
+            self.counts.greylist_passed += 1;
+            Act::Proceed
+        } else {
+            self.counts.greylisted += 1;
+            Act::Reply(self.fixed.greylisted)
+        }
+    }
+
     fn greylist_key(peer: SocketAddr, sender: &[u8], rcpt: &[u8]) -> u64 {
         let mut h = DefaultHasher::new();
         peer.ip().hash(&mut h);
@@ -603,20 +620,7 @@ impl Engine {
                 Action::CloseAfter(n) => Act::CloseAfter(*n),
                 Action::Throttle(n) => Act::Throttle(*n),
                 Action::Drop => Act::Drop,
-                Action::Greylist(wait) => {
-                    let sender = self
-                        .sessions
-                        .get(q.handle as usize)
-                        .map_or(&[][..], |s| &s.sender[..]);
-                    let key = Self::greylist_key(q.peer, sender, q.arg);
-                    if self.greylist.passes(key, *wait, q.now) {
-                        self.counts.greylist_passed += 1;
-                        Act::Proceed
-                    } else {
-                        self.counts.greylisted += 1;
-                        Act::Reply(self.fixed.greylisted)
-                    }
-                }
+                Action::Greylist(wait) => self.greylist(q, *wait),
             };
             return Some(Decision { delay, act });
         }
@@ -638,20 +642,10 @@ impl Engine {
                         }
                         None
                     }
-                    magic::Magic::Greylist(wait) => {
-                        let sender = self.sessions.get(handle).map_or(&[][..], |s| &s.sender);
-                        let key = Self::greylist_key(q.peer, sender, q.arg);
-                        if self.greylist.passes(key, wait, q.now) {
-                            self.counts.greylist_passed += 1;
-                            None
-                        } else {
-                            self.counts.greylisted += 1;
-                            Some(Decision {
-                                delay: None,
-                                act: Act::Reply(self.fixed.greylisted),
-                            })
-                        }
-                    }
+                    magic::Magic::Greylist(wait) => match self.greylist(q, wait) {
+                        Act::Proceed => None,
+                        act => Some(Decision { delay: None, act }),
+                    },
                 }
             }
             Stage::EndOfData => self.sessions.get_mut(handle).and_then(|s| s.at_end.take()),
