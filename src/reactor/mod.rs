@@ -792,16 +792,7 @@ impl<S> crate::control::Target for Controlled<'_, S> {
                 .map_err(|e| format!("rules not changed: {e}"))?;
         } else {
             {
-                let host = String::from_utf8_lossy(
-                    self.settings
-                        .replies
-                        .text(ReplyId::Helo)
-                        .get(4..)
-                        .unwrap_or_default(),
-                )
-                .trim()
-                .to_string();
-                let engine = Engine::new(set, self.seed, &host)
+                let engine = Engine::new(set, self.seed, &self.settings.hostname)
                     .map_err(|e| format!("rules not changed: {e}"))?;
                 *self.rules = Some(engine);
             }

@@ -54,6 +54,8 @@ impl Timeouts {
 /// Everything a session needs to know about its server.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The server's name (in the greeting, HELO/EHLO and 421 replies).
+    pub hostname: String,
     /// Every reply text; [`Settings::set_reply`] replaces one.
     pub replies: Replies,
     /// Largest accepted message body, in octets (advertised by SIZE).
@@ -88,6 +90,7 @@ impl Settings {
         max_line: usize,
     ) -> Self {
         Self {
+            hostname: hostname.to_string(),
             replies: Replies::new(hostname, &extensions(max_message_size)),
             max_message_size,
             max_recipients,
