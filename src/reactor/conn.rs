@@ -79,11 +79,13 @@ pub struct Conn {
 /// output high-water mark leaves.
 macro_rules! with_cx {
     ($env:expr, $limit:expr, |$cx:ident| $body:expr) => {{
+        let interest = $env.policy.as_deref().and_then(Policy::interest);
         let mut ctx = Ctx::new(&mut *$env.out, &mut *$env.sink, &mut *$env.stats, $env.now);
         ctx.out_limit = $limit;
         ctx.asks = $env.policy.as_deref().map_or(0, Policy::stages);
         ctx.generation = $env.policy.as_deref().map_or(0, Policy::generation);
         ctx.tally = Some(&mut *$env.tally);
+        ctx.interest = interest.as_deref();
         ctx.policy = $env.policy.as_deref_mut().map(|p| p as &mut dyn Policy);
         let $cx = &mut ctx;
         $body
@@ -316,6 +318,7 @@ impl Conn {
             // Read once per serve, statically: the closure runs per read.
             let asks = policy.as_deref().map_or(0, Policy::stages);
             let generation = policy.as_deref().map_or(0, Policy::generation);
+            let interest = policy.as_deref().and_then(Policy::interest);
             let mut io = stats.counters.io;
             let before = io.bytes_in;
             let mut parked = false;
@@ -325,6 +328,7 @@ impl Conn {
                 cx.asks = asks;
                 cx.generation = generation;
                 cx.tally = Some(&mut *tally);
+                cx.interest = interest.as_deref();
                 cx.policy = policy.as_deref_mut().map(|p| p as &mut dyn Policy);
                 let used = session.handle_input(s, input, &mut cx);
                 parked = !session.takes_input();

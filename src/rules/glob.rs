@@ -42,6 +42,21 @@ impl Glob {
         }
     }
 
+    /// What any argument this pattern matches must look like, as far as
+    /// one compare each can tell: `(least length, first byte, second byte,
+    /// last byte)`, bytes lower-cased, 0 where any byte will do.
+    pub fn shape(&self) -> (usize, u8, u8, u8) {
+        let at = |p: &[u8], i: usize| p.get(i).copied().unwrap_or(0);
+        let last = |p: &[u8]| p.last().copied().unwrap_or(0);
+        match self {
+            Self::Any | Self::General(_) => (0, 0, 0, 0),
+            Self::Exact(p) => (p.len(), at(p, 0), at(p, 1), last(p)),
+            Self::Prefix(p) => (p.len(), at(p, 0), at(p, 1), 0),
+            Self::Suffix(p) => (p.len(), 0, 0, last(p)),
+            Self::PrefixSuffix(a, z) => (a.len() + z.len(), at(a, 0), at(a, 1), last(z)),
+        }
+    }
+
     /// Whether `arg` matches.
     pub fn matches(&self, arg: &[u8]) -> bool {
         let starts = |p: &[u8]| {

@@ -25,7 +25,7 @@ pub mod limits;
 mod magic;
 pub mod spec;
 
-use crate::proto::server::{Act, Decision, Policy, Query, RuleReply, SessionId, Stage};
+use crate::proto::server::{Act, Decision, Interest, Policy, Query, RuleReply, SessionId, Stage};
 use glob::Glob;
 use limits::{Buckets, Greylist, Kind, Limits};
 use rand::{RngExt, SeedableRng};
@@ -35,6 +35,7 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A closed range of counts (the Nth transaction, the Nth connection).
@@ -201,10 +202,9 @@ struct SessionRules {
     /// The set `skip` and `stages` were worked out for.
     generation: u32,
     rng: Pcg64Mcg,
-    /// The current transaction's sender (for greylisting).
-    sender: Vec<u8>,
-    /// What a magic recipient asked for at the end of the message.
-    at_end: Option<Decision>,
+    /// What a magic recipient asked for at the end of the message, and
+    /// the transaction (`Query::transaction`) it is for.
+    at_end: Option<(u32, Decision)>,
 }
 
 /// The generator of the `number`th session under `seed`.
@@ -227,13 +227,14 @@ pub struct Engine {
     /// Per rule: its reply as interned, if it has one.
     replies: Vec<Option<RuleReply>>,
     /// Per stage: the rules that apply there, in order.
-    by_stage: [Vec<usize>; Stage::COUNT],
+    by_stage: [Vec<Entry>; Stage::COUNT],
+    /// The first 64 rules by stage and argument shape (shared with the
+    /// loop, which reads it before asking).
+    interest: Arc<Interest>,
     /// Bit `Stage as u16`: sessions must ask about that stage.
     stages: u16,
-    /// Greylisting or magic addresses: keep each transaction's sender.
-    needs_sender: bool,
-    /// Bit `Stage as u16`: a rule there has a `domain` matcher.
-    domain_stages: u16,
+    /// The set has rate limits.
+    has_limits: bool,
     /// Stages asked about whatever the rules (limits, the sender, magic).
     base_stages: u16,
     /// Bumped by each `install`: sessions' `skip` refer to rule indices.
@@ -264,9 +265,9 @@ impl Engine {
             set: RuleSet::default(),
             replies: Vec::new(),
             by_stage: Default::default(),
+            interest: Arc::default(),
             stages: 0,
-            needs_sender: false,
-            domain_stages: 0,
+            has_limits: false,
             base_stages: 0,
             generation: 0,
             matched: Vec::new(),
@@ -342,7 +343,7 @@ impl Engine {
                 _ => None,
             });
         }
-        let mut by_stage: [Vec<usize>; Stage::COUNT] = Default::default();
+        let mut by_stage: [Vec<Entry>; Stage::COUNT] = Default::default();
         for (i, r) in set.rules.iter().enumerate() {
             for (s, list) in STAGE_ORDER.iter().zip(by_stage.iter_mut()) {
                 // "any" means every command, not the connect; where a
@@ -354,21 +355,14 @@ impl Engine {
                         && r.domain.as_ref().is_none_or(|g| g.matches(b"")));
                 let applies = r.stage.map_or(*s != Stage::Connect, |st| st == *s) && arg_ok;
                 if applies {
-                    list.push(i);
+                    list.push(Entry::new(i, r));
                 }
             }
         }
         let mut stages = 0u16;
-        let mut domain_stages = 0u16;
         for (s, list) in STAGE_ORDER.iter().zip(&by_stage) {
             if !list.is_empty() {
                 stages |= s.bit();
-            }
-            if list
-                .iter()
-                .any(|&i| set.rules.get(i).is_some_and(|r| r.domain.is_some()))
-            {
-                domain_stages |= s.bit();
             }
         }
         let bit = |s: Stage| 1u16 << (s as u16);
@@ -390,27 +384,26 @@ impl Engine {
             .rules
             .iter()
             .any(|r| matches!(r.action, Action::Greylist(_)));
+        // Greylisting keys on the sender: sessions keep it for the query.
         let needs_sender = greylists || set.magic;
-        if needs_sender {
-            // The sender at MAIL; what a magic recipient left, forgotten
-            // at RSET, HELO and the next MAIL.
-            base |= bit(Stage::Mail) | bit(Stage::Rset) | bit(Stage::Helo);
-        }
         if set.magic {
             base |= bit(Stage::Rcpt) | bit(Stage::EndOfData);
         }
-        let stages = with_end(stages | base);
+        // MAIL passes through the session's policy path, where the sender
+        // is kept, but is put to the policy only as `interest` says.
+        let sender_stage = if needs_sender { bit(Stage::Mail) } else { 0 };
+        let stages = with_end(stages | base | sender_stage);
         if let Some(seed) = set.seed {
             self.seed = seed;
         }
         self.matched = vec![0; set.rules.len()];
         self.hits = vec![0; set.rules.len()];
         self.replies = replies;
+        self.interest = Arc::new(interest(&set.rules, &by_stage, base, needs_sender));
         self.by_stage = by_stage;
         self.stages = stages;
-        self.needs_sender = needs_sender;
-        self.domain_stages = domain_stages;
-        self.base_stages = base;
+        self.has_limits = !set.limits.is_empty();
+        self.base_stages = base | sender_stage;
         self.generation = self.generation.wrapping_add(1);
         self.connections = 0;
         self.set = set;
@@ -501,9 +494,6 @@ impl Engine {
     }
 
     fn limited(&mut self, kind: Kind, q: &Query<'_>) -> Option<Decision> {
-        if self.set.limits.is_empty() {
-            return None;
-        }
         let refusal = self
             .buckets
             .take(&self.set.limits, kind, q.peer.ip(), q.now)
@@ -530,11 +520,7 @@ impl Engine {
     /// Greylisting of this query's client/sender/recipient triple: proceed
     /// (a retry at least `wait` after the first try), or the 451.
     fn greylist(&mut self, q: &Query<'_>, wait: Duration) -> Act {
-        let sender = self
-            .sessions
-            .get(q.handle as usize)
-            .map_or(&[][..], |s| &s.sender[..]);
-        let key = Self::greylist_key(q.peer, sender, q.arg);
+        let key = Self::greylist_key(q.peer, q.sender, q.arg);
         if self.greylist.passes(key, wait, q.now) {
             self.counts.greylist_passed += 1;
             Act::Proceed
@@ -554,41 +540,42 @@ impl Engine {
 
     /// The first rule that matches and fires, as a decision.
     fn ruled(&mut self, q: &Query<'_>) -> Option<Decision> {
-        if self.by_stage.get(stage_index(q.stage))?.is_empty() {
+        let si = stage_index(q.stage);
+        if self.by_stage.get(si)?.is_empty() {
             return None;
         }
-        self.refit(q.handle);
-        let list = self.by_stage.get(stage_index(q.stage))?;
+        let refit = self
+            .sessions
+            .get(q.handle as usize)
+            .is_some_and(|s| s.generation != self.generation);
+        if refit {
+            self.refit(q.handle);
+        }
         let state = self.sessions.get_mut(q.handle as usize);
-        let number = state.as_ref().map_or(0, |s| s.number);
         let skip = state.as_ref().map_or(0, |s| s.skip);
-        // The domain once per query, not once per rule, and only where a
-        // rule of this stage looks at it.
-        let wants_domain = self.domain_stages & q.stage.bit() != 0;
-        let domain = match q.stage {
-            Stage::Helo => q.arg,
-            _ if wants_domain => q
-                .arg
-                .iter()
-                .rposition(|&b| b == b'@')
-                .and_then(|at| q.arg.get(at + 1..))
-                .unwrap_or_default(),
-            _ => &[],
-        };
+        let candidates =
+            self.interest.rules.get(si).copied().unwrap_or(0) & self.interest.shape(q.arg) & !skip;
+        // Rules past the 64th are walked.
+        let list = self.by_stage.get(si)?;
+        let rest = list
+            .get(list.partition_point(|e| e.rule < 64)..)
+            .unwrap_or_default();
+        if candidates == 0 && rest.is_empty() {
+            return None;
+        }
+        let number = state.as_ref().map_or(0, |s| s.number);
         // A session that began before there was an engine has no state of
         // its own: it shares one generator.
         let rng = match state {
             Some(s) => &mut s.rng,
             None => &mut self.shared_rng,
         };
-        for &i in list {
-            if i < 64 && (skip >> i) & 1 == 1 {
-                continue;
-            }
+        let beyond = rest.iter().filter(|e| e.may_match(q.arg)).map(|e| e.rule);
+        for i in Bits(candidates).chain(beyond) {
             let Some(rule) = self.set.rules.get(i) else {
                 continue;
             };
-            if !matches(rule, q, domain, number) {
+            if !matches(rule, q, number) {
                 continue;
             }
             let Some(m) = self.matched.get_mut(i) else {
@@ -638,7 +625,7 @@ impl Engine {
                     magic::Magic::AtEnd(d) => {
                         let d = self.render(&d);
                         if let Some(s) = self.sessions.get_mut(handle) {
-                            s.at_end = Some(d);
+                            s.at_end = Some((q.transaction, d));
                         }
                         None
                     }
@@ -648,7 +635,12 @@ impl Engine {
                     },
                 }
             }
-            Stage::EndOfData => self.sessions.get_mut(handle).and_then(|s| s.at_end.take()),
+            Stage::EndOfData => {
+                // Left by a recipient of this transaction, not of one that
+                // was reset before its end.
+                let (t, d) = self.sessions.get_mut(handle)?.at_end.take()?;
+                (t == q.transaction).then_some(d)
+            }
             _ => None,
         }
     }
@@ -703,7 +695,10 @@ impl Engine {
         }
         let mut stages = self.base_stages;
         for (stage, list) in STAGE_ORDER.iter().zip(&self.by_stage) {
-            if list.iter().any(|&i| i >= 64 || (skip >> i) & 1 == 0) {
+            if list
+                .iter()
+                .any(|e| e.rule >= 64 || (skip >> e.rule) & 1 == 0)
+            {
                 stages |= stage.bit();
             }
         }
@@ -731,7 +726,7 @@ fn stage_index(s: Stage) -> usize {
     s as usize
 }
 
-fn matches(rule: &Rule, q: &Query<'_>, domain: &[u8], number: u64) -> bool {
+fn matches(rule: &Rule, q: &Query<'_>, number: u64) -> bool {
     if rule.client.is_some_and(|n| !n.contains(&q.peer.ip())) {
         return false;
     }
@@ -745,7 +740,127 @@ fn matches(rule: &Rule, q: &Query<'_>, domain: &[u8], number: u64) -> bool {
         return false;
     }
     rule.address.as_ref().is_none_or(|g| g.matches(q.arg))
-        && rule.domain.as_ref().is_none_or(|g| g.matches(domain))
+        && rule.domain.as_ref().is_none_or(|g| g.matches(domain_of(q)))
+}
+
+/// The argument's domain: after the last `@`, the whole of a HELO's.
+fn domain_of<'a>(q: &Query<'a>) -> &'a [u8] {
+    match q.stage {
+        Stage::Helo => q.arg,
+        _ => q
+            .arg
+            .iter()
+            .rposition(|&b| b == b'@')
+            .and_then(|at| q.arg.get(at + 1..))
+            .unwrap_or_default(),
+    }
+}
+
+/// The first 64 rules (bit `i`: rule `i`) by stage and by the bytes an
+/// argument must begin and end with (see [`Interest`]); stages with rules
+/// past the 64th, and `base`, are asked about whatever the argument.
+fn interest(
+    rules: &[Rule],
+    by_stage: &[Vec<Entry>; Stage::COUNT],
+    base: u16,
+    sender: bool,
+) -> Interest {
+    let mut n = Interest {
+        always: base,
+        sender,
+        ..Interest::default()
+    };
+    for (i, r) in rules.iter().enumerate().take(64) {
+        let e = Entry::new(i, r);
+        let bit = 1u64 << i;
+        for b in 0..=255u8 {
+            let slot = usize::from(b);
+            let fits = |want: u8| want == 0 || want == b;
+            if fits(e.first) {
+                n.first[slot] |= bit;
+            }
+            if fits(e.second) {
+                n.second[slot] |= bit;
+            }
+            if fits(e.last) {
+                n.last[slot] |= bit;
+            }
+        }
+        if e.min_len == 0 {
+            n.empty |= bit;
+        }
+    }
+    for ((stage, mask), list) in STAGE_ORDER.iter().zip(&mut n.rules).zip(by_stage) {
+        for e in list {
+            match e.rule {
+                i @ 0..64 => *mask |= 1 << i,
+                _ => n.always |= stage.bit(),
+            }
+        }
+    }
+    // A refused chunk ends its message through the end stage.
+    if n.rules.get(Stage::Bdat as usize).is_some_and(|&r| r != 0) {
+        n.always |= with_end(Stage::Bdat.bit());
+    }
+    n
+}
+
+/// The set bits of a mask, lowest first.
+struct Bits(u64);
+
+impl Iterator for Bits {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let i = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(i)
+    }
+}
+
+/// A rule as a stage's list holds it, with a pre-check that turns most
+/// arguments it cannot match away in a few instructions, before any glob
+/// runs: rules that match nothing are the common case.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    rule: usize,
+    /// The least argument length its patterns allow.
+    min_len: usize,
+    /// The argument's first, second and last bytes, lower-cased (0: any).
+    first: u8,
+    second: u8,
+    last: u8,
+}
+
+impl Entry {
+    fn new(rule: usize, r: &Rule) -> Self {
+        let (a_len, first, second, a_last) = r.address.as_ref().map_or((0, 0, 0, 0), Glob::shape);
+        // The domain is a tail of the argument; a pattern that needs a
+        // non-empty domain pins the argument's last byte too.
+        let (d_len, _, _, d_last) = r.domain.as_ref().map_or((0, 0, 0, 0), Glob::shape);
+        Self {
+            rule,
+            min_len: a_len.max(d_len),
+            first,
+            second,
+            last: if a_last != 0 { a_last } else { d_last },
+        }
+    }
+
+    #[inline]
+    fn may_match(&self, arg: &[u8]) -> bool {
+        let byte = |b: Option<&u8>, want: u8| {
+            want == 0 || b.is_some_and(|b| b.to_ascii_lowercase() == want)
+        };
+        arg.len() >= self.min_len
+            && byte(arg.first(), self.first)
+            && byte(arg.get(1), self.second)
+            && byte(arg.last(), self.last)
+    }
 }
 
 impl Policy for Engine {
@@ -759,7 +874,6 @@ impl Policy for Engine {
             stages: self.stages,
             generation: self.generation.wrapping_sub(1),
             rng: session_rng(self.seed, number),
-            sender: Vec::new(),
             at_end: None,
         });
         let handle = u32::try_from(key).unwrap_or(u32::MAX);
@@ -774,8 +888,19 @@ impl Policy for Engine {
             .map_or(self.stages, |s| s.stages)
     }
 
+    fn session_rules(&mut self, handle: u32) -> u64 {
+        self.refit(handle);
+        self.sessions
+            .get(handle as usize)
+            .map_or(u64::MAX, |s| !s.skip)
+    }
+
     fn generation(&self) -> u32 {
         self.generation
+    }
+
+    fn interest(&self) -> Option<Arc<Interest>> {
+        Some(Arc::clone(&self.interest))
     }
 
     fn decide(&mut self, q: &Query<'_>) -> Decision {
@@ -785,16 +910,9 @@ impl Policy for Engine {
             Stage::Rcpt => Some(Kind::Recipients),
             _ => None,
         };
-        if let Some(d) = kind.and_then(|k| self.limited(k, q)) {
-            return d;
-        }
-        if self.needs_sender && matches!(q.stage, Stage::Mail | Stage::Rset | Stage::Helo) {
-            if let Some(s) = self.sessions.get_mut(q.handle as usize) {
-                s.at_end = None;
-                s.sender.clear();
-                if q.stage == Stage::Mail {
-                    s.sender.extend_from_slice(q.arg);
-                }
+        if self.has_limits {
+            if let Some(d) = kind.and_then(|k| self.limited(k, q)) {
+                return d;
             }
         }
         if let Some(d) = self.ruled(q) {

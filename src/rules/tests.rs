@@ -27,11 +27,24 @@ impl Q {
     }
 
     fn ask(&self, e: &mut Engine, stage: Stage, arg: &str, transaction: u32) -> Decision {
+        self.ask_from(e, stage, arg, "", transaction)
+    }
+
+    /// Asks within a transaction from `sender`.
+    fn ask_from(
+        &self,
+        e: &mut Engine,
+        stage: Stage,
+        arg: &str,
+        sender: &str,
+        transaction: u32,
+    ) -> Decision {
         e.decide(&Query {
             id: 1,
             handle: self.handle,
             stage,
             arg: arg.as_bytes(),
+            sender: sender.as_bytes(),
             peer: self.peer,
             transaction,
             now: self.now,
@@ -256,7 +269,7 @@ fn greylisting_keys_on_client_sender_and_recipient() {
     let mut e = engine("[[rule]]\nstage = \"rcpt\"\ngreylist = \"60s\"\n");
     let q = Q::open(&mut e, "127.0.0.1");
     assert_eq!(q.ask(&mut e, Stage::Mail, "s@x", 1), Decision::PROCEED);
-    let first = q.ask(&mut e, Stage::Rcpt, "r@x", 1);
+    let first = q.ask_from(&mut e, Stage::Rcpt, "r@x", "s@x", 1);
     assert_eq!(
         text(&e, first),
         "451 4.7.1 Greylisted, please try again later\r\n"
@@ -265,11 +278,14 @@ fn greylisting_keys_on_client_sender_and_recipient() {
         now: q.now + Duration::from_secs(61),
         ..q
     };
-    assert_eq!(later.ask(&mut e, Stage::Rcpt, "R@X", 1), Decision::PROCEED);
+    assert_eq!(
+        later.ask_from(&mut e, Stage::Rcpt, "R@X", "S@x", 1),
+        Decision::PROCEED
+    );
     // Another sender is another triple.
     assert_eq!(later.ask(&mut e, Stage::Mail, "t@x", 2), Decision::PROCEED);
     assert!(matches!(
-        later.ask(&mut e, Stage::Rcpt, "r@x", 2).act,
+        later.ask_from(&mut e, Stage::Rcpt, "r@x", "t@x", 2).act,
         Act::Reply(_)
     ));
     assert_eq!((e.counts().greylisted, e.counts().greylist_passed), (2, 1));
@@ -286,14 +302,15 @@ fn magic_addresses_at_rcpt_and_at_the_end() {
     assert_eq!(d.delay, Some(Duration::from_millis(150)));
     assert_eq!(q.ask(&mut e, Stage::Rcpt, "drop@x", 1), Decision::PROCEED);
     assert_eq!(q.ask(&mut e, Stage::EndOfData, "", 1).act, Act::Drop);
-    // Once: the next message is normal; RSET forgets it.
+    // Once: the next message is normal; a transaction reset before its
+    // end (RSET, then a new MAIL: transaction 3) leaves nothing behind.
     assert_eq!(q.ask(&mut e, Stage::EndOfData, "", 1), Decision::PROCEED);
     assert_eq!(
         q.ask(&mut e, Stage::Rcpt, "datareject@x", 2),
         Decision::PROCEED
     );
     assert_eq!(q.ask(&mut e, Stage::Rset, "", 2), Decision::PROCEED);
-    assert_eq!(q.ask(&mut e, Stage::EndOfData, "", 2), Decision::PROCEED);
+    assert_eq!(q.ask(&mut e, Stage::EndOfData, "", 3), Decision::PROCEED);
     assert_eq!(e.counts().magic, 4);
 }
 
@@ -334,4 +351,101 @@ fn sessions_are_asked_only_about_rules_that_can_match_them() {
     assert_ne!(e.generation(), before);
     assert_eq!(e.session_stages(a.handle) & (end | rcpt), end);
     assert_eq!(a.ask(&mut e, Stage::EndOfData, "", 1).act, Act::Drop);
+}
+
+mod interest {
+    use super::*;
+    use proptest::prelude::*;
+    use std::fmt::Write as _;
+
+    /// A pattern cut from `text` (so that it often matches), or `random`:
+    /// kind 0 exact, 1 `head*`, 2 `*tail`, 3 `head*tail`, 4 `random`.
+    fn cut(text: &str, kind: u8, i: usize, j: usize, random: &str) -> String {
+        let (i, j) = (i.min(text.len()), j.min(text.len()));
+        let (i, j) = (i.min(j), i.max(j));
+        match kind {
+            0 => text.to_string(),
+            1 => format!("{}*", &text[..i]),
+            2 => format!("*{}", &text[j..]),
+            3 => format!("{}*{}", &text[..i], &text[j..]),
+            _ => random.to_string(),
+        }
+    }
+
+    proptest! {
+        /// The shape filter sessions read before asking (and the engine
+        /// uses to pick candidates) never hides a command the rule's
+        /// matchers accept: the engine acts exactly when they match, and
+        /// then the interest says "ask".
+        #[test]
+        fn never_hides_a_match(
+            arg in "[abAB@.]{0,8}",
+            kinds in (0u8..6, 0u8..6),
+            cuts in (0usize..9, 0usize..9, 0usize..9, 0usize..9),
+            random in ("[ab@.*?]{0,6}", "[ab.*]{0,4}"),
+            stage in prop_oneof![
+                Just(("helo", Stage::Helo)),
+                Just(("mail", Stage::Mail)),
+                Just(("rcpt", Stage::Rcpt)),
+            ],
+            upper in any::<bool>(),
+        ) {
+            let lower = arg.to_ascii_lowercase();
+            let source = if upper { arg.to_ascii_uppercase() } else { lower.clone() };
+            let domain_of = lower.rsplit('@').next().unwrap_or_default().to_string();
+            let mut text = format!("[[rule]]\nstage = \"{}\"\nreply = \"550 5.7.1 no\"\n", stage.0);
+            // Kind 5: no pattern of that sort at all.
+            if kinds.0 < 5 {
+                let a = cut(&source, kinds.0, cuts.0, cuts.1, &random.0);
+                let _ = writeln!(text, "address = \"{a}\"");
+            }
+            if kinds.1 < 5 {
+                let d = cut(&domain_of, kinds.1, cuts.2, cuts.3, &random.1);
+                let _ = writeln!(text, "domain = \"{d}\"");
+            }
+            let mut e = engine(&text);
+            let q = Q::open(&mut e, "127.0.0.1");
+            let live = e.session_rules(q.handle);
+            let interest = e.interest().expect("interest");
+            // The oracle: the rule's own matchers, no filter in the way.
+            let rule = &e.set().rules[0];
+            let query = Query {
+                id: 1,
+                handle: q.handle,
+                stage: stage.1,
+                arg: arg.as_bytes(),
+                sender: b"",
+                peer: q.peer,
+                transaction: 1,
+                now: q.now,
+            };
+            let matched = matches(rule, &query, 1);
+            let acted = q.ask(&mut e, stage.1, &arg, 1) != Decision::PROCEED;
+            prop_assert_eq!(acted, matched, "{} / {}", text, arg);
+            if matched {
+                prop_assert!(interest.wants(stage.1, arg.as_bytes(), live), "{text} / {arg}");
+            }
+        }
+    }
+
+    #[test]
+    fn turns_away_arguments_of_the_wrong_shape() {
+        let e = engine(
+            "[[rule]]\nstage = \"rcpt\"\naddress = \"slow-*@example.test\"\nreply = \"450\"\n\
+             [[rule]]\nstage = \"rcpt\"\ndomain = \"*.invalid\"\nreply = \"550\"\n\
+             [[rule]]\nstage = \"mail\"\nclient = \"10.0.0.0/8\"\nreply = \"451\"\n",
+        );
+        let i = e.interest().expect("interest");
+        let rcpt = |a: &str| i.wants(Stage::Rcpt, a.as_bytes(), u64::MAX);
+        assert!(rcpt("SLOW-1@example.TEST"));
+        assert!(rcpt("x@y.invalid"));
+        assert!(!rcpt("sink1@example.test"), "second byte differs");
+        assert!(!rcpt("b@example.test"), "first and last bytes differ");
+        assert!(!rcpt(""));
+        // A rule with only a client matcher fits any argument, unless the
+        // session's client rules it out.
+        assert!(i.wants(Stage::Mail, b"s@x", u64::MAX));
+        assert!(!i.wants(Stage::Mail, b"s@x", !(1 << 2)));
+        assert!(!i.wants(Stage::Data, b"", u64::MAX));
+    }
 }

@@ -24,7 +24,7 @@ mod policy;
 mod settings;
 mod verbs;
 
-pub use policy::{Act, Decision, Policy, Query, RuleReply, Stage};
+pub use policy::{Act, Decision, Interest, Policy, Query, RuleReply, Stage};
 pub use settings::{Settings, Timeouts};
 pub use verbs::{row, rows, Phase, Row};
 
@@ -177,6 +177,9 @@ pub struct Ctx<'a> {
     pub asks: u16,
     /// The policy's [`Policy::generation`].
     pub generation: u32,
+    /// The policy's [`Policy::interest`] (`None`: ask about every stage in
+    /// `asks`).
+    pub interest: Option<&'a Interest>,
     /// Replies are counted here, by id (`None`: not counted).
     pub tally: Option<&'a mut Tally>,
 }
@@ -199,15 +202,22 @@ impl<'a> Ctx<'a> {
             policy: None,
             asks: 0,
             generation: 0,
+            interest: None,
             tally: None,
         }
     }
 
-    /// Sessions ask `policy` (about the stages it names).
-    pub fn set_policy(&mut self, policy: Option<&'a mut dyn Policy>) {
+    /// Sessions ask `policy` (about the stages it names, and only what
+    /// `interest`, its [`Policy::interest`], lets through).
+    pub fn set_policy(
+        &mut self,
+        policy: Option<&'a mut dyn Policy>,
+        interest: Option<&'a Interest>,
+    ) {
         self.asks = policy.as_deref().map_or(0, Policy::stages);
         self.generation = policy.as_deref().map_or(0, Policy::generation);
         self.policy = policy;
+        self.interest = interest;
     }
 }
 
@@ -407,7 +417,13 @@ pub struct Session {
     /// generation `asks_gen` of its rules.
     asks: u16,
     asks_gen: u32,
+    /// The policy's rules that can match this session at all (see
+    /// [`Policy::session_rules`]), of the same generation.
+    live: u64,
     fx: Option<Box<Effects>>,
+    /// The transaction's sender, kept only where the policy's interest
+    /// asks for it (greylisting keys on it).
+    sender: Vec<u8>,
 }
 
 /// `t + d`, or `None` when that is past what the clock can represent.
@@ -444,7 +460,9 @@ impl Session {
             handle: u32::MAX,
             asks: u16::MAX,
             asks_gen: u32::MAX,
+            live: u64::MAX,
             fx: None,
+            sender: Vec::new(),
         }
     }
 
@@ -551,6 +569,7 @@ impl Session {
                 handle: self.handle,
                 stage: Stage::Connect,
                 arg: &[],
+                sender: &[],
                 peer: self.peer,
                 transaction: 0,
                 now: cx.now,
@@ -576,14 +595,21 @@ impl Session {
 
     /// What the policy wants to hear about from this session; asked again
     /// when its rules changed.
+    #[inline]
     fn asks(&mut self, cx: &mut Ctx<'_>) -> u16 {
         if self.asks_gen != cx.generation {
-            if let Some(p) = cx.policy.as_deref_mut() {
-                self.asks = p.session_stages(self.handle);
-                self.asks_gen = cx.generation;
-            }
+            self.ask_again(cx);
         }
         self.asks & cx.asks
+    }
+
+    #[cold]
+    fn ask_again(&mut self, cx: &mut Ctx<'_>) {
+        if let Some(p) = cx.policy.as_deref_mut() {
+            self.asks = p.session_stages(self.handle);
+            self.live = p.session_rules(self.handle);
+            self.asks_gen = cx.generation;
+        }
     }
 
     /// Caps this connection's reading at `rate` octets per second from now.

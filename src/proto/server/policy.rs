@@ -12,6 +12,7 @@
 
 use super::SessionId;
 use core::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where in the dialogue a decision is asked for.
@@ -117,6 +118,9 @@ pub struct Query<'a> {
     /// The argument: the HELO/EHLO name, the MAIL or RCPT address (without
     /// angle brackets, empty for the null path); empty otherwise.
     pub arg: &'a [u8],
+    /// The transaction's sender (at the MAIL stage: this MAIL's), as far
+    /// as [`Interest::sender`] asked the session to keep it; else empty.
+    pub sender: &'a [u8],
     /// The client.
     pub peer: SocketAddr,
     /// MAIL commands in this session so far (this one included, at the
@@ -125,6 +129,75 @@ pub struct Query<'a> {
     pub transaction: u32,
     /// The time of the event.
     pub now: Instant,
+}
+
+/// What a policy may have something to say about, as data a session reads
+/// without a call: a command is put to the policy only when its stage is
+/// asked about whatever the argument, or the argument has the shape one of
+/// the stage's rules needs (its first, second and last bytes). A rule set
+/// that matches nothing then costs a few table reads per command.
+#[derive(Debug, Clone)]
+pub struct Interest {
+    /// Stages asked about whatever the argument (bit `Stage as u16`).
+    pub always: u16,
+    /// Per stage (`Stage as usize`): its rules, bit `i` for rule `i` (< 64).
+    pub rules: [u64; Stage::COUNT],
+    /// Per lower-cased byte: the rules an argument beginning with it may
+    /// match.
+    pub first: [u64; 256],
+    /// The same for the argument's second byte (index 0 for a one-byte
+    /// argument).
+    pub second: [u64; 256],
+    /// The same for its last byte.
+    pub last: [u64; 256],
+    /// The rules an empty argument may match.
+    pub empty: u64,
+    /// Keep each transaction's sender for [`Query::sender`].
+    pub sender: bool,
+}
+
+impl Default for Interest {
+    /// Everything asked about.
+    fn default() -> Self {
+        Self {
+            always: u16::MAX,
+            rules: [0; Stage::COUNT],
+            first: [0; 256],
+            second: [0; 256],
+            last: [0; 256],
+            empty: 0,
+            sender: true,
+        }
+    }
+}
+
+impl Interest {
+    /// The rules (< 64) an argument of this shape may match.
+    #[inline]
+    pub fn shape(&self, arg: &[u8]) -> u64 {
+        // A u8 always indexes a 256-entry table: no check is left.
+        let at = |t: &[u64; 256], b: u8| {
+            t.get(usize::from(b.to_ascii_lowercase()))
+                .copied()
+                .unwrap_or(0)
+        };
+        match arg {
+            [] => self.empty,
+            [a] => at(&self.first, *a) & at(&self.second, 0) & at(&self.last, *a),
+            [a, b, ..] => {
+                let z = arg.last().copied().unwrap_or(*b);
+                at(&self.first, *a) & at(&self.second, *b) & at(&self.last, z)
+            }
+        }
+    }
+
+    /// Whether a command of `stage` with `arg` is worth asking about, from
+    /// a session that only `live` rules can match.
+    #[inline]
+    pub fn wants(&self, stage: Stage, arg: &[u8], live: u64) -> bool {
+        self.always & stage.bit() != 0
+            || self.rules.get(stage as usize).copied().unwrap_or(0) & live & self.shape(arg) != 0
+    }
 }
 
 /// Decides how sessions misbehave. One per event loop; sessions reach it
@@ -148,8 +221,18 @@ pub trait Policy {
     fn session_stages(&mut self, _handle: u32) -> u16 {
         self.stages()
     }
+    /// The rules (bit `i`: rule `i`, as in [`Interest`]) that can match
+    /// session `handle` at all: its client and connection number are known.
+    fn session_rules(&mut self, _handle: u32) -> u64 {
+        u64::MAX
+    }
     /// Changes whenever the rules do: a session's stages are asked again.
     fn generation(&self) -> u32 {
         0
+    }
+    /// What is worth asking about, by argument shape (`None`: everything
+    /// in [`Policy::stages`]). Read again when the generation changes.
+    fn interest(&self) -> Option<Arc<Interest>> {
+        None
     }
 }

@@ -90,7 +90,12 @@ impl Harness {
     /// Calls `f` with the session and a context over this harness.
     fn with<R>(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>) -> R) -> R {
         let mut cx = Ctx::new(&mut self.out, &mut self.sink, &mut self.stats, self.now);
-        cx.set_policy(self.policy.as_mut().map(|p| p as &mut dyn Policy));
+        // As the loop does: the interest is read before the policy is lent.
+        let interest = self.policy.as_ref().and_then(Policy::interest);
+        cx.set_policy(
+            self.policy.as_mut().map(|p| p as &mut dyn Policy),
+            interest.as_deref(),
+        );
         cx.tally = Some(&mut self.tally);
         let r = f(&mut self.session, &mut cx);
         // What the loop does before anyone reads its statistics.

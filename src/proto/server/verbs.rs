@@ -272,14 +272,13 @@ impl Session {
             None => (row.check)(self, s, cmd),
         };
         let out = match allowed {
-            // Rules refuse BDAT chunks (`tx.refusal`) only where a policy
-            // asks about BDAT, and it then asks about the end too. Effects
-            // (a refused greeting) exist only where there is a policy.
+            // Effects (a refused greeting, a delay) exist only where there
+            // is a policy.
             Ok(())
                 if cx.asks != 0
                     && (self.asks(cx) & stage_of(verb).bit() != 0 || self.fx.is_some()) =>
             {
-                return self.dispatch_ruled(s, row, cmd, cx);
+                return self.dispatch_policy(s, row, cmd, cx);
             }
             Ok(()) => (row.proceed)(self, s, cmd, cx),
             Err(r) => (row.refuse)(self, r, cmd, cx),
@@ -289,9 +288,44 @@ impl Session {
         }
     }
 
+    /// A command that may run where there is a policy: asks it if its
+    /// stage and argument are of interest (or effects are in force).
+    fn dispatch_policy(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
+        let stage = stage_of(row.verb);
+        let arg: &[u8] = match cmd {
+            Command::Helo(name) | Command::Ehlo(name) => name,
+            Command::Mail(m) => m.path,
+            Command::Rcpt(r) => r.path,
+            _ => &[],
+        };
+        let interest = cx.interest;
+        if stage == Stage::Mail && interest.is_none_or(|i| i.sender) {
+            self.sender.clear();
+            self.sender.extend_from_slice(arg);
+        }
+        // Rules refuse BDAT chunks (`tx.refusal`) only where a policy asks
+        // about BDAT, and it then asks about the end too.
+        let ask = self.asks(cx) & stage.bit() != 0
+            && interest.is_none_or(|i| i.wants(stage, arg, self.live));
+        if ask || self.fx.is_some() {
+            return self.dispatch_ruled(s, row, cmd, stage, arg, cx);
+        }
+        if let Some(out) = (row.proceed)(self, s, cmd, cx) {
+            self.answer(s, row.verb, out, cx);
+        }
+    }
+
     /// A command that may run, with a policy to ask first: carries out its
     /// decision around the row's proceed step.
-    fn dispatch_ruled(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
+    fn dispatch_ruled(
+        &mut self,
+        s: &Settings,
+        row: &Row,
+        cmd: &Command<'_>,
+        stage: Stage,
+        arg: &[u8],
+        cx: &mut Ctx<'_>,
+    ) {
         let verb = row.verb;
         if verb != Verb::Quit && self.fx.as_ref().is_some_and(|f| f.refused) {
             // The greeting refused service: only QUIT (RFC 5321 3.1); a
@@ -302,8 +336,9 @@ impl Session {
             }
             return;
         }
-        let stage = stage_of(verb);
-        if self.asks(cx) & stage.bit() == 0 {
+        if self.asks(cx) & stage.bit() == 0
+            || cx.interest.is_some_and(|i| !i.wants(stage, arg, self.live))
+        {
             // Here for the effects only: the policy has nothing to say.
             let out = (row.proceed)(self, s, cmd, cx);
             if let Some(out) = out {
@@ -311,10 +346,9 @@ impl Session {
             }
             return;
         }
-        let arg: &[u8] = match cmd {
-            Command::Helo(name) | Command::Ehlo(name) => name,
-            Command::Mail(m) => m.path,
-            Command::Rcpt(r) => r.path,
+        let sender = match stage {
+            Stage::Mail => arg,
+            _ if self.tx.started.is_some() => &self.sender,
             _ => &[],
         };
         let d = match cx.policy.as_deref_mut() {
@@ -323,6 +357,7 @@ impl Session {
                 handle: self.handle,
                 stage,
                 arg,
+                sender,
                 peer: self.peer,
                 transaction: self.transactions
                     + self.refused_mails
