@@ -645,11 +645,26 @@ impl Session {
     /// bytes that was. The caller keeps the rest and offers it again, with
     /// more input appended, once the session takes input again.
     pub fn handle_input(&mut self, s: &Settings, input: &[u8], cx: &mut Ctx<'_>) -> usize {
+        // Two copies of the hot path: without a policy no rule can have
+        // left an effect (`fx`, a cut, a drop), so none is looked for.
+        // Measured (callgrind, pipelined 1 KiB): ~45 instructions per
+        // message; see README "Rules and metrics: what they cost".
+        if cx.policy.is_none() {
+            self.input::<false>(s, input, cx)
+        } else {
+            self.input::<true>(s, input, cx)
+        }
+    }
+
+    /// `handle_input`; `P`: a policy may be in play.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn input<const P: bool>(&mut self, s: &Settings, input: &[u8], cx: &mut Ctx<'_>) -> usize {
         if !input.is_empty() {
             self.last_active = cx.now;
         }
         let mut pos = 0;
-        if self.held.is_some() || self.paused().is_some() {
+        if self.held.is_some() || P && self.paused().is_some() {
             // Verdict and Closed stop the loop below; a held reply and a
             // throttle's pause must too.
             self.settle(s, cx);
@@ -658,7 +673,12 @@ impl Session {
         // Under a throttle, take only a tenth of a second's worth now (at
         // least a whole command line), pay for it, and pause: the client
         // is slowed while it sends, not after.
-        let input = match self.fx.as_deref().and_then(|f| f.throttle) {
+        let throttle = if P {
+            self.fx.as_deref().and_then(|f| f.throttle)
+        } else {
+            None
+        };
+        let input = match throttle {
             Some(t) => {
                 let allow = usize::try_from(t.rate / 10)
                     .unwrap_or(usize::MAX)
@@ -670,10 +690,10 @@ impl Session {
         while cx.out.len() < cx.out_limit {
             let rest = input.get(pos..).unwrap_or_default();
             let step = match self.state {
-                State::Command => self.command(s, rest, cx),
+                State::Command => self.command::<P>(s, rest, cx),
                 State::SkipLine => self.skip_line(s, rest, cx),
-                State::Data => self.data(s, rest, cx),
-                State::Chunk { .. } => self.chunk(s, rest, cx),
+                State::Data => self.data::<P>(s, rest, cx),
+                State::Chunk { .. } => self.chunk::<P>(s, rest, cx),
                 State::Verdict | State::Closed => None,
             };
             match step {
@@ -692,10 +712,10 @@ impl Session {
                 break;
             }
         }
-        if self.fx.is_some() {
+        if P && self.fx.is_some() {
             self.pay(pos, cx.now);
         }
-        self.settle(s, cx);
+        self.settle_p::<P>(s, cx);
         pos
     }
 
@@ -847,6 +867,13 @@ impl Session {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     fn settle(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        self.settle_p::<true>(s, cx);
+    }
+
+    /// `settle`; `P`: effects may be in force.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn settle_p<const P: bool>(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
         self.report(cx);
         if let Some(&(until, _)) = self.held.as_deref() {
             self.request = Some(Request::Hold { until });
@@ -855,7 +882,7 @@ impl Session {
         if self.closing && !self.in_message() && self.state != State::Closed {
             self.close(s, ReplyId::Shutdown, cx);
         }
-        if (s.max_errors != 0 || self.fx.is_some()) && self.settle_rare(s, cx) {
+        if (s.max_errors != 0 || P && self.fx.is_some()) && self.settle_rare(s, cx) {
             return;
         }
         self.request = match self.state {
@@ -1067,7 +1094,12 @@ impl Session {
         Out::Final(verdict)
     }
 
-    fn command(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
+    fn command<const P: bool>(
+        &mut self,
+        s: &Settings,
+        rest: &[u8],
+        cx: &mut Ctx<'_>,
+    ) -> Option<usize> {
         let frame = line::next_line(rest, s.max_line + EXTENSION_ALLOWANCE);
         if !matches!(frame, Frame::Partial | Frame::Line { .. }) && command::is_bdat(rest) {
             // A BDAT line we will not execute: its chunk would be read as
@@ -1100,7 +1132,7 @@ impl Session {
             }
             Frame::Line { line, consumed } => {
                 self.line_since = None;
-                self.execute(s, line, cx);
+                self.execute::<P>(s, line, cx);
                 Some(consumed)
             }
         }
@@ -1121,7 +1153,7 @@ impl Session {
 
     /// One complete command line: checked for characters and length,
     /// parsed, then run through the verb table.
-    fn execute(&mut self, s: &Settings, line: &[u8], cx: &mut Ctx<'_>) {
+    fn execute<const P: bool>(&mut self, s: &Settings, line: &[u8], cx: &mut Ctx<'_>) {
         // NUL, bare CR, TAB and other controls have no place in a command.
         let bad_char = line.iter().any(|&b| b < 0x20 || b == 0x7f);
         let extended = line
@@ -1154,12 +1186,17 @@ impl Session {
                 cx,
             ),
             Ok(Command::BadBdat { size: None }) => self.close(s, ReplyId::BdatDesync, cx),
-            Ok(cmd) => self.dispatch(s, &cmd, cx),
+            Ok(cmd) => self.dispatch::<P>(s, &cmd, cx),
             Err(r) => self.say(s, r, cx),
         }
     }
 
-    fn data(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
+    fn data<const P: bool>(
+        &mut self,
+        s: &Settings,
+        rest: &[u8],
+        cx: &mut Ctx<'_>,
+    ) -> Option<usize> {
         let (id, max, check_lf) = (self.id, s.max_message_size, s.reject_bare_lf);
         let tx = &mut self.tx;
         let sink = &mut *cx.sink;
@@ -1178,19 +1215,24 @@ impl Session {
             }
         });
         self.window.bytes += scan.consumed as u64;
-        if self.tx.size >= self.tx.cut {
+        if P && self.tx.size >= self.tx.cut {
             // A rule: the connection drops mid-message.
             self.hang_up(cx);
             return Some(scan.consumed);
         }
         if scan.end {
-            self.dispatch(s, &Command::EndOfContent { bdat: false }, cx);
+            self.dispatch::<P>(s, &Command::EndOfContent { bdat: false }, cx);
             return Some(scan.consumed);
         }
         (scan.consumed > 0).then_some(scan.consumed)
     }
 
-    fn chunk(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
+    fn chunk<const P: bool>(
+        &mut self,
+        s: &Settings,
+        rest: &[u8],
+        cx: &mut Ctx<'_>,
+    ) -> Option<usize> {
         let State::Chunk {
             size,
             remaining,
@@ -1239,7 +1281,7 @@ impl Session {
                 }
             }
             None if last || self.tx.too_big => {
-                self.dispatch(s, &Command::EndOfContent { bdat: true }, cx);
+                self.dispatch::<P>(s, &Command::EndOfContent { bdat: true }, cx);
             }
             None => {
                 self.enter(State::Command, cx);

@@ -264,7 +264,12 @@ impl Session {
     // that a call per reply shows; see README "Performance".
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    pub(super) fn dispatch(&mut self, s: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
+    pub(super) fn dispatch<const P: bool>(
+        &mut self,
+        s: &Settings,
+        cmd: &Command<'_>,
+        cx: &mut Ctx<'_>,
+    ) {
         let verb = cmd.verb();
         let row = row(verb);
         let allowed = match row.refusal(self.phase()) {
@@ -275,7 +280,7 @@ impl Session {
             // Effects (a refused greeting, a delay) exist only where there
             // is a policy.
             Ok(())
-                if cx.asks != 0
+                if P && cx.asks != 0
                     && (self.asks(cx) & stage_of(verb).bit() != 0 || self.fx.is_some()) =>
             {
                 return self.dispatch_policy(s, row, cmd, cx);
