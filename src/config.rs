@@ -1,11 +1,15 @@
 //! Command-line configuration (clap) and its validation. No globals: `main`
 //! builds one [`Config`] and hands the parts to the reactor and the protocol.
 
-use crate::proto::server::{Settings, Timeouts};
+use crate::net::tls::{self, Identity};
+use crate::proto::server::auth::Users;
+use crate::proto::server::{AuthOffer, Security, Settings, Timeouts};
 use crate::rules::spec::{self, Short};
 use crate::rules::{Engine, RuleSet};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `--help`'s examples: one per MTA behaviour the rules test.
@@ -20,7 +24,9 @@ Examples (what each tests in an MTA under test):
   slow receiver               smtpsink --throttle 20000 --delay 'rcpt:lognormal 50ms 1'
   greylisting                 smtpsink --greylist 60s
   live metrics and rules      smtpsink --control 127.0.0.1:9025   (GET /metrics, PUT /rules)
-  bounded CI run              smtpsink --exit-after-messages 1000 --json out.json";
+  bounded CI run              smtpsink --exit-after-messages 1000 --json out.json
+  TLS and AUTH                smtpsink --listen-tls 127.0.0.1:4650 --auth-users users.txt
+                              (STARTTLS is on by default with a self-signed certificate)";
 
 /// What to do with a bare LF inside DATA (RFC 5321 2.3.8, 4.1.1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -283,6 +289,63 @@ pub struct Config {
     /// reaches it can change the rules).
     #[arg(long, requires = "control", help_heading = "Control and metrics")]
     pub control_allow_remote: bool,
+
+    /// Also listen on IP:PORT with TLS from the first byte (implicit TLS,
+    /// RFC 8314, as port 465); repeat for several.
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        conflicts_with = "no_tls",
+        help_heading = "TLS and AUTH"
+    )]
+    pub listen_tls: Vec<SocketAddr>,
+
+    /// The certificate chain (PEM, leaf first). Without --tls-cert/--tls-key
+    /// a self-signed certificate for --hostname is made at start.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "no_tls",
+        help_heading = "TLS and AUTH"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "TLS and AUTH"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Offer no TLS at all: STARTTLS is not advertised and answered 454.
+    #[arg(long, help_heading = "TLS and AUTH")]
+    pub no_tls: bool,
+
+    /// Answer MAIL before STARTTLS with 530 5.7.0 (RFC 3207 4).
+    #[arg(long, conflicts_with = "no_tls", help_heading = "TLS and AUTH")]
+    pub require_tls: bool,
+
+    /// Check AUTH credentials against FILE (`user:password` per line, `#`
+    /// comments). Without it any credentials are accepted.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "no_auth",
+        help_heading = "TLS and AUTH"
+    )]
+    pub auth_users: Option<PathBuf>,
+
+    /// Offer AUTH before TLS too (by default only on a secured session,
+    /// RFC 4954 14).
+    #[arg(long, conflicts_with = "no_auth", help_heading = "TLS and AUTH")]
+    pub auth_plaintext: bool,
+
+    /// Offer no AUTH (502 to the command).
+    #[arg(long, help_heading = "TLS and AUTH")]
+    pub no_auth: bool,
 }
 
 impl Config {
@@ -303,7 +366,45 @@ impl Config {
             data_min_rate: self.data_min_rate,
             data_window: self.data_window,
         };
+        s.set_security(Security {
+            starttls: !self.no_tls,
+            require_tls: self.require_tls,
+            auth: (!self.no_auth).then(|| AuthOffer {
+                plaintext: self.auth_plaintext,
+                users: Arc::new(Users::anyone()),
+            }),
+        });
         s
+    }
+
+    /// The users of `--auth-users`, read now; `None` without it.
+    pub fn users(&self) -> Result<Option<Users>, String> {
+        let Some(path) = &self.auth_users else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read {}: {}",
+                path.display(),
+                crate::net::plain_error(&e)
+            )
+        })?;
+        Users::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The TLS configuration (`None` with --no-tls): the certificate files,
+    /// or a self-signed certificate for --hostname.
+    pub fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        if self.no_tls {
+            return Ok(None);
+        }
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Identity::Files { cert, key },
+            _ => Identity::SelfSigned(&self.hostname),
+        };
+        tls::server_config(&identity).map(Some)
     }
 
     /// The idle timeout.

@@ -262,7 +262,7 @@ where
     W: Watch<S>,
 {
     raise_fd_limit(config);
-    let mut server = Server::from_config_with(config, make_sink).map_err(|e| e.to_string())?;
+    let mut server = Server::from_config_with(config, make_sink)?;
     // Without --seed a fresh one each start, printed so a run can be replayed.
     let seed = config.seed.unwrap_or_else(|| {
         SystemTime::now()
@@ -298,12 +298,28 @@ where
     }
     let handle = server.shutdown_handle();
     install_tick(&mut server, config, watch, handle.clone());
+    let tls = server.tls_addrs();
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
-        .map(ToString::to_string)
+        .map(|a| {
+            if tls.contains(a) {
+                format!("{a} (TLS)")
+            } else {
+                a.to_string()
+            }
+        })
         .collect();
-    eprintln!("smtpsink: listening on {} ({what})", addrs.join(", "));
+    let offers = match (config.no_tls, config.no_auth) {
+        (true, true) => "",
+        (true, false) => ", AUTH",
+        (false, true) => ", STARTTLS",
+        (false, false) => ", STARTTLS, AUTH",
+    };
+    eprintln!(
+        "smtpsink: listening on {} ({what}{offers})",
+        addrs.join(", ")
+    );
 
     // Signals are turned into shutdown requests on a tiny thread, so the
     // reactor only ever sees its own waker.

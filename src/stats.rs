@@ -9,7 +9,7 @@
 //! reads the clock: callers pass durations. [`histogram`] and [`micros`]
 //! are the one definition of our histogram bounds, shared with smtpload.
 
-use crate::net::IoCounts;
+use crate::net::{IoCounts, TlsFailure, TlsInfo};
 use crate::proto::reply::ReplyId;
 use crate::proto::server::{Counts, Observer, Outcome, Timeout};
 use hdrhistogram::Histogram;
@@ -128,6 +128,83 @@ impl std::ops::AddAssign for Counters {
     }
 }
 
+/// TLS: handshakes by what they agreed on, failures by why, and how long
+/// the handshakes took (implicit TLS: from accept; STARTTLS: from the 220).
+#[derive(Debug, Clone)]
+pub struct TlsStats {
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Of those, resumed (ticket or session id).
+    pub resumed: u64,
+    /// Completed handshakes by protocol version.
+    pub versions: BTreeMap<&'static str, u64>,
+    /// Completed handshakes by cipher suite.
+    pub ciphers: BTreeMap<&'static str, u64>,
+    /// Failed or abandoned handshakes (and broken records) by class.
+    pub failures: BTreeMap<&'static str, u64>,
+    /// Handshake latency, microseconds.
+    pub latency: Histogram<u64>,
+    /// Exact sum of `latency`, microseconds.
+    pub latency_sum_us: u64,
+}
+
+impl TlsStats {
+    fn new() -> Self {
+        Self {
+            handshakes: 0,
+            resumed: 0,
+            versions: BTreeMap::new(),
+            ciphers: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            latency: histogram(),
+            latency_sum_us: 0,
+        }
+    }
+
+    /// A handshake finished after `took`.
+    pub fn handshake(&mut self, info: TlsInfo, took: Duration) {
+        self.handshakes += 1;
+        self.resumed += u64::from(info.resumed);
+        *self.versions.entry(info.version).or_default() += 1;
+        *self.ciphers.entry(info.cipher).or_default() += 1;
+        let us = micros(took);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(us);
+        self.latency.saturating_record(us);
+    }
+
+    /// A TLS connection failed.
+    pub fn failure(&mut self, why: TlsFailure) {
+        *self.failures.entry(why.label()).or_default() += 1;
+    }
+
+    fn merge(&mut self, o: &TlsStats) {
+        self.handshakes += o.handshakes;
+        self.resumed += o.resumed;
+        for (k, v) in &o.versions {
+            *self.versions.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.ciphers {
+            *self.ciphers.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+        let _ = self.latency.add(&o.latency);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(o.latency_sum_us);
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "handshakes": self.handshakes,
+            "resumed": self.resumed,
+            "versions": self.versions,
+            "ciphers": self.ciphers,
+            "failures": self.failures,
+            "handshake_latency": histogram_json(&self.latency),
+        })
+    }
+}
+
 /// Everything the server reports.
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -143,6 +220,8 @@ pub struct Stats {
     pub replies_by_id: [u64; ReplyId::COUNT],
     /// Replies made by rules, by code.
     pub rule_replies: BTreeMap<u16, u64>,
+    /// TLS handshakes and failures.
+    pub tls: TlsStats,
 }
 
 impl Default for Stats {
@@ -194,7 +273,14 @@ impl Stats {
             latency_sum_us: 0,
             replies_by_id: [0; ReplyId::COUNT],
             rule_replies: BTreeMap::new(),
+            tls: TlsStats::new(),
         }
+    }
+
+    /// AUTH exchanges that succeeded and that failed (wrong credentials).
+    pub fn auth(&self) -> (u64, u64) {
+        let n = |id: ReplyId| self.replies_by_id.get(id as usize).copied().unwrap_or(0);
+        (n(ReplyId::AuthOk), n(ReplyId::AuthFailed))
     }
 
     /// Zeroes every counter and histogram (the control endpoint's `POST
@@ -240,6 +326,7 @@ impl Stats {
         for (&code, &n) in &other.rule_replies {
             *self.rule_replies.entry(code).or_default() += n;
         }
+        self.tls.merge(&other.tls);
     }
 
     /// One compact line for `--stats-interval`: totals and rates since `prev`.
@@ -286,7 +373,41 @@ impl Stats {
                 "bytes_out": c.io.bytes_out,
             },
             "latency": histogram_json(&self.latency),
+            "tls": self.tls.json(),
+            "auth": {"ok": self.auth().0, "failed": self.auth().1},
         })
+    }
+
+    /// TLS and AUTH lines of the final report, when there was any.
+    fn security_lines(&self, s: &mut String) {
+        let t = &self.tls;
+        if t.handshakes > 0 || !t.failures.is_empty() {
+            let list = |m: &BTreeMap<&'static str, u64>| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                s,
+                "  tls            {:>14}  handshakes (resumed {})  {}  failed: {}",
+                t.handshakes,
+                t.resumed,
+                list(&t.versions),
+                if t.failures.is_empty() {
+                    "none".to_string()
+                } else {
+                    list(&t.failures)
+                }
+            );
+            if !t.latency.is_empty() {
+                let _ = writeln!(s, "  tls handshake  {}", spread_line(&t.latency));
+            }
+        }
+        let (auth_ok, auth_failed) = self.auth();
+        if auth_ok + auth_failed > 0 {
+            let _ = writeln!(s, "  auth           ok={auth_ok} failed={auth_failed}");
+        }
     }
 
     /// The final report printed at shutdown.
@@ -342,6 +463,7 @@ impl Stats {
             "  syscalls       read={} write={}  bytes in={} out={}",
             c.io.reads, c.io.writes, c.io.bytes_in, c.io.bytes_out
         );
+        self.security_lines(&mut s);
         let h = &self.latency;
         if h.is_empty() {
             let _ = writeln!(s, "  latency        no transactions");

@@ -21,9 +21,13 @@ fn flood(n: usize) -> Vec<u8> {
     v
 }
 
-/// Everything arrived: `n` EHLO blocks (each ends in `250 HELP`), then 221.
+/// Everything arrived: `n` EHLO blocks (each has `250-PIPELINING`), then 221.
 fn assert_all_answered(text: &str, n: usize) {
-    assert_eq!(text.matches("250 HELP\r\n").count(), n, "EHLO replies");
+    assert_eq!(
+        text.matches("250-PIPELINING\r\n").count(),
+        n,
+        "EHLO replies"
+    );
     assert!(
         text.ends_with("221 2.0.0 Bye\r\n"),
         "ends {:?}",

@@ -75,7 +75,7 @@ fn sigterm_prints_final_stats() {
     stderr.read_line(&mut first).unwrap();
     let addr = first
         .strip_prefix("smtpsink: listening on ")
-        .and_then(|r| r.strip_suffix(" (discarding mail)\n"))
+        .and_then(|r| r.strip_suffix(" (discarding mail, STARTTLS, AUTH)\n"))
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_string();
 

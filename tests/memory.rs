@@ -38,7 +38,7 @@ impl Sink {
             .expect("first line");
         let addr = first
             .strip_prefix("smtpsink: listening on ")
-            .and_then(|r| r.strip_suffix(" (discarding mail)\n"))
+            .and_then(|r| r.strip_suffix(" (discarding mail, STARTTLS, AUTH)\n"))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
         let s = Self { child, addr };

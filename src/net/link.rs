@@ -222,9 +222,11 @@ impl Link {
         }
     }
 
-    /// Output not yet taken by the transport.
+    /// Output not yet taken by the transport; TLS records the socket has
+    /// not taken yet count as one byte (rustls does not say how many).
+    #[inline]
     pub fn pending(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + usize::from(self.transport.has_buffered())
     }
 
     /// The output queue, to append to; [`Link::flush`] writes it.
@@ -238,7 +240,7 @@ impl Link {
     pub fn send(&mut self, bytes: &[u8], io: &mut IoCounts) -> Flush {
         if bytes.is_empty() {
             return if self.pending() == 0 {
-                Flush::Done
+                self.flush_transport()
             } else {
                 self.flush(io)
             };
@@ -265,7 +267,31 @@ impl Link {
                 Err(f) => return f,
             }
         }
-        Flush::Done
+        self.flush_transport()
+    }
+
+    /// Sends what the transport holds itself (TLS records; plain TCP holds
+    /// nothing): the link's output is only gone once that is too.
+    #[inline]
+    fn flush_transport(&mut self) -> Flush {
+        match self.transport.flush_buffered() {
+            Ok(true) => Flush::Done,
+            Ok(false) => Flush::Blocked,
+            Err(_) => Flush::Failed,
+        }
+    }
+
+    /// Secures the stream (STARTTLS): anything the client sent after the
+    /// command and before the handshake is dropped unread, never executed
+    /// (RFC 3207 4.2; the STARTTLS injection class, CVE-2011-0411).
+    pub fn start_tls(&mut self, conn: impl Into<rustls::Connection>) {
+        self.carry = Vec::new();
+        self.transport.start_tls(conn);
+    }
+
+    /// The stream underneath, to act on (TLS details).
+    pub fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
     }
 
     /// Writes pending output until done or the transport is full.
@@ -284,7 +310,7 @@ impl Link {
         if self.out.capacity() > self.keep.out {
             self.out = Vec::new();
         }
-        Flush::Done
+        self.flush_transport()
     }
 
     fn write_to(t: &mut Transport, bytes: &[u8], io: &mut IoCounts) -> Result<usize, Flush> {

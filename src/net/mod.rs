@@ -1,7 +1,7 @@
 //! The I/O layer shared by the server's reactor and smtpload's driver.
 //!
-//! Owns: the byte stream under a connection ([`Transport`]: plain TCP now,
-//! TLS to come as a second variant) and the per-connection buffers and loops
+//! Owns: the byte stream under a connection ([`Transport`]: plain TCP, or
+//! TLS over it, with the configurations in [`tls`]) and the per-connection buffers and loops
 //! around it ([`Link`]): carried-over input offered again before the next
 //! read into a shared scratch buffer, pending output written with a partial
 //! write offset, readiness interest toggled only when it changes, and the
@@ -11,10 +11,11 @@
 use std::io;
 
 mod link;
+pub mod tls;
 mod transport;
 
 pub use link::{Consumed, Drain, Flush, Keep, Link, ReadEnd};
-pub use transport::Transport;
+pub use transport::{TlsFailure, TlsInfo, Transport};
 
 /// Syscalls and bytes, counted where they happen.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

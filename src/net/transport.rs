@@ -1,13 +1,24 @@
-//! The byte stream under a connection: the seam where TLS will go.
+//! The byte stream under a connection: plain TCP, or TLS over it.
 //!
-//! Plain TCP is the only variant today. A TLS variant (STARTTLS switches a
-//! connection to it mid-stream; implicit TLS starts with it) reads and writes
-//! plaintext through the same calls, so neither the buffers nor the protocol
-//! above change. Retries EINTR; every other error goes to the caller.
+//! Both variants read and write plaintext through the same calls, so neither
+//! the buffers ([`super::Link`]) nor the protocol above change when a
+//! connection is secured: STARTTLS switches a plain stream to TLS in place
+//! ([`Transport::start_tls`]); implicit TLS starts with it.
+//!
+//! TLS is rustls driven by hand on the non-blocking socket, inside the same
+//! readiness events as everything else: a read pulls records from the
+//! socket, processes them (handshake messages included) and sends whatever
+//! the handshake wants to say; a write hands plaintext to rustls and sends
+//! the records it makes. Records the socket did not take stay inside rustls
+//! (at most one write's worth: a write is refused while any are waiting)
+//! and go out with the next flush ([`Transport::flush_buffered`]), which
+//! the link calls whenever it flushes. Retries EINTR; every other error goes
+//! to the caller.
 
 use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::{ClientConnection, Connection, ServerConnection};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
@@ -16,7 +27,105 @@ use std::net::SocketAddr;
 pub enum Transport {
     /// Plain TCP.
     Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<Tls>),
+    /// No stream: only while a plain one is being switched to TLS.
+    Detached,
 }
+
+/// A TLS connection and its socket.
+pub struct Tls {
+    sock: TcpStream,
+    conn: Connection,
+    /// Why the handshake or a record failed, for statistics.
+    failure: Option<TlsFailure>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a TLS connection failed, in classes a person can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TlsFailure {
+    /// Not TLS at all, or malformed records (a plaintext client on a TLS
+    /// port, garbage).
+    NotTls,
+    /// No protocol version, cipher suite or group in common.
+    Incompatible,
+    /// The peer sent an alert (it refused our certificate, say).
+    AlertReceived,
+    /// The peer's certificate was refused (clients: unknown issuer, wrong
+    /// name, expired).
+    BadCertificate,
+    /// Decryption failed, or the peer broke the protocol's rules.
+    Protocol,
+    /// Anything else rustls reports.
+    Other,
+    /// The handshake never finished: the peer closed, or timed out.
+    Abandoned,
+}
+
+impl TlsFailure {
+    /// Every class, for tables that list them all.
+    pub const ALL: [TlsFailure; 7] = [
+        TlsFailure::NotTls,
+        TlsFailure::Incompatible,
+        TlsFailure::AlertReceived,
+        TlsFailure::BadCertificate,
+        TlsFailure::Protocol,
+        TlsFailure::Other,
+        TlsFailure::Abandoned,
+    ];
+
+    /// A label for metrics and reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsFailure::NotTls => "not_tls",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::AlertReceived => "alert_received",
+            TlsFailure::BadCertificate => "bad_certificate",
+            TlsFailure::Protocol => "protocol",
+            TlsFailure::Other => "other",
+            TlsFailure::Abandoned => "abandoned",
+        }
+    }
+
+    fn of(e: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        match e {
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } => TlsFailure::NotTls,
+            E::PeerIncompatible(_) => TlsFailure::Incompatible,
+            E::AlertReceived(_) => TlsFailure::AlertReceived,
+            E::InvalidCertificate(_) | E::NoCertificatesPresented => TlsFailure::BadCertificate,
+            E::InappropriateHandshakeMessage { .. } | E::DecryptError | E::PeerMisbehaved(_) => {
+                TlsFailure::Protocol
+            }
+            _ => TlsFailure::Other,
+        }
+    }
+}
+
+/// What a finished handshake agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: &'static str,
+    /// The IANA name of the cipher suite.
+    pub cipher: &'static str,
+    /// The session was resumed (a ticket or session id), not a full handshake.
+    pub resumed: bool,
+}
+
+/// The largest plaintext rustls buffers before it refuses more (a client
+/// that never reads cannot make a TLS connection hold more than a plain
+/// one); rustls's own default.
+const TLS_BUFFER: usize = 64 * 1024;
 
 impl Transport {
     /// A TCP stream; small writes leave at once (Nagle would hold replies
@@ -26,41 +135,248 @@ impl Transport {
         Transport::Plain(sock)
     }
 
-    /// Reads what is there, retrying EINTR.
+    /// A TCP stream that speaks TLS as a server from its first byte.
+    pub fn tls_server(sock: TcpStream, conn: ServerConnection) -> Self {
+        let _ = sock.set_nodelay(true);
+        Self::secure(sock, conn.into())
+    }
+
+    /// A TCP stream that speaks TLS as a client from its first byte.
+    pub fn tls_client(sock: TcpStream, conn: ClientConnection) -> Self {
+        let _ = sock.set_nodelay(true);
+        Self::secure(sock, conn.into())
+    }
+
+    fn secure(sock: TcpStream, mut conn: Connection) -> Self {
+        conn.set_buffer_limit(Some(TLS_BUFFER));
+        Transport::Tls(Box::new(Tls {
+            sock,
+            conn,
+            failure: None,
+        }))
+    }
+
+    /// Switches a plain stream to TLS in place (STARTTLS); the socket keeps
+    /// its registration. A stream already secured is left as it is.
+    pub fn start_tls(&mut self, conn: impl Into<Connection>) {
+        let taken = std::mem::replace(self, Transport::Detached);
+        *self = match taken {
+            Transport::Plain(sock) => Self::secure(sock, conn.into()),
+            other => other,
+        };
+    }
+
+    /// Whether the stream is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// Whether a TLS handshake is still in progress.
+    pub fn handshaking(&self) -> bool {
+        match self {
+            Transport::Tls(t) => t.conn.is_handshaking(),
+            Transport::Plain(_) | Transport::Detached => false,
+        }
+    }
+
+    /// What the handshake agreed on, once it is done.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        let Transport::Tls(t) = self else {
+            return None;
+        };
+        if t.conn.is_handshaking() {
+            return None;
+        }
+        let version = match t.conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "other",
+        };
+        let cipher = t
+            .conn
+            .negotiated_cipher_suite()?
+            .suite()
+            .as_str()
+            .unwrap_or("unknown");
+        let resumed = matches!(
+            t.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        Some(TlsInfo {
+            version,
+            cipher,
+            resumed,
+        })
+    }
+
+    /// Why TLS failed on this stream, if it did.
+    pub fn tls_failure(&self) -> Option<TlsFailure> {
+        match self {
+            Transport::Tls(t) => t.failure,
+            Transport::Plain(_) | Transport::Detached => None,
+        }
+    }
+
+    /// Reads what is there, retrying EINTR. Through TLS: decrypted bytes,
+    /// as many as `buf` holds or the socket has (a short read means the
+    /// socket is dry, as for plain TCP).
+    #[inline]
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(|| match self {
-            Transport::Plain(s) => s.read(buf),
-        })
+        match self {
+            Transport::Plain(s) => retry(|| s.read(buf)),
+            Transport::Tls(t) => t.read(buf),
+            Transport::Detached => Ok(0),
+        }
     }
 
-    /// Writes what the stream takes, retrying EINTR.
+    /// Writes what the stream takes, retrying EINTR. Through TLS: plaintext
+    /// handed to rustls, refused (`WouldBlock`) while records it made
+    /// earlier still wait for the socket.
+    #[inline]
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        retry(|| match self {
-            Transport::Plain(s) => s.write(buf),
-        })
+        match self {
+            Transport::Plain(s) => retry(|| s.write(buf)),
+            Transport::Tls(t) => t.write(buf),
+            Transport::Detached => Err(detached()),
+        }
     }
 
-    /// Sends FIN after whatever output is queued.
+    /// Sends what the stream holds itself (TLS records the socket did not
+    /// take); `Ok(false)` while some still wait. Plain TCP holds nothing.
+    #[inline]
+    pub fn flush_buffered(&mut self) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) | Transport::Detached => Ok(true),
+            Transport::Tls(t) => t.push(),
+        }
+    }
+
+    /// Whether the stream holds output of its own (TLS records).
+    #[inline]
+    pub fn has_buffered(&self) -> bool {
+        match self {
+            Transport::Tls(t) => t.conn.wants_write(),
+            Transport::Plain(_) | Transport::Detached => false,
+        }
+    }
+
+    /// Sends FIN after whatever output is queued (TLS: a `close_notify` first).
     pub fn shutdown_write(&mut self) {
         match self {
             Transport::Plain(s) => {
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
+            Transport::Tls(t) => {
+                t.conn.send_close_notify();
+                let _ = t.push();
+                let _ = t.sock.shutdown(std::net::Shutdown::Write);
+            }
+            Transport::Detached => {}
+        }
+    }
+
+    fn sock(&self) -> io::Result<&TcpStream> {
+        match self {
+            Transport::Plain(s) => Ok(s),
+            Transport::Tls(t) => Ok(&t.sock),
+            Transport::Detached => Err(detached()),
+        }
+    }
+
+    fn sock_mut(&mut self) -> io::Result<&mut TcpStream> {
+        match self {
+            Transport::Plain(s) => Ok(s),
+            Transport::Tls(t) => Ok(&mut t.sock),
+            Transport::Detached => Err(detached()),
         }
     }
 
     /// The peer's address; an error while a connect is still in progress.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match self {
-            Transport::Plain(s) => s.peer_addr(),
-        }
+        self.sock()?.peer_addr()
     }
 
     /// The pending socket error (how a non-blocking connect failed).
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        match self {
-            Transport::Plain(s) => s.take_error(),
+        self.sock()?.take_error()
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "no stream")
+}
+
+impl Tls {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        loop {
+            match self
+                .conn
+                .reader()
+                .read(buf.get_mut(filled..).unwrap_or_default())
+            {
+                Ok(0) if filled == 0 && !buf.is_empty() => return Ok(0),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        return Ok(filled);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without close_notify: an end, as for TCP.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                Err(e) => return if filled > 0 { Ok(filled) } else { Err(e) },
+            }
+            // No plaintext left: pull records from the socket.
+            match retry(|| self.conn.read_tls(&mut self.sock)) {
+                Ok(0) => return Ok(filled),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Dry. Whatever the handshake wants to say goes now.
+                    self.push()?;
+                    return if filled > 0 { Ok(filled) } else { Err(e) };
+                }
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                self.failure.get_or_insert(TlsFailure::of(&e));
+                // rustls queued an alert for the peer: try to send it.
+                let _ = self.push();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if self.conn.wants_write() {
+                self.push()?;
+            }
         }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.push()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.conn.writer().write(buf)?;
+        if n == 0 && !buf.is_empty() {
+            // rustls's buffer is full (a handshake that has not finished
+            // holds the plaintext): wait for the socket like a full one.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.push()?;
+        Ok(n)
+    }
+
+    /// Writes queued records until none is left (`true`) or the socket is
+    /// full (`false`).
+    fn push(&mut self) -> io::Result<bool> {
+        while self.conn.wants_write() {
+            match retry(|| self.conn.write_tls(&mut self.sock)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -76,20 +392,14 @@ fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 
 impl Source for Transport {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            Transport::Plain(s) => s.register(r, t, i),
-        }
+        self.sock_mut()?.register(r, t, i)
     }
 
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            Transport::Plain(s) => s.reregister(r, t, i),
-        }
+        self.sock_mut()?.reregister(r, t, i)
     }
 
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
-        match self {
-            Transport::Plain(s) => s.deregister(r),
-        }
+        self.sock_mut()?.deregister(r)
     }
 }

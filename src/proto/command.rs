@@ -46,9 +46,18 @@ pub enum Command<'a> {
     Noop,
     /// `QUIT`.
     Quit,
+    /// `STARTTLS` (RFC 3207).
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        /// The SASL mechanism's name, as sent.
+        mechanism: &'a [u8],
+        /// The initial response (base64, or `=` for an empty one).
+        initial: Option<&'a [u8]>,
+    },
     /// Recognised but not implemented: RFC 821's SEND, SOML, SAML, TURN
     /// (withdrawn by RFC 5321 appendix F) and extensions we do not offer
-    /// (STARTTLS, AUTH, ETRN, ATRN, BURL).
+    /// (ETRN, ATRN, BURL).
     Obsolete,
     /// The end of the message content: the `CRLF.CRLF` of DATA (`bdat:
     /// false`) or the end of the last BDAT chunk. Never parsed from a line:
@@ -76,6 +85,8 @@ impl Command<'_> {
             Command::Help => Verb::Help,
             Command::Noop => Verb::Noop,
             Command::Quit => Verb::Quit,
+            Command::StartTls => Verb::StartTls,
+            Command::Auth { .. } => Verb::Auth,
             Command::Obsolete => Verb::NotImplemented,
             Command::EndOfContent { bdat: false } => Verb::EndOfData,
             Command::EndOfContent { bdat: true } => Verb::LastChunk,
@@ -111,6 +122,10 @@ pub enum Verb {
     Help,
     /// `QUIT`.
     Quit,
+    /// `STARTTLS`.
+    StartTls,
+    /// `AUTH`.
+    Auth,
     /// SEND, SOML, SAML, TURN and extensions not offered.
     NotImplemented,
     /// `CRLF.CRLF` after DATA.
@@ -122,7 +137,7 @@ pub enum Verb {
 
 impl Verb {
     /// Every verb, in declaration order (`ALL[v as usize] == v`).
-    pub const ALL: [Verb; 15] = [
+    pub const ALL: [Verb; 17] = [
         Verb::Helo,
         Verb::Ehlo,
         Verb::Mail,
@@ -135,6 +150,8 @@ impl Verb {
         Verb::Expn,
         Verb::Help,
         Verb::Quit,
+        Verb::StartTls,
+        Verb::Auth,
         Verb::NotImplemented,
         Verb::EndOfData,
         Verb::LastChunk,
@@ -155,6 +172,8 @@ pub struct Mail<'a> {
     pub body: Body,
     /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `AUTH=` (RFC 4954 5): accepted where AUTH is offered, else refused.
+    pub auth: bool,
 }
 
 /// `RCPT TO:<forward-path> [params]`.
@@ -204,13 +223,13 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
     const VRFY: u32 = verb_key(*b"VRFY");
     const EXPN: u32 = verb_key(*b"EXPN");
     const HELP: u32 = verb_key(*b"HELP");
+    const AUTH: u32 = verb_key(*b"AUTH");
     // RFC 821's SEND, SOML, SAML, TURN and extensions we do not offer.
-    const NOT_IMPLEMENTED: [u32; 8] = [
+    const NOT_IMPLEMENTED: [u32; 7] = [
         verb_key(*b"SEND"),
         verb_key(*b"SOML"),
         verb_key(*b"SAML"),
         verb_key(*b"TURN"),
-        verb_key(*b"AUTH"),
         verb_key(*b"ETRN"),
         verb_key(*b"ATRN"),
         verb_key(*b"BURL"),
@@ -219,10 +238,13 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
     let Ok(four) = <[u8; 4]>::try_from(verb) else {
         // Known extension verbs we do not offer are "not implemented"
         // (RFC 5321 4.2.4), not unknown.
-        return if verb.eq_ignore_ascii_case(b"STARTTLS") {
-            Ok(Command::Obsolete)
-        } else {
+        return if !verb.eq_ignore_ascii_case(b"STARTTLS") {
             Err(ReplyId::Unrecognized)
+        } else if args.is_empty() {
+            Ok(Command::StartTls)
+        } else {
+            // RFC 3207 4: no parameters.
+            Err(ReplyId::SyntaxStartTls)
         };
     };
     match verb_key(four) {
@@ -240,6 +262,7 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
         VRFY => Ok(Command::Vrfy),
         EXPN => Ok(Command::Expn),
         HELP => Ok(Command::Help),
+        AUTH => parse_auth(args),
         k if NOT_IMPLEMENTED.contains(&k) => Ok(Command::Obsolete),
         _ => Err(ReplyId::Unrecognized),
     }
@@ -419,6 +442,14 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, ReplyId> {
             {
                 return Err(ReplyId::BadParamSyntax);
             }
+        } else if key.eq_ignore_ascii_case(b"AUTH") {
+            // RFC 4954 5: AUTH=<> or AUTH=xtext (an addr-spec).
+            let v = value.ok_or(ReplyId::BadParamSyntax)?;
+            if !(v == b"<>" || !v.is_empty() && is_xtext(v))
+                || std::mem::replace(&mut mail.auth, true)
+            {
+                return Err(ReplyId::BadParamSyntax);
+            }
         } else if key.eq_ignore_ascii_case(b"ENVID") {
             // RFC 3461 4.4: xtext, at most 100 characters.
             let v = value.ok_or(ReplyId::BadParamSyntax)?;
@@ -437,6 +468,29 @@ fn parse_mail(args: &[u8]) -> Result<Mail<'_>, ReplyId> {
         })?;
     }
     Ok(mail)
+}
+
+/// `AUTH mechanism [initial-response]` (RFC 4954 4): a mechanism name is
+/// 1-20 of A-Z, 0-9, `-`, `_`; the response is base64 or `=`.
+fn parse_auth(args: &[u8]) -> Result<Command<'_>, ReplyId> {
+    let (mechanism, rest) = match memchr::memchr(b' ', args) {
+        Some(sp) => (
+            args.get(..sp).unwrap_or_default(),
+            Some(trim_start(args.get(sp + 1..).unwrap_or_default())),
+        ),
+        None => (args, None),
+    };
+    let name_ok = (1..=20).contains(&mechanism.len())
+        && mechanism
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    if !name_ok {
+        return Err(ReplyId::SyntaxAuth);
+    }
+    match rest {
+        Some(r) if r.is_empty() || r.contains(&b' ') => Err(ReplyId::SyntaxAuth),
+        initial => Ok(Command::Auth { mechanism, initial }),
+    }
 }
 
 fn parse_rcpt(args: &[u8], ctx: ParseCtx) -> Result<Rcpt<'_>, ReplyId> {
@@ -576,6 +630,50 @@ mod tests {
         ] {
             assert_eq!(p(v), Ok(Command::Obsolete), "{v}");
         }
+        assert_eq!(p("starttls"), Ok(Command::StartTls));
+        assert_eq!(p("STARTTLS x"), Err(ReplyId::SyntaxStartTls));
+        assert_eq!(
+            p("AUTH PLAIN"),
+            Ok(Command::Auth {
+                mechanism: b"PLAIN",
+                initial: None
+            })
+        );
+        assert_eq!(
+            p("auth plain AGEAYg=="),
+            Ok(Command::Auth {
+                mechanism: b"plain",
+                initial: Some(b"AGEAYg==")
+            })
+        );
+        assert_eq!(
+            p("AUTH LOGIN ="),
+            Ok(Command::Auth {
+                mechanism: b"LOGIN",
+                initial: Some(b"=")
+            })
+        );
+        for bad in [
+            "AUTH",
+            "AUTH PL@IN",
+            "AUTH PLAIN a b",
+            "AUTH ABCDEFGHIJKLMNOPQRSTU",
+        ] {
+            assert_eq!(p(bad), Err(ReplyId::SyntaxAuth), "{bad}");
+        }
+        let mail = |l: &str| match p(l) {
+            Ok(Command::Mail(m)) => Ok(m.auth),
+            Ok(_) => Err(ReplyId::Unrecognized),
+            Err(e) => Err(e),
+        };
+        assert_eq!(mail("MAIL FROM:<a@b> AUTH=<>"), Ok(true));
+        assert_eq!(mail("MAIL FROM:<a@b> AUTH=a+2Bb@c"), Ok(true));
+        assert_eq!(mail("MAIL FROM:<a@b>"), Ok(false));
+        assert_eq!(mail("MAIL FROM:<a@b> AUTH"), Err(ReplyId::BadParamSyntax));
+        assert_eq!(
+            mail("MAIL FROM:<a@b> AUTH=<> AUTH=<>"),
+            Err(ReplyId::BadParamSyntax)
+        );
         assert_eq!(p("FOO"), Err(ReplyId::Unrecognized));
         assert_eq!(p(""), Err(ReplyId::Unrecognized));
         assert_eq!(p("MAILX FROM:<>"), Err(ReplyId::Unrecognized));

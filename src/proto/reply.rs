@@ -93,6 +93,37 @@ replies! {
     UnsupportedMailParam = "555 5.5.4 Error: unsupported MAIL parameter";
     UnsupportedRcptParam = "555 5.5.4 Error: unsupported RCPT parameter";
 
+    SyntaxStartTls = "501 5.5.4 Syntax: STARTTLS";
+    SyntaxAuth = "501 5.5.4 Syntax: AUTH mechanism [initial-response]";
+
+    /// STARTTLS taken: the handshake comes next (RFC 3207 4).
+    ReadyTls = "220 2.0.0 Ready to start TLS";
+    /// STARTTLS where TLS cannot be offered (RFC 3207 4).
+    TlsUnavailable = "454 4.7.0 TLS not available due to temporary reason";
+    /// STARTTLS on a session already secured (no longer advertised).
+    TlsActive = "503 5.5.1 Error: TLS already active";
+    /// `--require-tls`: MAIL before STARTTLS (RFC 3207 4).
+    TlsRequired = "530 5.7.0 Must issue a STARTTLS command first";
+    /// An AUTH exchange's continuation; the challenge is filled in per step.
+    AuthChallenge = "334 ";
+    /// AUTH succeeded (RFC 4954 6).
+    AuthOk = "235 2.7.0 Authentication successful";
+    /// Wrong credentials (RFC 4954 6).
+    AuthFailed = "535 5.7.8 Error: authentication failed: credentials invalid";
+    /// The client sent `*` (RFC 4954 4).
+    AuthCancelled = "501 5.7.0 Error: authentication cancelled";
+    /// A response that is not base64, or not what the mechanism needs.
+    AuthBadResponse = "501 5.5.2 Error: cannot decode authentication response";
+    /// A mechanism not offered (RFC 4954 4).
+    AuthUnknownMechanism = "504 5.5.4 Error: unrecognized authentication mechanism";
+    /// AUTH on a session that already authenticated (RFC 4954 4).
+    AuthAgain = "503 5.5.1 Error: already authenticated";
+    /// AUTH (RFC 4954 4) or STARTTLS inside a mail transaction.
+    InTransaction = "503 5.5.1 Error: MAIL transaction in progress";
+    /// AUTH over plaintext where it is offered only after STARTTLS
+    /// (RFC 4954 6).
+    AuthNeedsTls = "538 5.7.11 Encryption required for requested authentication mechanism";
+
     NeedHelo = "503 5.5.1 Error: send HELO/EHLO first";
     NestedMail = "503 5.5.1 Error: nested MAIL command";
     NeedMail = "503 5.5.1 Error: need MAIL command";
@@ -133,7 +164,7 @@ impl ReplyId {
     pub const COUNT: usize = Self::ALL.len();
 
     /// Bit `i` set: reply `i` is a 4xx or 5xx.
-    pub const ERRORS: u64 = error_mask(Self::CODES, 0);
+    pub const ERRORS: u128 = error_mask(Self::CODES, 0);
 
     /// This reply's code.
     #[inline]
@@ -143,10 +174,10 @@ impl ReplyId {
 }
 
 /// Bit `i` for each code from the `i`th on that is 4xx or 5xx.
-const fn error_mask(codes: &[u16], i: u32) -> u64 {
+const fn error_mask(codes: &[u16], i: u32) -> u128 {
     match codes {
-        [first, rest @ ..] if i < 64 => {
-            let bit = if *first >= 400 { 1u64 << i } else { 0 };
+        [first, rest @ ..] if i < 128 => {
+            let bit = if *first >= 400 { 1u128 << i } else { 0 };
             bit | error_mask(rest, i + 1)
         }
         _ => 0,
@@ -224,6 +255,17 @@ impl Replies {
             let text = ReplyId::ALL.get(i).map_or("", |id| id.default_text());
             crlf(&text.replace("{host}", hostname))
         }));
+        let mut r = Self {
+            texts,
+            chunk_split: 0,
+        };
+        r.render_ehlo(hostname, extensions);
+        r.chunk_split = r.find_chunk_split();
+        r
+    }
+
+    /// Renders the two EHLO blocks (before and after TLS) for `extensions`.
+    pub fn render_ehlo(&mut self, hostname: &str, extensions: &[(String, Offer)]) {
         let block = |secure: bool| -> Box<[u8]> {
             let mut lines = vec![hostname];
             lines.extend(extensions.iter().filter_map(|(kw, offer)| {
@@ -246,17 +288,11 @@ impl Replies {
             }
             out.into_boxed_slice()
         };
-        let mut r = Self {
-            texts,
-            chunk_split: 0,
-        };
         for (id, secure) in [(ReplyId::Ehlo, false), (ReplyId::EhloSecure, true)] {
-            if let Some(t) = r.texts.get_mut(id as usize) {
+            if let Some(t) = self.texts.get_mut(id as usize) {
                 *t = block(secure);
             }
         }
-        r.chunk_split = r.find_chunk_split();
-        r
     }
 
     /// The text of `id`.
@@ -426,7 +462,8 @@ mod tests {
                 panic!("{id:?}: {t:?}");
             };
             assert_eq!(len, t.len(), "{id:?}");
-            // RFC 3463: greeting, HELO/EHLO and 354 carry no enhanced code.
+            // RFC 3463: greeting, HELO/EHLO and the 3xx intermediate
+            // replies (354, AUTH's 334) carry no enhanced code.
             let plain = matches!(
                 id,
                 ReplyId::Greeting
@@ -434,6 +471,7 @@ mod tests {
                     | ReplyId::Ehlo
                     | ReplyId::EhloSecure
                     | ReplyId::StartData
+                    | ReplyId::AuthChallenge
             );
             let class = code / 100;
             let enhanced = format!("{class}.");

@@ -15,7 +15,7 @@
 //! and the rest of the input in the kernel, until the client reads.
 
 use super::{Env, LINGER};
-use crate::net::{Consumed, Drain, Flush, Keep, Link, ReadEnd, Transport};
+use crate::net::{Consumed, Drain, Flush, Keep, Link, ReadEnd, TlsFailure, Transport};
 use crate::proto::reply::ReplyId;
 use crate::proto::server::{Ctx, Policy, Request, Session, Verdict};
 use mio::{Interest, Registry, Token};
@@ -44,6 +44,9 @@ enum Life {
     Backlogged,
     /// Not reading: the session waits for a verdict or a held reply's time.
     Parked,
+    /// Not reading: STARTTLS was answered; once the 220 is written the
+    /// transport is secured.
+    Securing,
     /// The session ended: writing what is left, then closing; at most until then.
     Closing { until: Instant },
     /// FIN sent: reading until the client's FIN, at most until then, so our
@@ -73,6 +76,8 @@ pub struct Conn {
     /// What the loop's timers hold for this connection, so a deadline that
     /// is not sooner costs a comparison, not a heap lookup.
     armed: Option<Instant>,
+    /// A TLS handshake is under way, since then.
+    tls_since: Option<Instant>,
 }
 
 /// Calls `f` with the session and a context over `env`, limited to what the
@@ -101,7 +106,17 @@ impl Conn {
             life: Life::Open,
             replay: false,
             armed: None,
+            tls_since: None,
         }
+    }
+
+    /// A connection over a transport that is TLS from its first byte
+    /// (implicit TLS), accepted at `now`.
+    pub fn new_tls(transport: Transport, mut session: Session, now: Instant) -> Self {
+        session.secure_from_start();
+        let mut c = Self::new(transport, session);
+        c.tls_since = Some(now);
+        c
     }
 
     /// Registers for READABLE; WRITABLE is added only while output is pending.
@@ -150,7 +165,7 @@ impl Conn {
     fn closing_until(&self) -> Option<Instant> {
         match self.life {
             Life::Closing { until } | Life::Lingering { until } => Some(until),
-            Life::Open | Life::Backlogged | Life::Parked => None,
+            Life::Open | Life::Backlogged | Life::Parked | Life::Securing => None,
         }
     }
 
@@ -195,6 +210,11 @@ impl Conn {
                 Flush::Failed => Next::Remove,
                 Flush::Done | Flush::Blocked => Next::Wait,
             },
+            Life::Securing => match self.flush(token, env) {
+                Flush::Done => self.secure(token, env),
+                Flush::Blocked => Next::Wait,
+                Flush::Failed => Next::Remove,
+            },
             Life::Backlogged => match self.flush(token, env) {
                 // Everything taken: answer the rest of the batch, then read
                 // until the socket is dry (its events were not acted on).
@@ -218,7 +238,7 @@ impl Conn {
         match self.life {
             Life::Closing { until } | Life::Lingering { until } if env.now < until => Next::Wait,
             Life::Closing { .. } | Life::Lingering { .. } => Next::Remove,
-            Life::Open | Life::Backlogged | Life::Parked => {
+            Life::Open | Life::Backlogged | Life::Parked | Life::Securing => {
                 let s = env.settings;
                 let timed_out = with_cx!(env, usize::MAX, |cx| self.session.on_timer(s, cx));
                 // A timeout's close does not wait for a client that may not
@@ -261,6 +281,11 @@ impl Conn {
     /// Removed from the loop: tell the session (and so the sink) and
     /// unregister.
     pub fn finish(&mut self, env: &mut Env<'_>) {
+        if let Some(why) = self.link.transport().tls_failure() {
+            env.stats.tls.failure(why);
+        } else if self.tls_since.is_some() {
+            env.stats.tls.failure(TlsFailure::Abandoned);
+        }
         with_cx!(env, usize::MAX, |cx| self.session.disconnected(cx));
         env.out.clear();
         self.link.deregister(env.registry);
@@ -281,8 +306,49 @@ impl Conn {
                 self.want_write(token, env);
                 Next::Wait
             }
+            Some(Request::StartTls) => {
+                if self.link.pending() > 0 {
+                    // The 220 must leave in plaintext before TLS begins.
+                    self.life = Life::Securing;
+                    self.want_write(token, env);
+                    return Next::Wait;
+                }
+                self.secure(token, env)
+            }
             None => self.resume(token, env),
         }
+    }
+
+    /// STARTTLS: the 220 is written; input read after the command is
+    /// dropped unread (RFC 3207 4.2), the transport becomes TLS, and the
+    /// session starts over. The client may already have sent its hello, and
+    /// no new event will say so: read now.
+    fn secure(&mut self, token: Token, env: &mut Env<'_>) -> Next {
+        let Some(conn) = env
+            .tls
+            .and_then(|config| rustls::ServerConnection::new(std::sync::Arc::clone(config)).ok())
+        else {
+            // The session offers STARTTLS only with a configuration.
+            return self.close(token, env, true);
+        };
+        self.link.start_tls(conn);
+        self.replay = false;
+        self.tls_since = Some(env.now);
+        self.life = Life::Open;
+        let s = env.settings;
+        with_cx!(env, usize::MAX, |cx| self.session.secured(s, cx));
+        self.pump(token, true, env)
+    }
+
+    /// The handshake may have finished during the last read: count it.
+    fn note_handshake(&mut self, env: &mut Env<'_>) {
+        let (Some(since), Some(info)) = (self.tls_since, self.link.transport().tls_info()) else {
+            return;
+        };
+        self.tls_since = None;
+        env.stats
+            .tls
+            .handshake(info, env.now.saturating_duration_since(since));
     }
 
     /// The session takes input: a parked connection reads again, and so does
@@ -294,7 +360,7 @@ impl Conn {
         let ready = match self.life {
             Life::Parked => true,
             Life::Backlogged => self.link.pending() == 0,
-            Life::Open | Life::Closing { .. } | Life::Lingering { .. } => false,
+            Life::Open | Life::Securing | Life::Closing { .. } | Life::Lingering { .. } => false,
         };
         if !ready {
             return Next::Wait;
@@ -343,6 +409,9 @@ impl Conn {
             };
             budget =
                 budget.saturating_sub(usize::try_from(io.bytes_in - before).unwrap_or(usize::MAX));
+            if self.tls_since.is_some() {
+                self.note_handshake(env);
+            }
             let sent = self.link.send(env.out, &mut io);
             env.stats.counters.io = io;
             env.out.clear();

@@ -178,6 +178,7 @@ macro_rules! env {
             registry: $server.poll.registry(),
             policy: $server.rules.as_mut(),
             tally: &mut $server.tally,
+            tls: $server.tls.as_ref(),
             now: $now,
         }
     };
@@ -197,6 +198,8 @@ struct Env<'a> {
     policy: Option<&'a mut Engine>,
     /// Replies by id, counted by the sessions.
     tally: &'a mut Tally,
+    /// The server's TLS configuration (STARTTLS), if any.
+    tls: Option<&'a Arc<rustls::ServerConfig>>,
     now: Instant,
 }
 
@@ -240,6 +243,10 @@ pub struct Server<S: Sink> {
     accepted_all: bool,
     /// Replies by id; copied into `stats` before anyone reads it.
     tally: Tally,
+    /// TLS for STARTTLS and the implicit-TLS listeners.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Per listener (as `listeners`): connections start with TLS.
+    implicit_tls: Vec<bool>,
 }
 
 /// A sink's parts of `/metrics` and `/stats`.
@@ -325,7 +332,39 @@ impl<S: Sink> Server<S> {
             started: timer::now(),
             accepted_all: false,
             tally: [0; ReplyId::COUNT],
+            tls: None,
+            implicit_tls: vec![false; addrs.len()],
         })
+    }
+
+    /// Offers TLS with `config`: STARTTLS (when the settings advertise it)
+    /// and, on `implicit` addresses, TLS from the first byte (RFC 8314).
+    /// Returns the implicit addresses as bound.
+    pub fn serve_tls(
+        &mut self,
+        config: Arc<rustls::ServerConfig>,
+        implicit: &[SocketAddr],
+        backlog: i32,
+    ) -> Result<Vec<SocketAddr>, ListenError> {
+        let mut bound = Vec::new();
+        for addr in implicit {
+            let mut l = listener::bind(*addr, backlog)?;
+            let i = self.listeners.len();
+            self.poll
+                .registry()
+                .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
+                .map_err(|source| ListenError {
+                    addr: *addr,
+                    source,
+                })?;
+            let local = l.local_addr().unwrap_or(*addr);
+            self.local_addrs.push(local);
+            bound.push(local);
+            self.listeners.push(l);
+            self.implicit_tls.push(true);
+        }
+        self.tls = Some(config);
+        Ok(bound)
     }
 
     /// Runs `engine`'s rules; `seed` is what a set installed later by
@@ -361,8 +400,10 @@ impl<S: Sink> Server<S> {
         Self::bind_with(addrs, backlog, settings, limits, |_| sink)
     }
 
-    /// Binds as the configuration says.
-    pub fn from_config(config: &Config, sink: S) -> Result<Self, ListenError> {
+    /// Binds as the configuration says: its settings (with the users of
+    /// `--auth-users`), its TLS (STARTTLS and `--listen-tls`). Errors are
+    /// one line for a person.
+    pub fn from_config(config: &Config, sink: S) -> Result<Self, String> {
         Self::from_config_with(config, |_| sink)
     }
 
@@ -370,14 +411,26 @@ impl<S: Sink> Server<S> {
     pub fn from_config_with(
         config: &Config,
         make_sink: impl FnOnce(Completer) -> S,
-    ) -> Result<Self, ListenError> {
-        Self::bind_with(
+    ) -> Result<Self, String> {
+        let mut settings = config.settings();
+        if let (Some(users), Some(auth)) = (config.users()?, settings.security.auth.as_mut()) {
+            auth.users = Arc::new(users);
+        }
+        let tls = config.tls()?;
+        let mut server = Self::bind_with(
             &config.listen,
             config.backlog,
-            config.settings(),
+            settings,
             Limits::from(config),
             make_sink,
         )
+        .map_err(|e| e.to_string())?;
+        if let Some(tls) = tls {
+            server
+                .serve_tls(tls, &config.listen_tls, config.backlog)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(server)
     }
 
     /// Calls `hook` every `every` from the loop's thread.
@@ -402,6 +455,16 @@ impl<S: Sink> Server<S> {
             handle,
             thread,
         }
+    }
+
+    /// The bound implicit-TLS addresses (a subset of `local_addrs`).
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs
+            .iter()
+            .zip(&self.implicit_tls)
+            .filter(|(_, &tls)| tls)
+            .map(|(a, _)| *a)
+            .collect()
     }
 
     /// The bound addresses (with the real port when 0 was asked for).
@@ -640,7 +703,16 @@ impl<S: Sink> Server<S> {
             let key = entry.key();
             self.next_serial += 1;
             let session = Session::new(session_id(key, self.next_serial), peer, now);
-            let mut conn = Conn::new(Transport::tcp(sock), session);
+            let implicit = self.implicit_tls.get(index).copied().unwrap_or(false);
+            let mut conn = match (&self.tls, implicit) {
+                (Some(config), true) => {
+                    let Ok(tls) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                        continue;
+                    };
+                    Conn::new_tls(Transport::tls_server(sock, tls), session, now)
+                }
+                _ => Conn::new(Transport::tcp(sock), session),
+            };
             if conn.register(self.poll.registry(), Token(key)).is_err() {
                 continue;
             }

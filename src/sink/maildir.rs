@@ -26,6 +26,7 @@ use super::{Discard, SessionId, Sink, Summary, Verdict};
 use crate::completion::Completer;
 use crate::net::plain_error;
 use crate::proto::reply::ReplyId;
+use crate::proto::server::With;
 use crate::stats::{histogram, micros, spread_line};
 use hdrhistogram::Histogram;
 use std::collections::{HashMap, VecDeque};
@@ -140,7 +141,7 @@ struct Done {
 struct Tx {
     peer: Option<SocketAddr>,
     helo: Vec<u8>,
-    esmtp: bool,
+    with: With,
     from: Vec<u8>,
     rcpts: Vec<Vec<u8>>,
     /// The transaction's job, once the content began.
@@ -341,7 +342,7 @@ impl Maildir {
             h,
             "\r\n\tby {} (smtpsink) with {} id {}",
             self.opts.hostname,
-            if tx.esmtp { "ESMTP" } else { "SMTP" },
+            tx.with.as_str(),
             // "<secs>.M<usecs>P<pid>Q<seq>": the name without its host part.
             &name[..name
                 .match_indices('.')
@@ -573,11 +574,16 @@ impl Sink for Maildir {
         self.sessions.entry(id).or_default().peer = Some(peer);
     }
 
-    fn hello(&mut self, id: SessionId, name: &[u8], esmtp: bool) {
+    fn hello(&mut self, id: SessionId, name: &[u8], with: With) {
         let tx = self.sessions.entry(id).or_default();
         tx.helo.clear();
         tx.helo.extend_from_slice(name);
-        tx.esmtp = esmtp;
+        tx.with = with;
+    }
+
+    fn authenticated(&mut self, id: SessionId) {
+        let tx = self.sessions.entry(id).or_default();
+        tx.with = tx.with.authenticated();
     }
 
     fn mail(&mut self, id: SessionId, reverse_path: &[u8]) {

@@ -189,5 +189,8 @@ pub fn reply_boundary(buf: &[u8], n: usize) -> Option<usize> {
     Some(pos)
 }
 
+/// The EHLO block of a server with the default configuration (STARTTLS
+/// offered, AUTH only after it).
 pub const EHLO: &str = "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 67108864\r\n250-8BITMIME\r\n\
-250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250-DSN\r\n250 HELP\r\n";
+250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250-DSN\r\n250-HELP\r\n\
+250 STARTTLS\r\n";

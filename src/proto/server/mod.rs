@@ -20,12 +20,13 @@
 //! or a 421 is read; no input is consumed while a verdict is pending or a
 //! reply is held, or once the output holds `Ctx::out_limit` bytes.
 
+pub mod auth;
 mod policy;
 mod settings;
 mod verbs;
 
 pub use policy::{Act, Decision, Interest, Policy, Query, RuleReply, Stage};
-pub use settings::{Settings, Timeouts};
+pub use settings::{AuthOffer, Security, Settings, Timeouts};
 pub use verbs::{row, rows, Phase, Row};
 
 use super::command::{self, Body, Command, ParseCtx, Verb};
@@ -66,9 +67,11 @@ pub enum Verdict {
 pub trait Sink {
     /// The connection from `peer` is up (the greeting goes out next).
     fn connected(&mut self, _id: SessionId, _peer: SocketAddr) {}
-    /// HELO or EHLO accepted: the name the client gave, and whether it
-    /// said EHLO (for a trace header's "with SMTP/ESMTP", RFC 3848).
-    fn hello(&mut self, _id: SessionId, _name: &[u8], _esmtp: bool) {}
+    /// HELO or EHLO accepted: the name the client gave, and the protocol
+    /// so far (for a trace header's "with", RFC 3848).
+    fn hello(&mut self, _id: SessionId, _name: &[u8], _with: With) {}
+    /// AUTH succeeded: the protocol becomes ESMTPA or ESMTPSA.
+    fn authenticated(&mut self, _id: SessionId) {}
     /// MAIL accepted; `reverse_path` is empty for the null path.
     fn mail(&mut self, _id: SessionId, _reverse_path: &[u8]) {}
     /// RCPT accepted.
@@ -89,6 +92,55 @@ pub trait Sink {
     /// slower than the network can make the server hold.
     fn pressure(&self) -> bool {
         false
+    }
+}
+
+/// The protocol a session speaks, as a trace header's "with" names it
+/// (RFC 3848).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum With {
+    /// HELO.
+    #[default]
+    Smtp,
+    /// EHLO.
+    Esmtp,
+    /// EHLO over TLS.
+    Esmtps,
+    /// EHLO, authenticated.
+    Esmtpa,
+    /// EHLO over TLS, authenticated.
+    Esmtpsa,
+}
+
+impl With {
+    /// After HELO (`ehlo` false) or EHLO, on a secured session or not.
+    pub fn of(ehlo: bool, secure: bool) -> Self {
+        match (ehlo, secure) {
+            (false, _) => With::Smtp,
+            (true, false) => With::Esmtp,
+            (true, true) => With::Esmtps,
+        }
+    }
+
+    /// The same once AUTH succeeded.
+    #[must_use]
+    pub fn authenticated(self) -> Self {
+        match self {
+            With::Esmtp => With::Esmtpa,
+            With::Esmtps => With::Esmtpsa,
+            w => w,
+        }
+    }
+
+    /// The keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            With::Smtp => "SMTP",
+            With::Esmtp => "ESMTP",
+            With::Esmtps => "ESMTPS",
+            With::Esmtpa => "ESMTPA",
+            With::Esmtpsa => "ESMTPSA",
+        }
     }
 }
 
@@ -152,7 +204,7 @@ impl Counts {
 pub type Tally = [u64; ReplyId::COUNT];
 
 // Every reply has its bit in `ReplyId::ERRORS`.
-const _: () = assert!(ReplyId::COUNT <= 64);
+const _: () = assert!(ReplyId::COUNT <= 128);
 
 /// What one call works with besides the input.
 pub struct Ctx<'a> {
@@ -244,8 +296,24 @@ pub enum State {
     },
     /// The message is complete; the sink has not answered yet.
     Verdict,
+    /// STARTTLS answered: nothing more is read until the loop has secured
+    /// the transport ([`Session::secured`]).
+    Tls,
+    /// An AUTH exchange: the next line is the client's response.
+    Auth(AuthStep),
     /// QUIT answered or 421 sent: nothing more is read.
     Closed,
+}
+
+/// Which response an AUTH exchange waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStep {
+    /// PLAIN's one message.
+    Plain,
+    /// LOGIN's user name.
+    LoginUser,
+    /// LOGIN's password (the user name is kept meanwhile).
+    LoginPassword,
 }
 
 /// What the session asks of the I/O layer; taken after every event.
@@ -260,6 +328,10 @@ pub enum Request {
         /// When the held reply may go.
         until: Instant,
     },
+    /// Write the queued replies, drop any input read after them unread,
+    /// secure the transport (TLS as a server), then call
+    /// [`Session::secured`] (STARTTLS, RFC 3207).
+    StartTls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +400,8 @@ enum Out {
     FinalRule(RuleReply),
     /// Close without a reply.
     Hangup,
+    /// A `334` challenge of an AUTH exchange, complete.
+    Challenge(&'static [u8]),
 }
 
 /// What the final reply of the last message reports: its size and when its
@@ -375,6 +449,9 @@ struct Effects {
 const THROTTLE_SLACK: Duration = Duration::from_millis(5);
 
 /// One connection's protocol state.
+// Independent facts (secure, authenticated, closing, gone), not a state in
+// disguise: the state is `state`.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct Session {
     id: SessionId,
@@ -424,6 +501,10 @@ pub struct Session {
     /// The transaction's sender, kept only where the policy's interest
     /// asks for it (greylisting keys on it).
     sender: Vec<u8>,
+    /// AUTH succeeded in this session (since the last STARTTLS).
+    authenticated: bool,
+    /// LOGIN's user name while its password is awaited.
+    login_user: Option<Box<[u8]>>,
 }
 
 /// `t + d`, or `None` when that is past what the clock can represent.
@@ -463,7 +544,43 @@ impl Session {
             live: u64::MAX,
             fx: None,
             sender: Vec::new(),
+            authenticated: false,
+            login_user: None,
         }
+    }
+
+    /// The connection is TLS from its first byte (implicit TLS, RFC 8314):
+    /// the session starts secured. Call before [`Session::start`].
+    pub fn secure_from_start(&mut self) {
+        self.secure = true;
+    }
+
+    /// Whether the transport is secured.
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// Whether AUTH succeeded.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The loop secured the transport after [`Request::StartTls`]: the
+    /// session starts over as right after the greeting, knowing nothing the
+    /// client said before (RFC 3207 4.2): no EHLO, no AUTH, no transaction.
+    pub fn secured(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        if self.state != State::Tls {
+            return;
+        }
+        self.reset_tx(cx);
+        self.secure = true;
+        self.greeted = Greeted::No;
+        self.authenticated = false;
+        self.login_user = None;
+        self.line_since = None;
+        self.last_active = cx.now;
+        self.enter(State::Command, cx);
+        self.settle(s, cx);
     }
 
     /// This session's id.
@@ -490,7 +607,7 @@ impl Session {
     /// reply held.
     pub fn takes_input(&self) -> bool {
         self.held.is_none()
-            && !matches!(self.state, State::Verdict | State::Closed)
+            && !matches!(self.state, State::Verdict | State::Closed | State::Tls)
             && self.paused().is_none()
     }
 
@@ -545,7 +662,9 @@ impl Session {
         }
         let t = &s.timeouts;
         match self.state {
-            State::Command | State::SkipLine => self.line_since.and_then(|l| after(l, t.command)),
+            State::Command | State::SkipLine | State::Auth(_) => {
+                self.line_since.and_then(|l| after(l, t.command))
+            }
             State::Data | State::Chunk { .. } if t.data_min_rate > 0 => {
                 after(self.window.start, t.data_window)
             }
@@ -694,7 +813,8 @@ impl Session {
                 State::SkipLine => self.skip_line(s, rest, cx),
                 State::Data => self.data::<P>(s, rest, cx),
                 State::Chunk { .. } => self.chunk::<P>(s, rest, cx),
-                State::Verdict | State::Closed => None,
+                State::Auth(step) => self.auth_line(s, step, rest, cx),
+                State::Verdict | State::Closed | State::Tls => None,
             };
             match step {
                 Some(n) => pos += n,
@@ -757,6 +877,7 @@ impl Session {
             // A sink that never answers must not hold the client forever.
             State::Command
             | State::SkipLine
+            | State::Auth(_)
             | State::Data
             | State::Chunk { .. }
             | State::Verdict
@@ -764,7 +885,7 @@ impl Session {
             {
                 Some(Timeout::Idle)
             }
-            State::Command | State::SkipLine
+            State::Command | State::SkipLine | State::Auth(_)
                 if passed(self.line_since.and_then(|l| after(l, t.command))) =>
             {
                 Some(Timeout::Command)
@@ -888,6 +1009,7 @@ impl Session {
         self.request = match self.state {
             State::Closed => Some(Request::Close),
             State::Verdict => Some(Request::Await),
+            State::Tls => Some(Request::StartTls),
             _ => None,
         };
     }
@@ -1076,6 +1198,10 @@ impl Session {
                 self.say_rule(s, r, cx);
             }
             Out::Hangup => self.hang_up(cx),
+            Out::Challenge(text) => {
+                self.count(ReplyId::AuthChallenge, cx);
+                cx.out.extend_from_slice(text);
+            }
         }
     }
 
@@ -1133,6 +1259,45 @@ impl Session {
             Frame::Line { line, consumed } => {
                 self.line_since = None;
                 self.execute::<P>(s, line, cx);
+                Some(consumed)
+            }
+        }
+    }
+
+    /// One response line of an AUTH exchange (RFC 4954 4): `*` cancels,
+    /// anything else is base64 for the mechanism's step.
+    fn auth_line(
+        &mut self,
+        s: &Settings,
+        step: AuthStep,
+        rest: &[u8],
+        cx: &mut Ctx<'_>,
+    ) -> Option<usize> {
+        match line::next_line(rest, auth::MAX_LINE) {
+            Frame::Partial => {
+                if !rest.is_empty() {
+                    self.line_since.get_or_insert(cx.now);
+                }
+                None
+            }
+            Frame::Overflow { consumed } => {
+                // Skipped to its end, then 500; the exchange is over.
+                self.login_user = None;
+                self.line_since.get_or_insert(cx.now);
+                self.enter(State::SkipLine, cx);
+                Some(consumed)
+            }
+            Frame::TooLong { consumed } | Frame::BareLf { consumed } => {
+                self.line_since = None;
+                self.login_user = None;
+                self.enter(State::Command, cx);
+                self.say(s, ReplyId::AuthBadResponse, cx);
+                Some(consumed)
+            }
+            Frame::Line { line, consumed } => {
+                self.line_since = None;
+                let out = self.auth_response(s, step, line, cx);
+                self.answer(s, Verb::Auth, out, cx);
                 Some(consumed)
             }
         }

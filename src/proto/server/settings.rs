@@ -7,8 +7,31 @@
 //! while a server runs.
 
 use super::super::command::Verb;
-use super::super::reply::{extensions, BadReply, Replies, ReplyId};
+use super::super::reply::{extensions, BadReply, Offer, Replies, ReplyId};
+use super::auth::{Users, KEYWORD};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What a session offers of TLS and AUTH.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// STARTTLS is offered (the loop has a TLS configuration).
+    pub starttls: bool,
+    /// MAIL before STARTTLS gets `530 5.7.0` (`--require-tls`).
+    pub require_tls: bool,
+    /// AUTH, if offered at all.
+    pub auth: Option<AuthOffer>,
+}
+
+/// How AUTH is offered.
+#[derive(Debug, Clone)]
+pub struct AuthOffer {
+    /// Also before TLS (`--auth-plaintext`); otherwise only on a secured
+    /// session (RFC 4954 14: plaintext passwords only under TLS).
+    pub plaintext: bool,
+    /// Who may log in.
+    pub users: Arc<Users>,
+}
 
 /// How long a client may take, and how slowly it may send (the defence
 /// against slow clients that would hold a connection slot forever; the model
@@ -79,6 +102,8 @@ pub struct Settings {
     delays: [Option<Duration>; Verb::COUNT],
     /// Some verb has a delay (spares the lookup on every reply).
     any_delay: bool,
+    /// STARTTLS and AUTH; see [`Settings::set_security`].
+    pub security: Security,
 }
 
 impl Settings {
@@ -101,7 +126,37 @@ impl Settings {
             max_transactions: 0,
             delays: [None; Verb::COUNT],
             any_delay: false,
+            security: Security::default(),
         }
+    }
+
+    /// Offers STARTTLS and AUTH as `security` says: the EHLO blocks are
+    /// rendered again (STARTTLS only before TLS, RFC 3207 4.2; AUTH only
+    /// after it unless offered in plaintext).
+    pub fn set_security(&mut self, security: Security) {
+        let mut ext = extensions(self.max_message_size);
+        if security.starttls {
+            ext.push(("STARTTLS".into(), Offer::BeforeTls));
+        }
+        if let Some(a) = &security.auth {
+            let offer = if a.plaintext {
+                Offer::Always
+            } else {
+                Offer::AfterTls
+            };
+            ext.push((KEYWORD.into(), offer));
+        }
+        self.replies.render_ehlo(&self.hostname, &ext);
+        self.security = security;
+    }
+
+    /// Whether AUTH is offered on a session that is (or is not) secured.
+    #[inline]
+    pub fn offers_auth(&self, secure: bool) -> bool {
+        self.security
+            .auth
+            .as_ref()
+            .is_some_and(|a| secure || a.plaintext)
     }
 
     /// Replaces the text of one reply (see [`Replies::set`]).

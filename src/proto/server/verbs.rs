@@ -10,8 +10,10 @@
 //! The session's dispatcher is the only caller; replies come from the
 //! settings' table, so a rule can change any of them.
 
+use super::auth::{self, Mechanism};
 use super::{
-    Act, Ctx, Decision, Out, Query, RuleReply, Session, Settings, Stage, State, Tx, Verdict,
+    Act, AuthStep, Ctx, Decision, Out, Query, RuleReply, Session, Settings, Stage, State, Tx,
+    Verdict,
 };
 use crate::proto::command::{Body, Command, Verb};
 use crate::proto::dot::Unstuffer;
@@ -64,6 +66,14 @@ impl Row {
 }
 
 const ANY: [Option<ReplyId>; Phase::COUNT] = [None; Phase::COUNT];
+/// Outside a mail transaction only (AUTH, RFC 4954 4; STARTTLS).
+const NO_TRANSACTION: [Option<ReplyId>; Phase::COUNT] = [
+    None,
+    None,
+    Some(ReplyId::InTransaction),
+    Some(ReplyId::InTransaction),
+    Some(ReplyId::InTransaction),
+];
 /// Content may start once a recipient was accepted.
 const CONTENT: [Option<ReplyId>; Phase::COUNT] = [
     Some(ReplyId::NeedMail),
@@ -186,6 +196,28 @@ static ROWS: [Row; Verb::COUNT] = [
         proceed: Session::proceed_quit,
         refuse: say_refusal,
     },
+    Row {
+        verb: Verb::StartTls,
+        name: "STARTTLS",
+        sequence: NO_TRANSACTION,
+        check: Session::check_starttls,
+        proceed: Session::proceed_starttls,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Auth,
+        name: "AUTH",
+        sequence: [
+            Some(ReplyId::NeedHelo),
+            None,
+            Some(ReplyId::InTransaction),
+            Some(ReplyId::InTransaction),
+            Some(ReplyId::InTransaction),
+        ],
+        check: Session::check_auth,
+        proceed: Session::proceed_auth,
+        refuse: say_refusal,
+    },
     answer_only!(NotImplemented, "SEND/SOML/SAML/TURN/...", NotImplemented),
     Row {
         verb: Verb::EndOfData,
@@ -216,7 +248,13 @@ fn stage_of(verb: Verb) -> Stage {
         Verb::EndOfData | Verb::LastChunk => Stage::EndOfData,
         Verb::Rset => Stage::Rset,
         Verb::Quit => Stage::Quit,
-        Verb::Noop | Verb::Vrfy | Verb::Expn | Verb::Help | Verb::NotImplemented => Stage::Other,
+        Verb::Noop
+        | Verb::Vrfy
+        | Verb::Expn
+        | Verb::Help
+        | Verb::StartTls
+        | Verb::Auth
+        | Verb::NotImplemented => Stage::Other,
     }
 }
 
@@ -443,12 +481,132 @@ impl Session {
         self.answer_ruled(s, verb, Out::FinalRule(r), cx);
     }
 
+    fn check_starttls(&self, s: &Settings, _: &Command<'_>) -> Result<(), ReplyId> {
+        if self.secure {
+            // No longer advertised once secured (RFC 3207 4.2).
+            Err(ReplyId::TlsActive)
+        } else if !s.security.starttls {
+            Err(ReplyId::TlsUnavailable)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `220`, then nothing is read until the loop has secured the
+    /// transport; what the client pipelined after STARTTLS is dropped.
+    fn proceed_starttls(&mut self, _: &Settings, _: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        self.reset_tx(cx);
+        self.enter(State::Tls, cx);
+        Some(Out::Reply(ReplyId::ReadyTls))
+    }
+
+    fn check_auth(&self, s: &Settings, cmd: &Command<'_>) -> Result<(), ReplyId> {
+        if s.security.auth.is_none() {
+            return Err(ReplyId::NotImplemented);
+        }
+        if self.authenticated {
+            return Err(ReplyId::AuthAgain);
+        }
+        if !s.offers_auth(self.secure) {
+            return Err(ReplyId::AuthNeedsTls);
+        }
+        match cmd {
+            Command::Auth { mechanism, .. } if Mechanism::named(mechanism).is_none() => {
+                Err(ReplyId::AuthUnknownMechanism)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts an exchange: a `334` challenge, or with an initial response
+    /// (RFC 4954 4) straight to its next step or its result.
+    fn proceed_auth(&mut self, s: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        let Command::Auth { mechanism, initial } = cmd else {
+            return None;
+        };
+        let mechanism = Mechanism::named(mechanism)?;
+        let Some(initial) = initial else {
+            let (step, challenge) = match mechanism {
+                Mechanism::Plain => (AuthStep::Plain, auth::PLAIN_READY),
+                Mechanism::Login => (AuthStep::LoginUser, auth::LOGIN_USER),
+            };
+            self.enter(State::Auth(step), cx);
+            return Some(Out::Challenge(challenge));
+        };
+        let Some(data) = auth::decode(initial) else {
+            return Some(Out::Reply(ReplyId::AuthBadResponse));
+        };
+        Some(match mechanism {
+            Mechanism::Plain => self.auth_result(s, auth::plain(&data, Self::users(s)), cx),
+            Mechanism::Login => {
+                self.login_user = Some(data.into_boxed_slice());
+                self.enter(State::Auth(AuthStep::LoginPassword), cx);
+                Out::Challenge(auth::LOGIN_PASSWORD)
+            }
+        })
+    }
+
+    fn users(s: &Settings) -> &auth::Users {
+        s.security.auth.as_ref().map_or(&auth::ANYONE, |a| &a.users)
+    }
+
+    /// A response line of the exchange in `step`; the reply to it.
+    pub(super) fn auth_response(
+        &mut self,
+        s: &Settings,
+        step: AuthStep,
+        line: &[u8],
+        cx: &mut Ctx<'_>,
+    ) -> Out {
+        self.enter(State::Command, cx);
+        if line == b"*" {
+            self.login_user = None;
+            return Out::Reply(ReplyId::AuthCancelled);
+        }
+        // `=` stands for an empty response only in the initial response.
+        let decoded = if line == b"=" {
+            None
+        } else {
+            auth::decode(line)
+        };
+        let Some(data) = decoded else {
+            self.login_user = None;
+            return Out::Reply(ReplyId::AuthBadResponse);
+        };
+        match step {
+            AuthStep::Plain => self.auth_result(s, auth::plain(&data, Self::users(s)), cx),
+            AuthStep::LoginUser => {
+                self.login_user = Some(data.into_boxed_slice());
+                self.enter(State::Auth(AuthStep::LoginPassword), cx);
+                Out::Challenge(auth::LOGIN_PASSWORD)
+            }
+            AuthStep::LoginPassword => {
+                let user = self.login_user.take().unwrap_or_default();
+                let ok = !user.is_empty() && Self::users(s).check(&user, &data);
+                self.auth_result(s, Some(ok), cx)
+            }
+        }
+    }
+
+    /// The end of an exchange: `None` malformed, else whether it passed.
+    fn auth_result(&mut self, _: &Settings, verdict: Option<bool>, cx: &mut Ctx<'_>) -> Out {
+        match verdict {
+            Some(true) => {
+                self.authenticated = true;
+                cx.sink.authenticated(self.id);
+                Out::Reply(ReplyId::AuthOk)
+            }
+            Some(false) => Out::Reply(ReplyId::AuthFailed),
+            None => Out::Reply(ReplyId::AuthBadResponse),
+        }
+    }
+
     fn proceed_hello(&mut self, _: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
         // A new greeting resets the transaction (RFC 5321 4.1.4).
         self.reset_tx(cx);
         if let Command::Ehlo(name) | Command::Helo(name) = cmd {
-            cx.sink
-                .hello(self.id, name, matches!(cmd, Command::Ehlo(_)));
+            let with = super::With::of(matches!(cmd, Command::Ehlo(_)), self.secure);
+            cx.sink.hello(self.id, name, with);
         }
         if matches!(cmd, Command::Ehlo(_)) {
             self.greeted = super::Greeted::Ehlo;
@@ -465,6 +623,10 @@ impl Session {
 
     fn check_mail(&self, s: &Settings, cmd: &Command<'_>) -> Result<(), ReplyId> {
         match cmd {
+            Command::Mail(_) if s.security.require_tls && !self.secure => Err(ReplyId::TlsRequired),
+            Command::Mail(m) if m.auth && !s.offers_auth(self.secure) => {
+                Err(ReplyId::UnsupportedMailParam)
+            }
             Command::Mail(m) if m.size.is_some_and(|n| n > s.max_message_size) => {
                 Err(ReplyId::TooBig)
             }
