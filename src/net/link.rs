@@ -313,6 +313,9 @@ impl Link {
         self.flush_transport()
     }
 
+    // Measured (callgrind): out of line it costs ~40 instructions a message.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn write_to(t: &mut Transport, bytes: &[u8], io: &mut IoCounts) -> Result<usize, Flush> {
         io.writes += 1;
         match t.write(bytes) {

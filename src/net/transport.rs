@@ -220,7 +220,8 @@ impl Transport {
     /// Reads what is there, retrying EINTR. Through TLS: decrypted bytes,
     /// as many as `buf` holds or the socket has (a short read means the
     /// socket is dry, as for plain TCP).
-    #[inline]
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => retry(|| s.read(buf)),
@@ -232,7 +233,8 @@ impl Transport {
     /// Writes what the stream takes, retrying EINTR. Through TLS: plaintext
     /// handed to rustls, refused (`WouldBlock`) while records it made
     /// earlier still wait for the socket.
-    #[inline]
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => retry(|| s.write(buf)),
@@ -243,7 +245,8 @@ impl Transport {
 
     /// Sends what the stream holds itself (TLS records the socket did not
     /// take); `Ok(false)` while some still wait. Plain TCP holds nothing.
-    #[inline]
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn flush_buffered(&mut self) -> io::Result<bool> {
         match self {
             Transport::Plain(_) | Transport::Detached => Ok(true),
@@ -252,7 +255,8 @@ impl Transport {
     }
 
     /// Whether the stream holds output of its own (TLS records).
-    #[inline]
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn has_buffered(&self) -> bool {
         match self {
             Transport::Tls(t) => t.conn.wants_write(),

@@ -481,6 +481,18 @@ impl Session {
         self.answer_ruled(s, verb, Out::FinalRule(r), cx);
     }
 
+    /// `--require-tls` and the `AUTH=` parameter, out of MAIL's hot path.
+    #[cold]
+    fn check_mail_security(&self, s: &Settings, auth_param: bool) -> Result<(), ReplyId> {
+        if s.security.require_tls && !self.secure {
+            Err(ReplyId::TlsRequired)
+        } else if auth_param && !s.offers_auth(self.secure) {
+            Err(ReplyId::UnsupportedMailParam)
+        } else {
+            Ok(())
+        }
+    }
+
     fn check_starttls(&self, s: &Settings, _: &Command<'_>) -> Result<(), ReplyId> {
         if self.secure {
             // No longer advertised once secured (RFC 3207 4.2).
@@ -622,16 +634,16 @@ impl Session {
     }
 
     fn check_mail(&self, s: &Settings, cmd: &Command<'_>) -> Result<(), ReplyId> {
-        match cmd {
-            Command::Mail(_) if s.security.require_tls && !self.secure => Err(ReplyId::TlsRequired),
-            Command::Mail(m) if m.auth && !s.offers_auth(self.secure) => {
-                Err(ReplyId::UnsupportedMailParam)
-            }
-            Command::Mail(m) if m.size.is_some_and(|n| n > s.max_message_size) => {
-                Err(ReplyId::TooBig)
-            }
-            _ => Ok(()),
+        let Command::Mail(m) = cmd else {
+            return Ok(());
+        };
+        if m.auth || s.security.require_tls {
+            self.check_mail_security(s, m.auth)?;
         }
+        if m.size.is_some_and(|n| n > s.max_message_size) {
+            return Err(ReplyId::TooBig);
+        }
+        Ok(())
     }
 
     fn proceed_mail(&mut self, s: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
