@@ -21,11 +21,16 @@ use crate::payload::Payload;
 use crate::report::{Recorder, Results};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use smtpsink::net::tls::rustls;
 use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Transport};
-use smtpsink::proto::client::{ClientSession, ClientSettings, Event, MessageSource, Stage};
+use smtpsink::proto::client::{
+    ClientSession, ClientSettings, Event, MessageSource, Phase, Stage, Tls,
+};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to run.
@@ -53,6 +58,22 @@ pub struct Options {
     pub client: ClientSettings,
     /// Print a progress line to stderr about once a second.
     pub progress: bool,
+    /// TLS, if any connection uses it.
+    pub tls: Option<TlsOptions>,
+}
+
+/// How connections use TLS.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// The client configuration (trust, resumption).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name asked for (SNI) and checked in the certificate.
+    pub name: ServerName<'static>,
+    /// TLS from the first byte, or STARTTLS.
+    pub implicit: bool,
+    /// The share of connections that use TLS (spread evenly: connection k
+    /// does when `floor((k+1)·f) > floor(k·f)`).
+    pub fraction: f64,
 }
 
 /// Why a run could not be carried out at all.
@@ -85,6 +106,10 @@ struct Conn {
     link: Link,
     session: Option<ClientSession>,
     connecting_since: Instant,
+    /// How this connection is secured.
+    tls: Tls,
+    /// A TLS handshake under way: the start of its `tls` phase.
+    tls_since: Option<Instant>,
     /// Listed in `touched` for this turn.
     touched: bool,
 }
@@ -126,6 +151,8 @@ struct Driver<'a> {
     cursor: usize,
     /// Connections that had events (or new output) this turn.
     touched: Vec<usize>,
+    /// Connections opened so far (for the TLS fraction).
+    opened: u64,
 }
 
 /// Runs the load; returns what was measured. With `hist_log`, interval
@@ -163,6 +190,7 @@ pub fn run(
         io: IoCounts::default(),
         cursor: 0,
         touched: Vec::new(),
+        opened: 0,
     };
     d.run_loop()?;
     let now = Instant::now();
@@ -171,18 +199,46 @@ pub fn run(
 }
 
 impl Driver<'_> {
+    /// How the next connection is secured.
+    fn next_tls(&mut self) -> Tls {
+        let k = self.opened;
+        self.opened += 1;
+        let Some(t) = &self.opts.tls else {
+            return Tls::Off;
+        };
+        // Evenly spread: connection k uses TLS when floor((k+1)f) > floor(kf).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let uses = ((k + 1) as f64 * t.fraction).floor() > (k as f64 * t.fraction).floor();
+        match (uses, t.implicit) {
+            (false, _) => Tls::Off,
+            (true, true) => Tls::Implicit,
+            (true, false) => Tls::StartTls,
+        }
+    }
+
+    /// A TLS client connection, as the options say.
+    fn tls_conn(&self) -> Option<rustls::ClientConnection> {
+        let t = self.opts.tls.as_ref()?;
+        rustls::ClientConnection::new(Arc::clone(&t.config), t.name.clone()).ok()
+    }
+
     /// Opens one connection; its connect is timed from here.
     fn open(&mut self) {
         let since = Instant::now();
+        let tls = self.next_tls();
         match TcpStream::connect(self.opts.target) {
             Ok(sock) => {
                 // On loopback the handshake often completes inside the call:
                 // then the connection is established now, and its greeting
                 // is timed from here rather than from the next poll.
                 let established = sock.peer_addr().is_ok().then(Instant::now);
+                let transport = match (tls, self.tls_conn()) {
+                    (Tls::Implicit, Some(c)) => Transport::tls_client(sock, c),
+                    _ => Transport::tcp(sock),
+                };
                 let entry = self.conns.vacant_entry();
                 let token = Token(entry.key());
-                let mut link = Link::new(Transport::tcp(sock), KEEP);
+                let mut link = Link::new(transport, KEEP);
                 // WRITABLE says when the connect has finished.
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if link
@@ -194,12 +250,15 @@ impl Driver<'_> {
                 let session = established.map(|at| {
                     self.ever_connected = true;
                     self.rec.connected(at - since, at);
-                    ClientSession::new(at)
+                    ClientSession::with_tls(at, tls)
                 });
+                let tls_since = established.filter(|_| tls == Tls::Implicit);
                 entry.insert(Conn {
                     link,
                     session,
                     connecting_since: since,
+                    tls,
+                    tls_since,
                     touched: false,
                 });
             }
@@ -507,7 +566,10 @@ impl Driver<'_> {
                 Ok(None) if t.peer_addr().is_ok() => {
                     self.ever_connected = true;
                     self.rec.connected(now - conn.connecting_since, now);
-                    conn.session = Some(ClientSession::new(now));
+                    conn.session = Some(ClientSession::with_tls(now, conn.tls));
+                    if conn.tls == Tls::Implicit {
+                        conn.tls_since = Some(now);
+                    }
                 }
                 Ok(_) if !hup => return, // spurious: still connecting
                 Ok(_) => {
@@ -524,6 +586,13 @@ impl Driver<'_> {
         if writable && conn.link.flush(io) == Flush::Failed {
             return self.lost(key, now);
         }
+        if conn.tls_since.is_some() && !self.handshake(key, now) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let io = &mut self.io;
         let Some(session) = conn.session.as_mut() else {
             return;
         };
@@ -542,6 +611,25 @@ impl Driver<'_> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if conn.session.as_ref().is_some_and(ClientSession::wants_tls) && !eof {
+            // STARTTLS answered: whatever the server sent after its 220 is
+            // dropped unread with the carry; the hello goes out now.
+            let Some(tls) = self.tls_conn() else {
+                return self.tls_failed(key, now);
+            };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            conn.link.start_tls(tls);
+            conn.tls_since = conn.session.as_ref().map(ClientSession::starttls_sent);
+            if !self.handshake(key, now) {
+                return;
+            }
+            return self.touch(key);
+        }
+        if conn.tls_since.is_none() && conn.link.transport().tls_failure().is_some() {
+            return self.tls_failed(key, now);
+        }
         let closed = conn.session.as_ref().is_some_and(ClientSession::is_closed);
         if eof || closed {
             let _ = conn.link.flush(&mut self.io);
@@ -551,8 +639,73 @@ impl Driver<'_> {
         }
     }
 
+    /// Drives `key`'s TLS handshake; once it is done, records it and lets
+    /// the session go on. False when the connection was dropped.
+    fn handshake(&mut self, key: usize, now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        match conn.link.transport_mut().handshake() {
+            Ok(true) => {
+                // The client's first flight (or more) may wait to be sent.
+                self.touch(key);
+                true
+            }
+            Ok(false) => {
+                let since = conn.tls_since.take().unwrap_or(now);
+                if let Some(info) = conn.link.transport().tls_info() {
+                    self.rec.tls_handshake(info);
+                }
+                self.events.push(Event::Latency(Phase::Tls, now - since));
+                if let Some(session) = conn.session.as_mut() {
+                    session.handshake_done(&self.opts.client, now, conn.link.out_mut());
+                }
+                self.drain_events();
+                self.touch(key);
+                true
+            }
+            Err(_) => {
+                self.tls_failed(key, now);
+                false
+            }
+        }
+    }
+
+    /// The TLS handshake (or a record) failed: counted, the connection ends.
+    fn tls_failed(&mut self, key: usize, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if let Some(why) = conn.link.transport().tls_failure() {
+                self.rec.tls_failure(why);
+            }
+            if let Some(s) = conn.session.as_mut() {
+                s.closed(Some(Stage::Tls), now, &mut self.events);
+            }
+        }
+        self.drain_events();
+        self.drop_conn(key, None, now);
+    }
+
     fn drain_events(&mut self) {
         for e in self.events.drain(..) {
+            // A server that does not offer what the run needs will not on
+            // the next connection either: stop rather than reconnect.
+            let missing = match e {
+                Event::Error {
+                    stage: Stage::StartTls,
+                    code: 0,
+                } => Some("STARTTLS"),
+                Event::Error {
+                    stage: Stage::Auth,
+                    code: 0,
+                } => Some("AUTH with that mechanism"),
+                _ => None,
+            };
+            if let Some(what) = missing {
+                if self.rec.aborted.is_none() {
+                    self.rec.aborted = Some(format!("the server does not offer {what}"));
+                }
+                self.stop_starting = true;
+            }
             self.rec.event(e);
         }
     }

@@ -2,10 +2,11 @@
 //! the driver, print the report. Usage errors exit 2, failed runs 1.
 
 use clap::{ArgGroup, Parser, Subcommand};
-use smtpload::driver::{self, Options};
+use smtpload::driver::{self, Options, TlsOptions};
 use smtpload::merge;
 use smtpload::payload::{Payload, PayloadSpec};
-use smtpsink::proto::client::ClientSettings;
+use smtpsink::net::tls::{self, Trust};
+use smtpsink::proto::client::{ClientSettings, Credentials};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,11 +29,18 @@ Examples:
       through the MTA on port 25 to smtpsink: transit latency, lost/duplicated/corrupted
   smtpload merge host1.hlog host2.hlog
       one report from the histogram logs of several generator hosts
+  smtpload -c 20 -m 20000 --starttls --insecure --auth user:pw 127.0.0.1:2525
+      STARTTLS (any certificate), AUTH PLAIN, then the messages
+  smtpload -c 50 -m 20000 --per-connection 1 --tls --insecure --no-resumption 127.0.0.1:4650
+      implicit TLS, a full handshake for every message
 
 Phases (latency; each counts only the server's own time for that phase):
   connect    connect() called -> connection established
   greeting   connection established -> 220 greeting
-  ehlo       EHLO/HELO written -> its reply
+  ehlo       EHLO/HELO written -> its reply (after TLS: the second EHLO)
+  tls        STARTTLS written (implicit TLS: connection established)
+             -> handshake done
+  auth       AUTH written -> 235 (LOGIN: the server's part of each round trip)
   envelope   MAIL -> 354 (DATA), or -> the last RCPT reply (BDAT)
   data       end of data (the final dot, or the BDAT LAST chunk) -> final reply
   message    MAIL -> final reply; open loop: from the message's due time
@@ -164,6 +172,48 @@ struct Cli {
     /// No progress line on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
+
+    /// Secure each connection with STARTTLS after its first EHLO.
+    #[arg(long, conflicts_with = "tls", help_heading = "TLS and AUTH")]
+    starttls: bool,
+
+    /// TLS from the first byte (implicit TLS, as on port 465).
+    #[arg(long, help_heading = "TLS and AUTH")]
+    tls: bool,
+
+    /// With --starttls or --tls: the share of connections that use it
+    /// (spread evenly over the connections; the rest stay plaintext).
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 1.0,
+        help_heading = "TLS and AUTH"
+    )]
+    tls_fraction: f64,
+
+    /// Accept any server certificate (signatures are still checked).
+    #[arg(long, conflicts_with = "ca", help_heading = "TLS and AUTH")]
+    insecure: bool,
+
+    /// Trust the CAs in FILE (PEM) for the server's certificate.
+    #[arg(long, value_name = "FILE", help_heading = "TLS and AUTH")]
+    ca: Option<PathBuf>,
+
+    /// The name to ask for and check (SNI); default: the target's host.
+    #[arg(long, value_name = "NAME", help_heading = "TLS and AUTH")]
+    tls_name: Option<String>,
+
+    /// Every handshake full: no session resumption.
+    #[arg(long, help_heading = "TLS and AUTH")]
+    no_resumption: bool,
+
+    /// Log in with AUTH as USER:PASSWORD before the first message.
+    #[arg(long, value_name = "USER:PASSWORD", help_heading = "TLS and AUTH")]
+    auth: Option<String>,
+
+    /// With --auth: the LOGIN mechanism instead of PLAIN.
+    #[arg(long, requires = "auth", help_heading = "TLS and AUTH")]
+    auth_login: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +247,53 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v)
         .map_err(|_| format!("{what} must be a non-negative number of seconds"))
+}
+
+fn credentials(cli: &Cli) -> Result<Option<Credentials>, String> {
+    let Some(a) = &cli.auth else {
+        return Ok(None);
+    };
+    let (user, password) = a.split_once(':').ok_or("--auth must be USER:PASSWORD")?;
+    Ok(Some(Credentials {
+        user: user.into(),
+        password: password.into(),
+        login: cli.auth_login,
+    }))
+}
+
+fn tls_options(cli: &Cli) -> Result<Option<TlsOptions>, String> {
+    if !(cli.starttls || cli.tls) {
+        return Ok(None);
+    }
+    if !(0.0..=1.0).contains(&cli.tls_fraction) {
+        return Err("--tls-fraction must be between 0 and 1".into());
+    }
+    let trust = match (&cli.ca, cli.insecure) {
+        (Some(ca), _) => Trust::Ca(ca),
+        (None, true) => Trust::Anyone,
+        (None, false) => {
+            return Err(
+                "with --starttls or --tls, say whom to trust: --ca FILE or --insecure".into(),
+            )
+        }
+    };
+    let config = tls::client_config(&trust, !cli.no_resumption)?;
+    let host = if let Some(n) = &cli.tls_name {
+        n.clone()
+    } else {
+        let t = cli.target.as_deref().unwrap_or_default();
+        // HOST of HOST:PORT, without the brackets of an IPv6 literal.
+        let host = t.rsplit_once(':').map_or(t, |(h, _)| h);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    };
+    Ok(Some(TlsOptions {
+        config,
+        name: tls::server_name(&host)?,
+        implicit: cli.tls,
+        fraction: cli.tls_fraction,
+    }))
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -249,8 +346,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             pipelining: !cli.no_pipelining,
             bdat: cli.bdat,
             window: cli.window as usize,
+            auth: credentials(&cli)?,
         },
         progress: !cli.quiet,
+        tls: tls_options(&cli)?,
     };
     let results = driver::run(&opts, &payload, cli.hist_log.clone()).map_err(|e| e.to_string())?;
     print!("{}", results.text());

@@ -13,7 +13,7 @@
 use crate::driver::Options;
 use hdrhistogram::Histogram;
 use smtpsink::histlog::HistLog;
-use smtpsink::net::IoCounts;
+use smtpsink::net::{IoCounts, TlsFailure, TlsInfo};
 use smtpsink::proto::client::{Event, Phase, Stage};
 use smtpsink::run_summary::{self, RunSummary};
 use smtpsink::stats::{fmt_us, histogram, histogram_json, micros, spread};
@@ -23,10 +23,12 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The measured phases, in report order, with their log tags.
-pub const PHASES: [&str; 7] = [
+pub const PHASES: [&str; 9] = [
     "connect",
     "greeting",
     "ehlo",
+    "tls",
+    "auth",
     "envelope",
     "data",
     "message",
@@ -34,8 +36,8 @@ pub const PHASES: [&str; 7] = [
 ];
 
 const CONNECT: usize = 0;
-const MESSAGE: usize = 5;
-const UNCORRECTED: usize = 6;
+const MESSAGE: usize = 7;
+const UNCORRECTED: usize = 8;
 
 /// An open loop that starts less than this share of the requested rate, or
 /// whose start lag p99 is over [`LATE`], could not keep up. (One message
@@ -50,8 +52,10 @@ fn index(p: Phase) -> usize {
     match p {
         Phase::Greeting => 1,
         Phase::Ehlo => 2,
-        Phase::Envelope => 3,
-        Phase::Data => 4,
+        Phase::Tls => 3,
+        Phase::Auth => 4,
+        Phase::Envelope => 5,
+        Phase::Data => 6,
     }
 }
 
@@ -125,8 +129,23 @@ pub struct Recorder {
     error_total: u64,
     last_progress: (Instant, u64),
     hist_log: Option<HistLog>,
+    tls: TlsCounts,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
+}
+
+/// TLS handshakes of a run: how many, resumed or full, by version; and the
+/// failures by class.
+#[derive(Debug, Clone, Default)]
+pub struct TlsCounts {
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Of those, resumed.
+    pub resumed: u64,
+    /// By protocol version.
+    pub versions: BTreeMap<&'static str, u64>,
+    /// Failed handshakes by class.
+    pub failures: BTreeMap<&'static str, u64>,
 }
 
 impl Recorder {
@@ -156,8 +175,21 @@ impl Recorder {
             error_total: 0,
             last_progress: (now, 0),
             hist_log: None,
+            tls: TlsCounts::default(),
             aborted: None,
         }
+    }
+
+    /// A TLS handshake finished.
+    pub fn tls_handshake(&mut self, info: TlsInfo) {
+        self.tls.handshakes += 1;
+        self.tls.resumed += u64::from(info.resumed);
+        *self.tls.versions.entry(info.version).or_default() += 1;
+    }
+
+    /// A TLS handshake failed.
+    pub fn tls_failure(&mut self, why: TlsFailure) {
+        *self.tls.failures.entry(why.label()).or_default() += 1;
     }
 
     /// The run (and its schedule) starts at `t0`.
@@ -379,6 +411,7 @@ impl Recorder {
             errors: self.errors,
             aborted: self.aborted,
             wall: (self.started_wall, ended_wall),
+            tls: self.tls,
         }
     }
 }
@@ -437,6 +470,8 @@ pub struct Results {
     pub aborted: Option<String>,
     /// Wall-clock start and end of the run.
     pub wall: (SystemTime, SystemTime),
+    /// TLS handshakes.
+    pub tls: TlsCounts,
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -483,6 +518,32 @@ impl Results {
             ended_unix: unix_secs(self.wall.1),
             failed: self.failed,
             acked: self.acked.clone(),
+        }
+    }
+
+    /// The report's TLS line, when there were handshakes.
+    fn tls_line(&self, s: &mut String) {
+        let t = &self.tls;
+        if t.handshakes > 0 || !t.failures.is_empty() {
+            let list = |m: &BTreeMap<&'static str, u64>| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                s,
+                "  tls        {} handshakes: {} full, {} resumed; {}; failed: {}",
+                t.handshakes,
+                t.handshakes - t.resumed,
+                t.resumed,
+                list(&t.versions),
+                if t.failures.is_empty() {
+                    "none".to_string()
+                } else {
+                    list(&t.failures)
+                }
+            );
         }
     }
 
@@ -544,6 +605,7 @@ impl Results {
                 }
             );
         }
+        self.tls_line(&mut s);
         let _ = writeln!(s, "  latency    {}", histogram_header("", 20));
         for (name, h) in &self.phases {
             if !h.is_empty() {
@@ -615,6 +677,12 @@ impl Results {
             "latency": phases,
             "errors": errors,
             "aborted": self.aborted,
+            "tls": {
+                "handshakes": self.tls.handshakes,
+                "resumed": self.tls.resumed,
+                "versions": self.tls.versions,
+                "failures": self.tls.failures,
+            },
         })
     }
 }

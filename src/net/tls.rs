@@ -9,6 +9,9 @@
 //! from a per-process key, plus a session-id cache for TLS 1.2 clients that
 //! do not take tickets).
 
+/// The TLS library, for code that builds on these configurations.
+pub use rustls;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;

@@ -254,6 +254,35 @@ impl Transport {
         }
     }
 
+    /// Drives a TLS handshake as far as the socket allows, taking no
+    /// application data (what arrives with the last handshake records stays
+    /// for [`Transport::read`]): `Ok(true)` while it is still in progress.
+    /// A plain stream has none.
+    pub fn handshake(&mut self) -> io::Result<bool> {
+        let Transport::Tls(t) = self else {
+            return Ok(false);
+        };
+        while t.conn.is_handshaking() {
+            if !t.push()? {
+                return Ok(true);
+            }
+            match retry(|| t.conn.read_tls(&mut t.sock)) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = t.conn.process_new_packets() {
+                t.failure.get_or_insert(TlsFailure::of(&e));
+                let _ = t.push();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+        // The last flight (a client's Finished) goes now.
+        t.push()?;
+        Ok(false)
+    }
+
     /// Whether the stream holds output of its own (TLS records).
     #[allow(clippy::inline_always)]
     #[inline(always)]
@@ -319,7 +348,8 @@ impl Tls {
                 .reader()
                 .read(buf.get_mut(filled..).unwrap_or_default())
             {
-                Ok(0) if filled == 0 && !buf.is_empty() => return Ok(0),
+                // The peer's close_notify: the end, after what came before.
+                Ok(0) => return Ok(filled),
                 Ok(n) => {
                     filled += n;
                     if filled == buf.len() {

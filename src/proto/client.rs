@@ -17,6 +17,12 @@
 //! message is finished (exactly one [`Event::Done`]) when its last expected
 //! reply arrived or its remaining steps were dropped after a refusal.
 //!
+//! Security: a connection may be TLS from its first byte (implicit), or
+//! ask for STARTTLS after its EHLO; either way the driver secures the
+//! transport and says when the handshake is done ([`ClientSession::
+//! handshake_done`]), and the session greets again. With credentials it
+//! then logs in (AUTH PLAIN, or LOGIN) before its first message.
+//!
 //! Clocks: a server answers pipelined commands in order, so a command's
 //! clock starts when the server could first work on it: when it was written
 //! or when the reply before it arrived, whichever is later. Without that, a
@@ -24,6 +30,8 @@
 //! the wait for that message's final reply.
 
 use super::reply::{self, Parsed};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -58,6 +66,30 @@ pub struct ClientSettings {
     pub bdat: bool,
     /// Whole transactions in flight with pipelined BDAT.
     pub window: usize,
+    /// Log in with these before the first message.
+    pub auth: Option<Credentials>,
+}
+
+/// AUTH credentials and mechanism.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+    /// LOGIN (three round trips) instead of PLAIN with an initial response.
+    pub login: bool,
+}
+
+/// How a connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// Plaintext throughout.
+    Off,
+    /// STARTTLS after the first EHLO (RFC 3207).
+    StartTls,
+    /// TLS from the first byte (RFC 8314).
+    Implicit,
 }
 
 /// The phases whose latency is measured.
@@ -65,8 +97,13 @@ pub struct ClientSettings {
 pub enum Phase {
     /// Connection established -> 220 greeting.
     Greeting,
-    /// EHLO/HELO sent -> its reply.
+    /// EHLO/HELO sent -> its reply (after TLS: the second EHLO).
     Ehlo,
+    /// Implicit TLS: connection established -> handshake done; STARTTLS:
+    /// the command sent -> handshake done.
+    Tls,
+    /// AUTH sent -> 235, the server's part of every round trip summed.
+    Auth,
     /// MAIL -> 354 (DATA) or the last RCPT reply (BDAT).
     Envelope,
     /// End of data (the whole content, or the BDAT LAST chunk) -> final reply.
@@ -82,6 +119,12 @@ pub enum Stage {
     Greeting,
     /// EHLO or HELO.
     Ehlo,
+    /// STARTTLS (refused, or not offered).
+    StartTls,
+    /// The TLS handshake.
+    Tls,
+    /// AUTH (refused, or not offered).
+    Auth,
     /// MAIL FROM.
     Mail,
     /// RCPT TO.
@@ -111,6 +154,9 @@ impl Stage {
             Stage::Connect => "connect",
             Stage::Greeting => "greeting",
             Stage::Ehlo => "ehlo",
+            Stage::StartTls => "starttls",
+            Stage::Tls => "tls",
+            Stage::Auth => "auth",
             Stage::Mail => "mail",
             Stage::Rcpt => "rcpt",
             Stage::Data => "data",
@@ -165,6 +211,9 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Hello,
+    StartTls,
+    /// An AUTH command or one of its responses.
+    Auth,
     /// MAIL FROM.
     Mail,
     Rcpt(u32),
@@ -208,12 +257,31 @@ struct InFlight {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Conn {
+    /// Implicit TLS: the handshake is not done yet.
+    Handshake,
     /// Waiting for the 220.
     Greeting,
     Hello,
+    /// STARTTLS sent, its 220 awaited.
+    StartTls,
+    /// STARTTLS answered: the driver secures the transport.
+    Securing,
+    /// An AUTH exchange: what was last sent.
+    Auth(AuthSent),
     Ready,
     Quitting,
     Closed,
+}
+
+/// The last thing an AUTH exchange sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthSent {
+    /// `AUTH PLAIN <response>`, or LOGIN's password: 235 comes next.
+    Final,
+    /// `AUTH LOGIN`: the user name is asked for next.
+    Login,
+    /// LOGIN's user name: the password is asked for next.
+    User,
 }
 
 /// What a reply to one step of a message means for the rest of it.
@@ -231,6 +299,9 @@ struct After {
 const NO_MESSAGE: u64 = u64::MAX;
 
 /// One connection's client state.
+// What the server offered and whether the link is secured: independent
+// facts, not a state in disguise (that is `conn`).
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct ClientSession {
     conn: Conn,
@@ -244,13 +315,31 @@ pub struct ClientSession {
     awaiting_354: bool,
     started: u64,
     last_progress: Instant,
+    tls: Tls,
+    /// The transport is TLS (the handshake is done).
+    secure: bool,
+    /// When STARTTLS was written.
+    starttls_sent: Instant,
+    /// The server's share of an AUTH exchange so far.
+    auth_time: Duration,
 }
 
 impl ClientSession {
-    /// A session on a connection that was just established.
+    /// A plaintext session on a connection that was just established.
     pub fn new(now: Instant) -> Self {
+        Self::with_tls(now, Tls::Off)
+    }
+
+    /// A session on a connection that was just established, secured as
+    /// `tls` says (implicit: the greeting is awaited once the driver says
+    /// the handshake is done).
+    pub fn with_tls(now: Instant, tls: Tls) -> Self {
         Self {
-            conn: Conn::Greeting,
+            conn: if tls == Tls::Implicit {
+                Conn::Handshake
+            } else {
+                Conn::Greeting
+            },
             connected: now,
             pipelining: false,
             chunking: false,
@@ -260,6 +349,38 @@ impl ClientSession {
             awaiting_354: false,
             started: 0,
             last_progress: now,
+            tls,
+            secure: false,
+            starttls_sent: now,
+            auth_time: Duration::ZERO,
+        }
+    }
+
+    /// The STARTTLS reply came: the driver must secure the transport (and
+    /// drop any bytes read after that reply), then call
+    /// [`ClientSession::handshake_done`].
+    pub fn wants_tls(&self) -> bool {
+        self.conn == Conn::Securing
+    }
+
+    /// When STARTTLS was written (the start of the `tls` phase).
+    pub fn starttls_sent(&self) -> Instant {
+        self.starttls_sent
+    }
+
+    /// The driver finished the TLS handshake at `now`: an implicit-TLS
+    /// session awaits its greeting from now on; after STARTTLS the session
+    /// greets again (RFC 3207 4.2).
+    pub fn handshake_done(&mut self, s: &ClientSettings, now: Instant, out: &mut Vec<u8>) {
+        self.secure = true;
+        self.last_progress = now;
+        match self.conn {
+            Conn::Handshake => {
+                self.connected = now;
+                self.conn = Conn::Greeting;
+            }
+            Conn::Securing => self.hello(s, now, out),
+            _ => {}
         }
     }
 
@@ -278,9 +399,9 @@ impl ClientSession {
         self.conn == Conn::Closed
     }
 
-    /// True once the greeting and EHLO/HELO have been answered.
+    /// True once greeted, secured and logged in as the settings ask.
     pub fn is_ready(&self) -> bool {
-        !matches!(self.conn, Conn::Greeting | Conn::Hello)
+        matches!(self.conn, Conn::Ready | Conn::Quitting | Conn::Closed)
     }
 
     /// True when greeted and nothing is in flight or queued.
@@ -291,12 +412,13 @@ impl ClientSession {
     /// When a reply was last received or a command last sent while replies
     /// were awaited; `None` when nothing is awaited.
     pub fn waiting_since(&self) -> Option<Instant> {
-        (!self.expects.is_empty() || self.conn == Conn::Greeting).then_some(self.last_progress)
+        let between = matches!(self.conn, Conn::Greeting | Conn::Handshake | Conn::Securing);
+        (!self.expects.is_empty() || between).then_some(self.last_progress)
     }
 
     /// Whether the server offered what the settings need (after the greeting).
     pub fn lacks_chunking(&self, s: &ClientSettings) -> bool {
-        self.conn != Conn::Greeting && self.conn != Conn::Hello && s.bdat && !self.chunking
+        self.is_ready() && s.bdat && !self.chunking
     }
 
     /// Messages this connection may have in flight at once.
@@ -399,7 +521,9 @@ impl ClientSession {
         events: &mut Vec<Event>,
     ) -> usize {
         let mut pos = 0;
-        while self.conn != Conn::Closed {
+        // Nothing after the STARTTLS reply is read as a reply: it is dropped
+        // when the transport is secured (RFC 3207 4.2's rule, client side).
+        while !matches!(self.conn, Conn::Closed | Conn::Securing | Conn::Handshake) {
             let rest = input.get(pos..).unwrap_or_default();
             match reply::parse(rest) {
                 Parsed::Partial => break,
@@ -439,9 +563,11 @@ impl ClientSession {
     ) {
         match self.conn {
             Conn::Greeting => self.on_greeting(s, code, now, out, events),
-            Conn::Hello => self.on_hello(s, code, text, now, events),
+            Conn::Hello => self.on_hello(s, code, text, now, out, events),
+            Conn::StartTls => self.on_starttls(code, now, events),
+            Conn::Auth(sent) => self.on_auth(s, sent, code, now, out, events),
             Conn::Ready | Conn::Quitting => self.on_answer(s, src, code, now, events),
-            Conn::Closed => {}
+            Conn::Closed | Conn::Handshake | Conn::Securing => {}
         }
     }
 
@@ -456,15 +582,7 @@ impl ClientSession {
     ) {
         events.push(Event::Latency(Phase::Greeting, now - self.connected));
         if code == 220 {
-            out.extend_from_slice(if s.ehlo { b"EHLO " } else { b"HELO " });
-            out.extend_from_slice(s.helo_name.as_bytes());
-            out.extend_from_slice(b"\r\n");
-            self.expects.push_back(Expect {
-                step: Step::Hello,
-                seq: NO_MESSAGE,
-                sent: now,
-            });
-            self.conn = Conn::Hello;
+            self.hello(s, now, out);
         } else {
             events.push(Event::Error {
                 stage: Stage::Greeting,
@@ -474,36 +592,156 @@ impl ClientSession {
         }
     }
 
-    /// The EHLO/HELO reply: which extensions the server offers.
+    /// Writes EHLO (or HELO) and awaits its reply.
+    fn hello(&mut self, s: &ClientSettings, now: Instant, out: &mut Vec<u8>) {
+        out.extend_from_slice(if s.ehlo { b"EHLO " } else { b"HELO " });
+        out.extend_from_slice(s.helo_name.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.expect(Step::Hello, now);
+        self.conn = Conn::Hello;
+    }
+
+    fn expect(&mut self, step: Step, now: Instant) {
+        self.expects.push_back(Expect {
+            step,
+            seq: NO_MESSAGE,
+            sent: now,
+        });
+        self.last_progress = now;
+    }
+
+    /// The EHLO/HELO reply: which extensions the server offers; then
+    /// STARTTLS or AUTH where the settings want them, or ready.
     fn on_hello(
         &mut self,
         s: &ClientSettings,
         code: u16,
         text: &[u8],
         now: Instant,
+        out: &mut Vec<u8>,
         events: &mut Vec<Event>,
     ) {
         let sent = self.expects.pop_front().map_or(now, |e| e.sent);
         events.push(Event::Latency(Phase::Ehlo, now - sent));
-        if (200..300).contains(&code) {
-            for kw in reply::ehlo_keywords(text) {
-                self.pipelining |= s.pipelining && kw.eq_ignore_ascii_case(b"PIPELINING");
-                self.chunking |= kw.eq_ignore_ascii_case(b"CHUNKING");
-            }
-            if !s.ehlo {
-                self.pipelining = false;
-            }
-            self.conn = Conn::Ready;
-            events.push(Event::Ready {
-                pipelining: self.pipelining,
-            });
-        } else {
+        if !(200..300).contains(&code) {
             events.push(Event::Error {
                 stage: Stage::Ehlo,
                 code,
             });
+            return self.closed(None, now, events);
+        }
+        // What the server offers now (after TLS it may offer other things).
+        let (mut starttls, mut auth) = (false, false);
+        self.pipelining = false;
+        self.chunking = false;
+        for line in reply::ehlo_lines(text) {
+            let kw = line.split(|&b| b == b' ').next().unwrap_or_default();
+            self.pipelining |= s.pipelining && kw.eq_ignore_ascii_case(b"PIPELINING");
+            self.chunking |= kw.eq_ignore_ascii_case(b"CHUNKING");
+            starttls |= kw.eq_ignore_ascii_case(b"STARTTLS");
+            auth |= kw.eq_ignore_ascii_case(b"AUTH")
+                && s.auth.as_ref().is_some_and(|c| offers(line, c));
+        }
+        if !s.ehlo {
+            self.pipelining = false;
+        }
+        if self.tls == Tls::StartTls && !self.secure {
+            if !starttls {
+                events.push(Event::Error {
+                    stage: Stage::StartTls,
+                    code: 0,
+                });
+                return self.closed(None, now, events);
+            }
+            out.extend_from_slice(b"STARTTLS\r\n");
+            self.expect(Step::StartTls, now);
+            self.starttls_sent = now;
+            self.conn = Conn::StartTls;
+            return;
+        }
+        if let Some(c) = &s.auth {
+            if !auth {
+                events.push(Event::Error {
+                    stage: Stage::Auth,
+                    code: 0,
+                });
+                return self.closed(None, now, events);
+            }
+            self.auth_time = Duration::ZERO;
+            let sent = if c.login {
+                out.extend_from_slice(b"AUTH LOGIN\r\n");
+                AuthSent::Login
+            } else {
+                out.extend_from_slice(b"AUTH PLAIN ");
+                let plain = format!("\0{}\0{}", c.user, c.password);
+                out.extend_from_slice(STANDARD.encode(plain).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                AuthSent::Final
+            };
+            self.expect(Step::Auth, now);
+            self.conn = Conn::Auth(sent);
+            return;
+        }
+        self.ready(events);
+    }
+
+    fn ready(&mut self, events: &mut Vec<Event>) {
+        self.conn = Conn::Ready;
+        events.push(Event::Ready {
+            pipelining: self.pipelining,
+        });
+    }
+
+    /// The reply to STARTTLS: 220, and the driver secures the transport.
+    fn on_starttls(&mut self, code: u16, now: Instant, events: &mut Vec<Event>) {
+        self.expects.pop_front();
+        if code == 220 {
+            self.conn = Conn::Securing;
+        } else {
+            events.push(Event::Error {
+                stage: Stage::StartTls,
+                code,
+            });
             self.closed(None, now, events);
         }
+    }
+
+    /// A reply in an AUTH exchange.
+    fn on_auth(
+        &mut self,
+        s: &ClientSettings,
+        sent: AuthSent,
+        code: u16,
+        now: Instant,
+        out: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) {
+        let at = self.expects.pop_front().map_or(now, |e| e.sent);
+        self.auth_time += now.saturating_duration_since(at);
+        let answer = match (sent, code, &s.auth) {
+            (AuthSent::Final, 235, _) => {
+                events.push(Event::Latency(Phase::Auth, self.auth_time));
+                return self.ready(events);
+            }
+            (AuthSent::Login, 334, Some(c)) => {
+                self.conn = Conn::Auth(AuthSent::User);
+                &c.user
+            }
+            (AuthSent::User, 334, Some(c)) => {
+                self.conn = Conn::Auth(AuthSent::Final);
+                &c.password
+            }
+            _ => {
+                events.push(Event::Error {
+                    stage: Stage::Auth,
+                    code,
+                });
+                return self.closed(None, now, events);
+            }
+        };
+        out.extend_from_slice(STANDARD.encode(answer).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.expect(Step::Auth, now);
     }
 
     /// A reply to the oldest command awaiting one.
@@ -662,7 +900,7 @@ impl ClientSession {
                     after.finished_ok = !m.failed && m.rcpt_ok > 0;
                 }
             }
-            Step::Hello | Step::Rset | Step::Quit => {}
+            Step::Hello | Step::StartTls | Step::Auth | Step::Rset | Step::Quit => {}
         }
         after
     }
@@ -722,8 +960,8 @@ impl ClientSession {
                     }
                 }
                 Step::Rset => out.extend_from_slice(b"RSET\r\n"),
-                // Written on the greeting, never queued.
-                Step::Hello => {}
+                // Written as the dialogue goes, never queued.
+                Step::Hello | Step::StartTls | Step::Auth => {}
                 Step::Quit => out.extend_from_slice(b"QUIT\r\n"),
             }
             if self.expects.is_empty() {
@@ -750,6 +988,16 @@ impl InFlight {
     }
 }
 
+/// Whether an `AUTH mech1 mech2...` EHLO line offers the mechanism `c`
+/// uses.
+fn offers(keyword: &[u8], c: &Credentials) -> bool {
+    let want: &[u8] = if c.login { b"LOGIN" } else { b"PLAIN" };
+    keyword
+        .split(|&b| b == b' ')
+        .skip(1)
+        .any(|m| m.eq_ignore_ascii_case(want))
+}
+
 fn stage_of(step: Step) -> Stage {
     match step {
         Step::Mail => Stage::Mail,
@@ -759,6 +1007,8 @@ fn stage_of(step: Step) -> Stage {
         Step::Bdat(_) => Stage::Bdat,
         Step::Rset => Stage::Rset,
         Step::Hello => Stage::Ehlo,
+        Step::StartTls => Stage::StartTls,
+        Step::Auth => Stage::Auth,
         Step::Quit => Stage::Quit,
     }
 }

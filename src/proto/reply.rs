@@ -409,19 +409,24 @@ pub fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
-/// The EHLO keywords of a complete 250 reply (RFC 5321 4.1.1.1), upper-cased
-/// comparison left to the caller.
-pub fn ehlo_keywords(reply: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// The extension lines of a complete 250 EHLO reply (RFC 5321 4.1.1.1):
+/// keyword and parameters, e.g. `AUTH PLAIN LOGIN`.
+pub fn ehlo_lines(reply: &[u8]) -> impl Iterator<Item = &[u8]> {
     reply
         .split(|b| *b == b'\n')
         .skip(1)
         .filter_map(|line| line.get(4..))
-        .map(|text| {
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            let end = memchr::memchr(b' ', text).unwrap_or(text.len());
-            text.get(..end).unwrap_or_default()
-        })
+        .map(|text| text.strip_suffix(b"\r").unwrap_or(text))
         .filter(|k| !k.is_empty())
+}
+
+/// The EHLO keywords of a complete 250 reply (RFC 5321 4.1.1.1), upper-cased
+/// comparison left to the caller.
+pub fn ehlo_keywords(reply: &[u8]) -> impl Iterator<Item = &[u8]> {
+    ehlo_lines(reply).map(|text| {
+        let end = memchr::memchr(b' ', text).unwrap_or(text.len());
+        text.get(..end).unwrap_or_default()
+    })
 }
 
 #[cfg(test)]

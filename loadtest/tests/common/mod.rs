@@ -65,8 +65,10 @@ pub fn options(target: SocketAddr) -> Options {
             pipelining: true,
             bdat: false,
             window: 1,
+            auth: None,
         },
         progress: false,
+        tls: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn settings(ehlo: bool, pipelining: bool, bdat: bool, window: usize) -> ClientSe
         pipelining,
         bdat,
         window,
+        auth: None,
     }
 }
 
