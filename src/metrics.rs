@@ -207,9 +207,64 @@ pub fn server(x: &mut Exposition, stats: &Stats, rules: Option<&Engine>, uptime:
         &stats.latency,
         Some(stats.latency_sum_us),
     );
+    tls_metrics(x, stats);
     if let Some(e) = rules {
         rule_metrics(x, e);
     }
+}
+
+/// TLS handshakes (by version, by cipher, resumed), failures by class,
+/// handshake latency; AUTH results.
+fn tls_metrics(x: &mut Exposition, stats: &Stats) {
+    let t = &stats.tls;
+    let pairs = |m: &std::collections::BTreeMap<&'static str, u64>| -> Vec<(String, u64)> {
+        m.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
+    };
+    x.counters(
+        "smtpsink_tls_handshakes_total",
+        "TLS handshakes completed, by protocol version.",
+        "version",
+        &pairs(&t.versions),
+    );
+    x.counters(
+        "smtpsink_tls_cipher_handshakes_total",
+        "TLS handshakes completed, by cipher suite.",
+        "cipher",
+        &pairs(&t.ciphers),
+    );
+    x.counter(
+        "smtpsink_tls_resumed_total",
+        "TLS handshakes that resumed a session.",
+        t.resumed,
+    );
+    let failures: Vec<(String, u64)> = crate::net::TlsFailure::ALL
+        .iter()
+        .map(|f| {
+            (
+                f.label().to_string(),
+                t.failures.get(f.label()).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    x.counters(
+        "smtpsink_tls_failures_total",
+        "TLS connections that failed, by class (abandoned: the handshake never finished).",
+        "reason",
+        &failures,
+    );
+    x.histogram(
+        "smtpsink_tls_handshake_duration_seconds",
+        "TLS handshake time (implicit TLS: from accept; STARTTLS: from the 220).",
+        &t.latency,
+        Some(t.latency_sum_us),
+    );
+    let (ok, failed) = stats.auth();
+    x.counters(
+        "smtpsink_auth_total",
+        "AUTH exchanges, by result.",
+        "result",
+        &[("ok".into(), ok), ("failed".into(), failed)],
+    );
 }
 
 /// The rules' metrics: hits per rule, rate limits, greylisting, magic.
