@@ -454,3 +454,66 @@ fn a_key_that_does_not_match_the_certificate_is_one_line_and_exit_1() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn stored_mail_says_esmtps_and_esmtpsa() {
+    use smtpsink::sink::maildir::MaildirOptions;
+    use smtpsink::sink::Maildir;
+    let dir = std::env::temp_dir().join(format!("smtpsink-tls-maildir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
+    config.hostname = "sink.test".into();
+    let opts = MaildirOptions {
+        dir: dir.clone(),
+        fsync: false,
+        hostname: "sink.test".into(),
+        max_stored: None,
+        queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
+    };
+    Maildir::prepare(&opts).unwrap();
+    let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c))
+        .expect("bind")
+        .spawn();
+    let send = |t: &mut TlsClient, from: &str| {
+        t.send_expect(
+            &format!("MAIL FROM:<{from}>\r\nRCPT TO:<r@x.test>\r\nDATA\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+        );
+        t.send_expect("Subject: t\r\n\r\nx\r\n.\r\n", "250 2.0.0 Ok: queued\r\n");
+    };
+    let mut t = starttls(server.addrs[0]);
+    t.send_expect("EHLO c.test\r\n", EHLO_SECURE);
+    send(&mut t, "secure@x.test");
+    t.send_expect(
+        &format!("AUTH PLAIN {}\r\n", b64("\0u\0p")),
+        "235 2.7.0 Authentication successful\r\n",
+    );
+    send(&mut t, "authed@x.test");
+    t.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+    server.stop().expect("run");
+    let mut withs = Vec::new();
+    for e in std::fs::read_dir(dir.join("new")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        let from = if text.contains("authed@x.test") {
+            "authed"
+        } else {
+            "secure"
+        };
+        let with = text
+            .split_whitespace()
+            .skip_while(|w| *w != "with")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        withs.push((from, with));
+    }
+    withs.sort();
+    assert_eq!(
+        withs,
+        [
+            ("authed", "ESMTPSA".to_string()),
+            ("secure", "ESMTPS".to_string())
+        ]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
