@@ -410,3 +410,181 @@ fn a_pipelined_envelope_is_not_charged_the_previous_final_reply() {
         );
     }
 }
+
+/// The dialogue of a client that secures and logs in, against the real
+/// server session in memory: the "handshake" is both sides being told the
+/// transport is secured (`Session::secured`, `handshake_done`). Returns the
+/// client's events and the bytes the server received.
+fn secure_dialogue(cs: &ClientSettings) -> (Vec<Event>, Vec<u8>) {
+    use crate::proto::server::{AuthOffer, Request, Security};
+    let mut ss = Settings::new("server.test", 1 << 20, 100, 512);
+    ss.set_security(Security {
+        starttls: true,
+        require_tls: false,
+        auth: Some(AuthOffer {
+            plaintext: false,
+            users: std::sync::Arc::new(crate::proto::server::auth::Users::parse("u:p\n").unwrap()),
+        }),
+    });
+    let t = Instant::now();
+    let src = Fixed::new(1, 7);
+    let mut server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
+    let mut client = ClientSession::with_tls(t, Tls::StartTls);
+    let (mut sink, mut stats) = (Discard::default(), Stats::new());
+    let (mut to_client, mut to_server, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+    let mut events = Vec::new();
+    let mut cx = Ctx::new(&mut to_client, &mut sink, &mut stats, t);
+    server.start(&ss, &mut cx);
+    let mut started = false;
+    for _ in 0..1000 {
+        let used = client.on_input(cs, &src, &to_client, t, &mut to_server, &mut events);
+        to_client.drain(..used);
+        if client.wants_tls() {
+            // What the server said after its 220 is dropped, as the driver
+            // drops the carry.
+            to_client.clear();
+            client.handshake_done(cs, t, &mut to_server);
+        }
+        if !started && client.can_start(cs) {
+            client.start(cs, &src, 0, None, t, &mut to_server);
+            started = true;
+        }
+        if started && client.is_idle() {
+            client.quit(&src, t, &mut to_server);
+        }
+        if !to_server.is_empty() {
+            seen.extend_from_slice(&to_server);
+            let mut cx = Ctx::new(&mut to_client, &mut sink, &mut stats, t);
+            let used = server.handle_input(&ss, &to_server, &mut cx);
+            to_server.drain(..used);
+            if server.take_request() == Some(Request::StartTls) {
+                // The loop drops what came after STARTTLS, then secures.
+                to_server.clear();
+                let mut cx = Ctx::new(&mut to_client, &mut sink, &mut stats, t);
+                server.secured(&ss, &mut cx);
+            }
+        }
+        if client.is_closed() {
+            break;
+        }
+    }
+    assert!(client.is_closed(), "ends with QUIT: {events:?}");
+    (events, seen)
+}
+
+#[test]
+fn starttls_then_auth_then_mail() {
+    for (login, auth_line) in [(false, "AUTH PLAIN AHUAcA==\r\n"), (true, "AUTH LOGIN\r\n")] {
+        let mut cs = settings(true, true, false, 1);
+        cs.auth = Some(Credentials {
+            user: "u".into(),
+            password: "p".into(),
+            login,
+        });
+        let (events, seen) = secure_dialogue(&cs);
+        let text = String::from_utf8(seen).unwrap();
+        let expected_start =
+            format!("EHLO client.test\r\nSTARTTLS\r\nEHLO client.test\r\n{auth_line}");
+        assert!(text.starts_with(&expected_start), "{text}");
+        if login {
+            assert!(
+                text.contains("AUTH LOGIN\r\ndQ==\r\ncA==\r\nMAIL FROM:"),
+                "{text}"
+            );
+        }
+        assert_eq!(done(&events), (1, 0), "{events:?}");
+        let phases: Vec<Phase> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Latency(p, _) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            phases[..4],
+            [Phase::Greeting, Phase::Ehlo, Phase::Ehlo, Phase::Auth],
+            "{phases:?}"
+        );
+        assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })));
+    }
+}
+
+#[test]
+fn a_server_without_starttls_or_the_mechanism_is_an_error_without_a_code() {
+    let cs = settings(true, true, false, 1);
+    let t = Instant::now();
+    let src = Fixed::new(1, 7);
+    let mut c = ClientSession::with_tls(t, Tls::StartTls);
+    let (mut out, mut events) = (Vec::new(), Vec::new());
+    c.on_input(&cs, &src, b"220 s\r\n", t, &mut out, &mut events);
+    assert_eq!(out, b"EHLO client.test\r\n");
+    c.on_input(
+        &cs,
+        &src,
+        b"250-s\r\n250 PIPELINING\r\n",
+        t,
+        &mut out,
+        &mut events,
+    );
+    assert!(c.is_closed());
+    assert!(events.contains(&Event::Error {
+        stage: Stage::StartTls,
+        code: 0
+    }));
+    // AUTH offered, but not LOGIN.
+    let mut cs = settings(true, true, false, 1);
+    cs.auth = Some(Credentials {
+        user: "u".into(),
+        password: "p".into(),
+        login: true,
+    });
+    let mut c = ClientSession::new(t);
+    let (mut out, mut events) = (Vec::new(), Vec::new());
+    c.on_input(
+        &cs,
+        &src,
+        b"220 s\r\n250-s\r\n250 AUTH PLAIN\r\n",
+        t,
+        &mut out,
+        &mut events,
+    );
+    assert!(c.is_closed());
+    assert!(events.contains(&Event::Error {
+        stage: Stage::Auth,
+        code: 0
+    }));
+    // A refused STARTTLS carries its code.
+    let mut c = ClientSession::with_tls(t, Tls::StartTls);
+    let (mut out, mut events) = (Vec::new(), Vec::new());
+    c.on_input(
+        &settings(true, true, false, 1),
+        &src,
+        b"220 s\r\n250-s\r\n250 STARTTLS\r\n454 4.7.0 no\r\n",
+        t,
+        &mut out,
+        &mut events,
+    );
+    assert!(c.is_closed());
+    assert!(events.contains(&Event::Error {
+        stage: Stage::StartTls,
+        code: 454
+    }));
+}
+
+#[test]
+fn bytes_after_the_starttls_reply_are_not_replies() {
+    let cs = settings(true, true, false, 1);
+    let t = Instant::now();
+    let src = Fixed::new(1, 7);
+    let mut c = ClientSession::with_tls(t, Tls::StartTls);
+    let (mut out, mut events) = (Vec::new(), Vec::new());
+    let input = b"220 s\r\n250-s\r\n250 STARTTLS\r\n220 go\r\n250 injected\r\n";
+    let used = c.on_input(&cs, &src, input, t, &mut out, &mut events);
+    assert_eq!(
+        &input[used..],
+        b"250 injected\r\n",
+        "left for the driver to drop"
+    );
+    assert!(c.wants_tls());
+    assert!(!c.is_ready());
+}
