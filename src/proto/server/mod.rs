@@ -878,6 +878,7 @@ impl Session {
             State::Command
             | State::SkipLine
             | State::Auth(_)
+            | State::Tls
             | State::Data
             | State::Chunk { .. }
             | State::Verdict
