@@ -153,6 +153,10 @@ struct Driver<'a> {
     touched: Vec<usize>,
     /// Connections opened so far (for the TLS fraction).
     opened: u64,
+    /// Some connection became ready (greeted, secured, logged in).
+    any_ready: bool,
+    /// Connections that ended before they were ready.
+    unready_ends: u64,
 }
 
 /// Runs the load; returns what was measured. With `hist_log`, interval
@@ -191,6 +195,8 @@ pub fn run(
         cursor: 0,
         touched: Vec::new(),
         opened: 0,
+        any_ready: false,
+        unready_ends: 0,
     };
     d.run_loop()?;
     let now = Instant::now();
@@ -232,9 +238,13 @@ impl Driver<'_> {
                 // then the connection is established now, and its greeting
                 // is timed from here rather than from the next poll.
                 let established = sock.peer_addr().is_ok().then(Instant::now);
-                let transport = match (tls, self.tls_conn()) {
-                    (Tls::Implicit, Some(c)) => Transport::tls_client(sock, c),
-                    _ => Transport::tcp(sock),
+                // Only now for implicit TLS: making a client connection takes
+                // a cached session ticket, which a STARTTLS connection must
+                // find after its 220.
+                let implicit = (tls == Tls::Implicit).then(|| self.tls_conn()).flatten();
+                let transport = match implicit {
+                    Some(c) => Transport::tls_client(sock, c),
+                    None => Transport::tcp(sock),
                 };
                 let entry = self.conns.vacant_entry();
                 let token = Token(entry.key());
@@ -727,10 +737,35 @@ impl Driver<'_> {
         }
         let mut conn = self.conns.remove(key);
         conn.link.deregister(self.poll.registry());
+        let unready = conn.session.as_ref().is_some_and(|s| !s.ever_ready());
+        self.any_ready |= conn.session.as_ref().is_some_and(ClientSession::ever_ready);
         match connect_error {
             Some(e) => self.connect_failed(e, now),
+            None if unready => self.unready(now),
             None if self.work_left() => self.open(),
             None => {}
+        }
+    }
+
+    /// A connection ended before it was ready (greeting refused, TLS or
+    /// AUTH failed): replaced after a pause, and when none has ever got
+    /// ready after three rounds of connections, the run stops — the server
+    /// refuses everyone, and reconnecting at full speed would only hammer it.
+    fn unready(&mut self, now: Instant) {
+        self.unready_ends += 1;
+        let limit = 3 * self.opts.connections.max(1) as u64;
+        if !self.any_ready && self.unready_ends >= limit {
+            self.stop_starting = true;
+            if self.rec.aborted.is_none() {
+                self.rec.aborted = Some(format!(
+                    "no connection got ready: {} in a row ended before their first message (see errors)",
+                    self.unready_ends
+                ));
+            }
+            return;
+        }
+        if self.work_left() {
+            self.reconnects.push(now + RECONNECT_BACKOFF);
         }
     }
 

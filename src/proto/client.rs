@@ -322,6 +322,8 @@ pub struct ClientSession {
     starttls_sent: Instant,
     /// The server's share of an AUTH exchange so far.
     auth_time: Duration,
+    /// It got ready once (it may have closed since).
+    was_ready: bool,
 }
 
 impl ClientSession {
@@ -353,7 +355,14 @@ impl ClientSession {
             secure: false,
             starttls_sent: now,
             auth_time: Duration::ZERO,
+            was_ready: false,
         }
+    }
+
+    /// Whether the session ever got ready for mail (greeted, secured and
+    /// logged in as asked), even if it has closed since.
+    pub fn ever_ready(&self) -> bool {
+        self.was_ready
     }
 
     /// The STARTTLS reply came: the driver must secure the transport (and
@@ -687,6 +696,7 @@ impl ClientSession {
 
     fn ready(&mut self, events: &mut Vec<Event>) {
         self.conn = Conn::Ready;
+        self.was_ready = true;
         events.push(Event::Ready {
             pipelining: self.pipelining,
         });
