@@ -39,6 +39,12 @@ pub struct Tls {
     conn: Connection,
     /// Why the handshake or a record failed, for statistics.
     failure: Option<TlsFailure>,
+    /// Ciphertext read but not yet handed to rustls (a gulp whose plaintext
+    /// did not fit the reader's buffer), from `left_pos` on.
+    left: Vec<u8>,
+    left_pos: usize,
+    /// The stream ended (`close_notify`, or a close without one).
+    eof: bool,
 }
 
 impl std::fmt::Debug for Tls {
@@ -153,6 +159,9 @@ impl Transport {
             sock,
             conn,
             failure: None,
+            left: Vec::new(),
+            left_pos: 0,
+            eof: false,
         }))
     }
 
@@ -339,39 +348,121 @@ fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "no stream")
 }
 
+/// Ciphertext is read from the socket in gulps this big, into one buffer
+/// per thread (per event loop): rustls alone reads 4 KiB at a time, a
+/// syscall per 4 KiB of a large message.
+const GULP: usize = 64 * 1024;
+
+thread_local! {
+    static GULP_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; GULP]);
+}
+
+/// How a gulp from the socket went.
+enum Gulp {
+    /// The socket is dry for now.
+    Dry,
+    /// The peer closed (or the connection failed after what was read).
+    Eof,
+    /// Read this many bytes and handed them over; the socket may hold more.
+    Full,
+    /// Read less than a gulp: the socket is dry after it.
+    Short,
+}
+
 impl Tls {
+    /// Plaintext into `buf` from `filled` on: decrypted records first, then
+    /// ciphertext left from the last call, then gulps from the socket, until
+    /// `buf` is full or the socket is dry. A short result means the socket
+    /// is dry (as for plain TCP); `Ok(0)` only at the end of the stream.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
-        loop {
-            match self
-                .conn
-                .reader()
-                .read(buf.get_mut(filled..).unwrap_or_default())
-            {
-                // The peer's close_notify: the end, after what came before.
-                Ok(0) => return Ok(filled),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        return Ok(filled);
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The peer closed without close_notify: an end, as for TCP.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
-                Err(e) => return if filled > 0 { Ok(filled) } else { Err(e) },
+        if self.drain(buf, &mut filled)? || filled == buf.len() {
+            return Ok(filled);
+        }
+        if self.left_pos < self.left.len() {
+            let left = std::mem::take(&mut self.left);
+            let used = self.absorb(
+                left.get(self.left_pos..).unwrap_or_default(),
+                buf,
+                &mut filled,
+            );
+            self.left = left;
+            self.left_pos += used?;
+            if self.left_pos >= self.left.len() {
+                // An idle connection keeps no ciphertext buffer.
+                self.left = Vec::new();
+                self.left_pos = 0;
             }
-            // No plaintext left: pull records from the socket.
-            match retry(|| self.conn.read_tls(&mut self.sock)) {
-                Ok(0) => return Ok(filled),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Dry. Whatever the handshake wants to say goes now.
+            if filled == buf.len() || self.eof {
+                return Ok(filled);
+            }
+        }
+        loop {
+            match self.gulp(buf, &mut filled)? {
+                Gulp::Full if filled < buf.len() && !self.eof => {}
+                Gulp::Dry => {
+                    // Whatever the handshake wants to say goes now.
                     self.push()?;
-                    return if filled > 0 { Ok(filled) } else { Err(e) };
+                    return if filled > 0 {
+                        Ok(filled)
+                    } else {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    };
                 }
+                Gulp::Eof => return Ok(filled),
+                Gulp::Full | Gulp::Short if filled > 0 || self.eof => return Ok(filled),
+                // Only records that yield no plaintext (handshake, tickets):
+                // the socket is dry.
+                Gulp::Full | Gulp::Short => {
+                    self.push()?;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+            }
+        }
+    }
+
+    /// Reads one gulp from the socket and hands it to rustls; what `buf`
+    /// has no room for the plaintext of waits in `left`.
+    fn gulp(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<Gulp> {
+        GULP_BUF.with(|cell| {
+            let Ok(mut g) = cell.try_borrow_mut() else {
+                return Err(io::Error::other("TLS read re-entered"));
+            };
+            let n = match retry(|| self.sock.read(&mut g)) {
+                Ok(0) => return Ok(Gulp::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Gulp::Dry),
                 Err(e) => return Err(e),
+            };
+            let got = g.get(..n).unwrap_or_default();
+            let used = self.absorb(got, buf, filled)?;
+            if used < n {
+                self.left.clear();
+                self.left
+                    .extend_from_slice(got.get(used..).unwrap_or_default());
+                self.left_pos = 0;
+            }
+            Ok(if n == g.len() {
+                Gulp::Full
+            } else {
+                Gulp::Short
+            })
+        })
+    }
+
+    /// Hands `cipher` to rustls record by record, moving the plaintext into
+    /// `buf` as it comes, until `cipher` is used up or `buf` is full (or the
+    /// peer's `close_notify` came); returns the bytes of `cipher` taken.
+    fn absorb(
+        &mut self,
+        mut cipher: &[u8],
+        buf: &mut [u8],
+        filled: &mut usize,
+    ) -> io::Result<usize> {
+        let total = cipher.len();
+        while !cipher.is_empty() && *filled < buf.len() && !self.eof {
+            if self.conn.read_tls(&mut cipher)? == 0 {
+                break;
             }
             if let Err(e) = self.conn.process_new_packets() {
                 self.failure.get_or_insert(TlsFailure::of(&e));
@@ -382,7 +473,34 @@ impl Tls {
             if self.conn.wants_write() {
                 self.push()?;
             }
+            self.drain(buf, filled)?;
         }
+        Ok(total - cipher.len())
+    }
+
+    /// Moves decrypted plaintext into `buf`; true once the peer's
+    /// `close_notify` (or a close without one) has been seen.
+    fn drain(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<bool> {
+        while *filled < buf.len() {
+            match self
+                .conn
+                .reader()
+                .read(buf.get_mut(*filled..).unwrap_or_default())
+            {
+                // The peer's close_notify: the end, after what came before.
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    *filled += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without close_notify: an end, as for TCP.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.eof = true,
+                Err(e) => return Err(e),
+            }
+            break;
+        }
+        Ok(self.eof)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
