@@ -428,7 +428,14 @@ impl Tls {
             let Ok(mut g) = cell.try_borrow_mut() else {
                 return Err(io::Error::other("TLS read re-entered"));
             };
-            let n = match retry(|| self.sock.read(&mut g)) {
+            // No more ciphertext than `buf` has room for: its plaintext is
+            // smaller, so it fits and nothing is left over to copy aside
+            // (but at least a record header's worth, to make progress).
+            let room = buf.len().saturating_sub(*filled).clamp(64, g.len());
+            let Some(space) = g.get_mut(..room) else {
+                return Ok(Gulp::Dry);
+            };
+            let n = match retry(|| self.sock.read(space)) {
                 Ok(0) => return Ok(Gulp::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Gulp::Dry),
@@ -442,11 +449,7 @@ impl Tls {
                     .extend_from_slice(got.get(used..).unwrap_or_default());
                 self.left_pos = 0;
             }
-            Ok(if n == g.len() {
-                Gulp::Full
-            } else {
-                Gulp::Short
-            })
+            Ok(if n == room { Gulp::Full } else { Gulp::Short })
         })
     }
 
