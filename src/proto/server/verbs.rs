@@ -351,22 +351,22 @@ impl Session {
         let ask = self.asks(cx) & stage.bit() != 0
             && interest.is_none_or(|i| i.wants(stage, arg, self.live));
         if ask || self.fx.is_some() {
-            return self.dispatch_ruled(s, row, cmd, stage, arg, cx);
+            return self.dispatch_ruled(s, row, cmd, (stage, arg, ask), cx);
         }
         if let Some(out) = (row.proceed)(self, s, cmd, cx) {
             self.answer(s, row.verb, out, cx);
         }
     }
 
-    /// A command that may run, with a policy to ask first: carries out its
+    /// A command that may run where effects are in force or the policy is
+    /// to be asked (`ask`, as `dispatch_policy` worked out): carries out its
     /// decision around the row's proceed step.
     fn dispatch_ruled(
         &mut self,
         s: &Settings,
         row: &Row,
         cmd: &Command<'_>,
-        stage: Stage,
-        arg: &[u8],
+        (stage, arg, ask): (Stage, &[u8], bool),
         cx: &mut Ctx<'_>,
     ) {
         let verb = row.verb;
@@ -379,9 +379,7 @@ impl Session {
             }
             return;
         }
-        if self.asks(cx) & stage.bit() == 0
-            || cx.interest.is_some_and(|i| !i.wants(stage, arg, self.live))
-        {
+        if !ask {
             // Here for the effects only: the policy has nothing to say.
             let out = (row.proceed)(self, s, cmd, cx);
             if let Some(out) = out {
