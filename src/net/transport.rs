@@ -281,11 +281,7 @@ impl Transport {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) => return Err(e),
             }
-            if let Err(e) = t.conn.process_new_packets() {
-                t.failure.get_or_insert(TlsFailure::of(&e));
-                let _ = t.push();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
+            t.process()?;
         }
         // The last flight (a client's Finished) goes now.
         t.push()?;
@@ -467,12 +463,7 @@ impl Tls {
             if self.conn.read_tls(&mut cipher)? == 0 {
                 break;
             }
-            if let Err(e) = self.conn.process_new_packets() {
-                self.failure.get_or_insert(TlsFailure::of(&e));
-                // rustls queued an alert for the peer: try to send it.
-                let _ = self.push();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
+            self.process()?;
             if self.conn.wants_write() {
                 self.push()?;
             }
@@ -518,6 +509,17 @@ impl Tls {
         }
         self.push()?;
         Ok(n)
+    }
+
+    /// Processes the records handed to rustls; a failure is classed for
+    /// the statistics and the alert rustls queued for the peer is sent.
+    fn process(&mut self) -> io::Result<()> {
+        if let Err(e) = self.conn.process_new_packets() {
+            self.failure.get_or_insert(TlsFailure::of(&e));
+            let _ = self.push();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        Ok(())
     }
 
     /// Writes queued records until none is left (`true`) or the socket is
