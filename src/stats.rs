@@ -149,7 +149,8 @@ pub struct TlsStats {
 }
 
 impl TlsStats {
-    fn new() -> Self {
+    /// Nothing counted yet.
+    pub fn new() -> Self {
         Self {
             handshakes: 0,
             resumed: 0,
@@ -175,6 +176,25 @@ impl TlsStats {
     /// A TLS connection failed.
     pub fn failure(&mut self, why: TlsFailure) {
         *self.failures.entry(why.label()).or_default() += 1;
+    }
+
+    /// Whether any handshake finished or failed.
+    pub fn any(&self) -> bool {
+        self.handshakes > 0 || !self.failures.is_empty()
+    }
+
+    /// `TLSv1.3=n TLSv1.2=m` for reports.
+    pub fn versions_text(&self) -> String {
+        counts_text(&self.versions)
+    }
+
+    /// `class=n ...`, or `none`, for reports.
+    pub fn failures_text(&self) -> String {
+        if self.failures.is_empty() {
+            "none".into()
+        } else {
+            counts_text(&self.failures)
+        }
     }
 
     fn merge(&mut self, o: &TlsStats) {
@@ -203,6 +223,20 @@ impl TlsStats {
             "handshake_latency": histogram_json(&self.latency),
         })
     }
+}
+
+impl Default for TlsStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `key=n key=n` in key order.
+fn counts_text(m: &BTreeMap<&'static str, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Everything the server reports.
@@ -354,6 +388,7 @@ impl Stats {
 
     /// The final statistics as JSON (`--json`).
     pub fn json(&self, elapsed: Duration) -> serde_json::Value {
+        let (auth_ok, auth_failed) = self.auth();
         let c = &self.counters;
         let r = self.replies_by_class();
         serde_json::json!({
@@ -374,31 +409,21 @@ impl Stats {
             },
             "latency": histogram_json(&self.latency),
             "tls": self.tls.json(),
-            "auth": {"ok": self.auth().0, "failed": self.auth().1},
+            "auth": {"ok": auth_ok, "failed": auth_failed},
         })
     }
 
     /// TLS and AUTH lines of the final report, when there was any.
     fn security_lines(&self, s: &mut String) {
         let t = &self.tls;
-        if t.handshakes > 0 || !t.failures.is_empty() {
-            let list = |m: &BTreeMap<&'static str, u64>| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
+        if t.any() {
             let _ = writeln!(
                 s,
                 "  tls            {:>14}  handshakes (resumed {})  {}  failed: {}",
                 t.handshakes,
                 t.resumed,
-                list(&t.versions),
-                if t.failures.is_empty() {
-                    "none".to_string()
-                } else {
-                    list(&t.failures)
-                }
+                t.versions_text(),
+                t.failures_text()
             );
             if !t.latency.is_empty() {
                 let _ = writeln!(s, "  tls handshake  {}", spread_line(&t.latency));

@@ -664,7 +664,7 @@ impl Driver<'_> {
             Ok(false) => {
                 let since = conn.tls_since.take().unwrap_or(now);
                 if let Some(info) = conn.link.transport().tls_info() {
-                    self.rec.tls_handshake(info);
+                    self.rec.tls_handshake(info, now - since);
                 }
                 self.events.push(Event::Latency(Phase::Tls, now - since));
                 if let Some(session) = conn.session.as_mut() {

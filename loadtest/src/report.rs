@@ -16,7 +16,7 @@ use smtpsink::histlog::HistLog;
 use smtpsink::net::{IoCounts, TlsFailure, TlsInfo};
 use smtpsink::proto::client::{Event, Phase, Stage};
 use smtpsink::run_summary::{self, RunSummary};
-use smtpsink::stats::{fmt_us, histogram, histogram_json, micros, spread};
+use smtpsink::stats::{fmt_us, histogram, histogram_json, micros, spread, TlsStats};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -129,23 +129,9 @@ pub struct Recorder {
     error_total: u64,
     last_progress: (Instant, u64),
     hist_log: Option<HistLog>,
-    tls: TlsCounts,
+    tls: TlsStats,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
-}
-
-/// TLS handshakes of a run: how many, resumed or full, by version; and the
-/// failures by class.
-#[derive(Debug, Clone, Default)]
-pub struct TlsCounts {
-    /// Handshakes completed.
-    pub handshakes: u64,
-    /// Of those, resumed.
-    pub resumed: u64,
-    /// By protocol version.
-    pub versions: BTreeMap<&'static str, u64>,
-    /// Failed handshakes by class.
-    pub failures: BTreeMap<&'static str, u64>,
 }
 
 impl Recorder {
@@ -175,21 +161,19 @@ impl Recorder {
             error_total: 0,
             last_progress: (now, 0),
             hist_log: None,
-            tls: TlsCounts::default(),
+            tls: TlsStats::new(),
             aborted: None,
         }
     }
 
-    /// A TLS handshake finished.
-    pub fn tls_handshake(&mut self, info: TlsInfo) {
-        self.tls.handshakes += 1;
-        self.tls.resumed += u64::from(info.resumed);
-        *self.tls.versions.entry(info.version).or_default() += 1;
+    /// A TLS handshake finished after `took` (the `tls` phase).
+    pub fn tls_handshake(&mut self, info: TlsInfo, took: Duration) {
+        self.tls.handshake(info, took);
     }
 
     /// A TLS handshake failed.
     pub fn tls_failure(&mut self, why: TlsFailure) {
-        *self.tls.failures.entry(why.label()).or_default() += 1;
+        self.tls.failure(why);
     }
 
     /// The run (and its schedule) starts at `t0`.
@@ -470,8 +454,8 @@ pub struct Results {
     pub aborted: Option<String>,
     /// Wall-clock start and end of the run.
     pub wall: (SystemTime, SystemTime),
-    /// TLS handshakes.
-    pub tls: TlsCounts,
+    /// TLS handshakes: full and resumed, versions, failures by class.
+    pub tls: TlsStats,
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -524,25 +508,15 @@ impl Results {
     /// The report's TLS line, when there were handshakes.
     fn tls_line(&self, s: &mut String) {
         let t = &self.tls;
-        if t.handshakes > 0 || !t.failures.is_empty() {
-            let list = |m: &BTreeMap<&'static str, u64>| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
+        if t.any() {
             let _ = writeln!(
                 s,
                 "  tls        {} handshakes: {} full, {} resumed; {}; failed: {}",
                 t.handshakes,
                 t.handshakes - t.resumed,
                 t.resumed,
-                list(&t.versions),
-                if t.failures.is_empty() {
-                    "none".to_string()
-                } else {
-                    list(&t.failures)
-                }
+                t.versions_text(),
+                t.failures_text()
             );
         }
     }
