@@ -21,6 +21,7 @@
 #                                     without service starts; python3, timeout, cargo
 #   ensure_venv                       a Python venv with pip packages (aiosmtpd, ...)
 #   build_release                     cargo build --release --workspace, retried
+#   results_files NAME, meta, raw     this run's report paths; KEY=VALUE and TSV rows for its report
 #   use_binaries                      SMTPSINK_BIN/SMTPLOAD_BIN given, or build
 #   free_ports                        free loopback ports, released before use
 #   server_argv, server_desc,         the sinks (smtpsink, smtp-sink, aiosmtpd):
@@ -607,4 +608,25 @@ cpu_busy_pct() {
     b=$(awk '$1 == "cpu" { print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9 }' /proc/stat)
     awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]
         printf "%.0f\n", (t > 0 ? 100 * (y[1] - x[1]) / t : 0) }'
+}
+
+# results_files NAME: this run's results (REPORT, TSV and the ARTIFACTS
+# folder, under results/NAME-<stamp>) and, in $WORK, the META (KEY=VALUE
+# lines, written by meta) and RAW (tab-separated rows, written by raw) files
+# a report helper reads.
+results_files() {
+    STAMP=$(date +%Y%m%d-%H%M%S)
+    mkdir -p -- "$RESULTS_DIR"
+    REPORT=$RESULTS_DIR/$1-$STAMP.md
+    TSV=$RESULTS_DIR/$1-$STAMP.tsv
+    ARTIFACTS=$RESULTS_DIR/$1-$STAMP
+    RAW=$WORK/raw.tsv
+    META=$WORK/meta
+    : >"$RAW"
+    : >"$META"
+}
+meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
+raw() {
+    local IFS=$'\t'
+    printf '%s\n' "$*" >>"$RAW"
 }

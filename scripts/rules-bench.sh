@@ -222,17 +222,7 @@ CUR_REV=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unkn
 CUR_SHA=$(sha256sum "$SMTPSINK_BIN" | cut -c1-12)
 BASE_SHA=$(sha256sum "$BASE_BIN" | cut -c1-12)
 
-STAMP=$(date +%Y%m%d-%H%M%S)
-mkdir -p -- "$RESULTS_DIR"
-REPORT=$RESULTS_DIR/rules-bench-$STAMP.md
-TSV=$RESULTS_DIR/rules-bench-$STAMP.tsv
-ARTIFACTS=$RESULTS_DIR/rules-bench-$STAMP
-RAW=$WORK/raw.tsv
-META=$WORK/meta
-: >"$RAW"
-: >"$META"
-meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
-raw() { local IFS=$'\t'; printf '%s\n' "$*" >>"$RAW"; }
+results_files rules-bench
 
 # Commands as run, for the report: paths shown relative to the work folder.
 COMMANDS=()

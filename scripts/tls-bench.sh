@@ -386,17 +386,7 @@ if [[ -z ${CUR_REV:-} ]]; then
     [[ -z $ENV_SMTPSINK_BIN ]] || CUR_REV="$ENV_SMTPSINK_BIN (given; the tree here is $CUR_REV)"
 fi
 
-STAMP=$(date +%Y%m%d-%H%M%S)
-mkdir -p -- "$RESULTS_DIR"
-REPORT=$RESULTS_DIR/tls-bench-$STAMP.md
-TSV=$RESULTS_DIR/tls-bench-$STAMP.tsv
-ARTIFACTS=$RESULTS_DIR/tls-bench-$STAMP
-RAW=$WORK/raw.tsv
-META=$WORK/meta
-: >"$RAW"
-: >"$META"
-meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
-raw() { local IFS=$'\t'; printf '%s\n' "$*" >>"$RAW"; }
+results_files tls-bench
 
 COMMANDS=()
 show_cmd() {
