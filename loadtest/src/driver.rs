@@ -223,9 +223,9 @@ impl Driver<'_> {
     }
 
     /// A TLS client connection, as the options say.
-    fn tls_conn(&self) -> Option<rustls::ClientConnection> {
+    fn tls_conn(&self) -> Option<rustls::client::UnbufferedClientConnection> {
         let t = self.opts.tls.as_ref()?;
-        rustls::ClientConnection::new(Arc::clone(&t.config), t.name.clone()).ok()
+        rustls::client::UnbufferedClientConnection::new(Arc::clone(&t.config), t.name.clone()).ok()
     }
 
     /// Opens one connection; its connect is timed from here.

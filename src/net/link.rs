@@ -16,7 +16,8 @@
 //! Buffers that grew past their [`Keep`] limit are released as soon as they
 //! are empty: an idle connection goes back to its small footprint.
 
-use super::{IoCounts, Transport};
+use super::transport::Offer;
+use super::{IoCounts, TlsConn, Transport};
 use mio::{Interest, Registry, Token};
 use std::io;
 
@@ -158,6 +159,9 @@ impl Link {
         io: &mut IoCounts,
         mut consume: impl FnMut(&[u8], &mut Vec<u8>) -> Consumed,
     ) -> ReadEnd {
+        if self.transport.is_tls() {
+            return self.read_tls(scratch, budget, drain, io, consume);
+        }
         let mut budget = budget;
         loop {
             if budget == 0 {
@@ -194,6 +198,37 @@ impl Link {
         }
     }
 
+    /// [`Link::read_with`] through TLS: each record's plaintext is offered
+    /// where rustls holds it (see [`Parts::offer`]). Out of line, taking
+    /// the consumer by value: the plaintext path's code (which inlines the
+    /// session into the read loop and keeps the consumer in registers)
+    /// stays as it was (measured with callgrind: by reference, ~50
+    /// instructions a message more on the plaintext path).
+    #[inline(never)]
+    fn read_tls(
+        &mut self,
+        scratch: &mut [u8],
+        budget: usize,
+        drain: bool,
+        io: &mut IoCounts,
+        mut consume: impl FnMut(&[u8], &mut Vec<u8>) -> Consumed,
+    ) -> ReadEnd {
+        let Transport::Tls(tls) = &mut self.transport else {
+            return ReadEnd::Closed;
+        };
+        let mut parts = Parts {
+            carry: &mut self.carry,
+            out: &mut self.out,
+            keep: self.keep,
+            scratch,
+            io,
+        };
+        match tls.read_plain(budget, drain, &mut |p| parts.offer(p, &mut consume)) {
+            Ok(end) => end,
+            Err(_) => ReadEnd::Closed,
+        }
+    }
+
     /// Offers the carried bytes alone to `consume` (a consumer that stopped
     /// taking input takes it again: edge-triggered readiness will not report
     /// these bytes a second time). Returns whether it stopped again.
@@ -211,15 +246,11 @@ impl Link {
     }
 
     fn keep_carry(&mut self, rest: &[u8]) {
-        self.carry.clear();
-        self.carry.extend_from_slice(rest);
-        self.release_empty();
+        keep_carry(&mut self.carry, rest, self.keep);
     }
 
     fn release_empty(&mut self) {
-        if self.carry.is_empty() && self.carry.capacity() > self.keep.carry {
-            self.carry = Vec::new();
-        }
+        release_empty(&mut self.carry, self.keep);
     }
 
     /// Output not yet taken by the transport; TLS records the socket has
@@ -284,7 +315,7 @@ impl Link {
     /// Secures the stream (STARTTLS): anything the client sent after the
     /// command and before the handshake is dropped unread, never executed
     /// (RFC 3207 4.2; the STARTTLS injection class, CVE-2011-0411).
-    pub fn start_tls(&mut self, conn: impl Into<rustls::Connection>) {
+    pub fn start_tls(&mut self, conn: impl Into<TlsConn>) {
         self.carry = Vec::new();
         self.transport.start_tls(conn);
     }
@@ -349,6 +380,122 @@ impl Link {
     pub fn shutdown_write(&mut self) {
         self.carry = Vec::new();
         self.transport.shutdown_write();
+    }
+}
+
+fn keep_carry(carry: &mut Vec<u8>, rest: &[u8], keep: Keep) {
+    carry.clear();
+    carry.extend_from_slice(rest);
+    release_empty(carry, keep);
+}
+
+fn release_empty(carry: &mut Vec<u8>, keep: Keep) {
+    if carry.is_empty() && carry.capacity() > keep.carry {
+        *carry = Vec::new();
+    }
+}
+
+/// Carried bytes are joined with at most this much of the next TLS record
+/// (in the scratch buffer) to finish the line they start; once the consumer
+/// has used them the rest of the record is offered where it lies.
+const STITCH: usize = 1024;
+
+/// A link's parts that TLS reading works with while the transport is
+/// borrowed.
+struct Parts<'a> {
+    carry: &'a mut Vec<u8>,
+    out: &'a mut Vec<u8>,
+    keep: Keep,
+    scratch: &'a mut [u8],
+    io: &'a mut IoCounts,
+}
+
+impl Parts<'_> {
+    /// Offers a record's plaintext `p` to `consume`: where it lies when
+    /// nothing is carried, else the carry with the start of `p` joined in
+    /// the scratch buffer. What the consumer leaves is carried; the part of
+    /// `p` not even offered (the scratch is full of carry) stays with the
+    /// transport.
+    fn offer(
+        &mut self,
+        p: &[u8],
+        consume: &mut dyn FnMut(&[u8], &mut Vec<u8>) -> Consumed,
+    ) -> Offer {
+        let mut pos = 0;
+        while pos < p.len() {
+            let rest = p.get(pos..).unwrap_or_default();
+            let carried = self.carry.len();
+            let c = if carried == 0 {
+                let c = consume(rest, self.out);
+                keep_carry(
+                    self.carry,
+                    rest.get(c.used..).unwrap_or_default(),
+                    self.keep,
+                );
+                pos = p.len();
+                c
+            } else {
+                let fit = rest
+                    .len()
+                    .min(STITCH.max(carried))
+                    .min(self.scratch.len().saturating_sub(carried));
+                let (Some(joined), Some(piece)) =
+                    (self.scratch.get_mut(..carried + fit), rest.get(..fit))
+                else {
+                    break;
+                };
+                if fit == 0 {
+                    // The consumer left a whole buffer unconsumed: it is not
+                    // taking input, whatever it said.
+                    self.count(pos);
+                    return Offer {
+                        taken: pos,
+                        stop: true,
+                    };
+                }
+                let (head, tail) = joined.split_at_mut(carried);
+                head.copy_from_slice(self.carry);
+                tail.copy_from_slice(piece);
+                let input = self.scratch.get(..carried + fit).unwrap_or_default();
+                let c = consume(input, self.out);
+                if c.used >= carried {
+                    self.carry.clear();
+                    pos += c.used - carried;
+                    release_empty(self.carry, self.keep);
+                } else {
+                    keep_carry(
+                        self.carry,
+                        input.get(c.used..).unwrap_or_default(),
+                        self.keep,
+                    );
+                    pos += fit;
+                }
+                c
+            };
+            if c.stop {
+                // What was not used waits in the carry.
+                if pos < p.len() {
+                    self.carry
+                        .extend_from_slice(p.get(pos..).unwrap_or_default());
+                }
+                pos = p.len();
+                self.count(pos);
+                return Offer {
+                    taken: pos,
+                    stop: true,
+                };
+            }
+        }
+        self.count(pos);
+        Offer {
+            taken: pos,
+            stop: false,
+        }
+    }
+
+    fn count(&mut self, n: usize) {
+        self.io.reads += 1;
+        self.io.bytes_in += n as u64;
     }
 }
 

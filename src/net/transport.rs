@@ -5,20 +5,33 @@
 //! connection is secured: STARTTLS switches a plain stream to TLS in place
 //! ([`Transport::start_tls`]); implicit TLS starts with it.
 //!
-//! TLS is rustls driven by hand on the non-blocking socket, inside the same
-//! readiness events as everything else: a read pulls records from the
-//! socket, processes them (handshake messages included) and sends whatever
-//! the handshake wants to say; a write hands plaintext to rustls and sends
-//! the records it makes. Records the socket did not take stay inside rustls
-//! (at most one write's worth: a write is refused while any are waiting)
-//! and go out with the next flush ([`Transport::flush_buffered`]), which
-//! the link calls whenever it flushes. Retries EINTR; every other error goes
-//! to the caller.
+//! TLS is rustls's unbuffered API driven by hand on the non-blocking socket,
+//! inside the same readiness events as everything else. Its cost for bulk
+//! data is in the copies, so there are as few as rustls allows:
+//! - Reading: ciphertext comes from the socket in gulps into one buffer per
+//!   event loop, where rustls decrypts each record; the record's plaintext
+//!   (which rustls hands out from a buffer of its own) is offered to the
+//!   consumer as it lies ([`Tls::read_plain`]), not copied into ours. Only a
+//!   record not complete yet (or records a consumer that stopped did not get
+//!   to) is kept per connection between reads.
+//! - Writing: plaintext is encrypted into one buffer per event loop and sent
+//!   from there; only what the socket refuses is kept (at most one write's
+//!   worth: a write is refused while any is waiting) and goes out with the
+//!   next flush ([`Transport::flush_buffered`]), which the link calls
+//!   whenever it flushes.
+//!
+//! Retries EINTR; every other error goes to the caller.
 
+use super::ReadEnd;
 use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use rustls::{ClientConnection, Connection, ServerConnection};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, ReadTraffic, UnbufferedStatus,
+    WriteTraffic,
+};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
@@ -33,27 +46,84 @@ pub enum Transport {
     Detached,
 }
 
+/// One side of a TLS connection, before its first byte.
+pub enum TlsConn {
+    /// We are the server.
+    Server(UnbufferedServerConnection),
+    /// We are the client.
+    Client(UnbufferedClientConnection),
+}
+
+impl From<UnbufferedServerConnection> for TlsConn {
+    fn from(c: UnbufferedServerConnection) -> Self {
+        TlsConn::Server(c)
+    }
+}
+
+impl From<UnbufferedClientConnection> for TlsConn {
+    fn from(c: UnbufferedClientConnection) -> Self {
+        TlsConn::Client(c)
+    }
+}
+
+impl TlsConn {
+    fn common(&self) -> &rustls::CommonState {
+        match self {
+            TlsConn::Server(c) => c,
+            TlsConn::Client(c) => c,
+        }
+    }
+}
+
 /// A TLS connection and its socket.
 pub struct Tls {
     sock: TcpStream,
-    conn: Connection,
-    /// Why the handshake or a record failed, for statistics.
-    failure: Option<TlsFailure>,
-    /// Ciphertext read but not yet handed to rustls (a gulp whose plaintext
-    /// did not fit the reader's buffer), from `left_pos` on.
+    conn: TlsConn,
+    st: TlsState,
+}
+
+/// A TLS connection's buffers and flags (apart from rustls's own state).
+#[derive(Default)]
+struct TlsState {
+    /// Ciphertext kept between reads: a record not complete yet, or records
+    /// a consumer that stopped did not get to.
     left: Vec<u8>,
-    left_pos: usize,
+    /// Records made but not taken by the socket yet, from `out_pos` on.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Plaintext written before the handshake allowed encrypting it.
+    early: Vec<u8>,
+    /// Plaintext decrypted but not read yet (records processed to make
+    /// room for a write, or not taken by a consumer), from `stash_pos` on.
+    stash: Vec<u8>,
+    stash_pos: usize,
     /// The stream ended (`close_notify`, or a close without one).
     eof: bool,
+    /// Our `close_notify` is queued.
+    closing: bool,
+    /// A record, the handshake or the socket failed: rustls is not asked
+    /// again (what it keeps of the ciphertext no longer matches `left`).
+    broken: bool,
+    /// Why the handshake or a record failed, for statistics.
+    failure: Option<TlsFailure>,
 }
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
-            .field("handshaking", &self.conn.is_handshaking())
-            .field("failure", &self.failure)
+            .field("handshaking", &self.conn.common().is_handshaking())
+            .field("failure", &self.st.failure)
             .finish_non_exhaustive()
     }
+}
+
+/// What a reader did with plaintext it was offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// Bytes taken from the start; the rest is kept and offered again.
+    pub taken: usize,
+    /// Offer nothing more for now.
+    pub stop: bool,
 }
 
 /// Why a TLS connection failed, in classes a person can act on.
@@ -128,10 +198,28 @@ pub struct TlsInfo {
     pub resumed: bool,
 }
 
-/// The largest plaintext rustls buffers before it refuses more (a client
-/// that never reads cannot make a TLS connection hold more than a plain
-/// one); rustls's own default.
+/// The most plaintext one write takes, and the most held for a handshake
+/// that has not finished (a client that never reads cannot make a TLS
+/// connection hold more than a plain one).
 const TLS_BUFFER: usize = 64 * 1024;
+
+/// Ciphertext is read from the socket in gulps this big (and a handshake
+/// message may be at most about this big), into one buffer per thread (per
+/// event loop).
+const GULP: usize = 64 * 1024;
+
+/// Records of one write's plaintext: [`TLS_BUFFER`] plus each record's
+/// header, content type and tag.
+const SEAL: usize = TLS_BUFFER + 2048;
+
+/// A queue of records this big or smaller is kept for the next one when
+/// the socket has taken it.
+const OUT_KEEP: usize = 4096;
+
+thread_local! {
+    static GULP_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; GULP]);
+    static SEAL_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SEAL]);
+}
 
 impl Transport {
     /// A TCP stream; small writes leave at once (Nagle would hold replies
@@ -142,32 +230,28 @@ impl Transport {
     }
 
     /// A TCP stream that speaks TLS as a server from its first byte.
-    pub fn tls_server(sock: TcpStream, conn: ServerConnection) -> Self {
+    pub fn tls_server(sock: TcpStream, conn: UnbufferedServerConnection) -> Self {
         let _ = sock.set_nodelay(true);
         Self::secure(sock, conn.into())
     }
 
     /// A TCP stream that speaks TLS as a client from its first byte.
-    pub fn tls_client(sock: TcpStream, conn: ClientConnection) -> Self {
+    pub fn tls_client(sock: TcpStream, conn: UnbufferedClientConnection) -> Self {
         let _ = sock.set_nodelay(true);
         Self::secure(sock, conn.into())
     }
 
-    fn secure(sock: TcpStream, mut conn: Connection) -> Self {
-        conn.set_buffer_limit(Some(TLS_BUFFER));
+    fn secure(sock: TcpStream, conn: TlsConn) -> Self {
         Transport::Tls(Box::new(Tls {
             sock,
             conn,
-            failure: None,
-            left: Vec::new(),
-            left_pos: 0,
-            eof: false,
+            st: TlsState::default(),
         }))
     }
 
     /// Switches a plain stream to TLS in place (STARTTLS); the socket keeps
     /// its registration. A stream already secured is left as it is.
-    pub fn start_tls(&mut self, conn: impl Into<Connection>) {
+    pub fn start_tls(&mut self, conn: impl Into<TlsConn>) {
         let taken = std::mem::replace(self, Transport::Detached);
         *self = match taken {
             Transport::Plain(sock) => Self::secure(sock, conn.into()),
@@ -183,7 +267,7 @@ impl Transport {
     /// Whether a TLS handshake is still in progress.
     pub fn handshaking(&self) -> bool {
         match self {
-            Transport::Tls(t) => t.conn.is_handshaking(),
+            Transport::Tls(t) => t.conn.common().is_handshaking(),
             Transport::Plain(_) | Transport::Detached => false,
         }
     }
@@ -193,24 +277,21 @@ impl Transport {
         let Transport::Tls(t) = self else {
             return None;
         };
-        if t.conn.is_handshaking() {
+        let c = t.conn.common();
+        if c.is_handshaking() {
             return None;
         }
-        let version = match t.conn.protocol_version()? {
+        let version = match c.protocol_version()? {
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
             _ => "other",
         };
-        let cipher = t
-            .conn
+        let cipher = c
             .negotiated_cipher_suite()?
             .suite()
             .as_str()
             .unwrap_or("unknown");
-        let resumed = matches!(
-            t.conn.handshake_kind(),
-            Some(rustls::HandshakeKind::Resumed)
-        );
+        let resumed = matches!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         Some(TlsInfo {
             version,
             cipher,
@@ -221,14 +302,14 @@ impl Transport {
     /// Why TLS failed on this stream, if it did.
     pub fn tls_failure(&self) -> Option<TlsFailure> {
         match self {
-            Transport::Tls(t) => t.failure,
+            Transport::Tls(t) => t.st.failure,
             Transport::Plain(_) | Transport::Detached => None,
         }
     }
 
-    /// Reads what is there, retrying EINTR. Through TLS: decrypted bytes,
-    /// as many as `buf` holds or the socket has (a short read means the
-    /// socket is dry, as for plain TCP).
+    /// Reads what is there, retrying EINTR, as many bytes as `buf` holds or
+    /// the socket has. Through TLS: decrypted bytes, copied into `buf` (the
+    /// link reads TLS with [`Tls::read_plain`] instead, without the copy).
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -240,8 +321,8 @@ impl Transport {
     }
 
     /// Writes what the stream takes, retrying EINTR. Through TLS: plaintext
-    /// handed to rustls, refused (`WouldBlock`) while records it made
-    /// earlier still wait for the socket.
+    /// encrypted and sent, refused (`WouldBlock`) while records made earlier
+    /// still wait for the socket.
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -253,13 +334,14 @@ impl Transport {
     }
 
     /// Sends what the stream holds itself (TLS records the socket did not
-    /// take); `Ok(false)` while some still wait. Plain TCP holds nothing.
+    /// take, plaintext written before the handshake allowed it); `Ok(false)`
+    /// while some still waits. Plain TCP holds nothing.
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub fn flush_buffered(&mut self) -> io::Result<bool> {
         match self {
             Transport::Plain(_) | Transport::Detached => Ok(true),
-            Transport::Tls(t) => t.push(),
+            Transport::Tls(t) => t.flush(),
         }
     }
 
@@ -271,29 +353,16 @@ impl Transport {
         let Transport::Tls(t) = self else {
             return Ok(false);
         };
-        while t.conn.is_handshaking() {
-            if !t.push()? {
-                return Ok(true);
-            }
-            match retry(|| t.conn.read_tls(&mut t.sock)) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) => return Err(e),
-            }
-            t.process()?;
-        }
-        // The last flight (a client's Finished) goes now.
-        t.push()?;
-        Ok(false)
+        t.handshake()
     }
 
-    /// Whether the stream holds output of its own (TLS records).
+    /// Whether the stream holds output of its own (TLS records, or
+    /// plaintext waiting for the handshake).
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub fn has_buffered(&self) -> bool {
         match self {
-            Transport::Tls(t) => t.conn.wants_write(),
+            Transport::Tls(t) => t.has_buffered(),
             Transport::Plain(_) | Transport::Detached => false,
         }
     }
@@ -305,7 +374,7 @@ impl Transport {
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
             Transport::Tls(t) => {
-                t.conn.send_close_notify();
+                let _ = t.pass_left(&mut Goal::Close);
                 let _ = t.push();
                 let _ = t.sock.shutdown(std::net::Shutdown::Write);
             }
@@ -344,194 +413,605 @@ fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "no stream")
 }
 
-/// Ciphertext is read from the socket in gulps this big, into one buffer
-/// per thread (per event loop): rustls alone reads 4 KiB at a time, a
-/// syscall per 4 KiB of a large message.
-const GULP: usize = 64 * 1024;
-
-thread_local! {
-    static GULP_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; GULP]);
+/// What a pass over the records does besides processing them.
+enum Goal<'a> {
+    /// Reading: each record's plaintext is offered.
+    Read,
+    /// Writing `data` (as much as fits one write): encrypted into `seal`
+    /// once the handshake allows, held in `early` before.
+    Write { data: &'a [u8], seal: &'a mut [u8] },
+    /// Queueing our `close_notify`.
+    Close,
 }
 
-/// How a gulp from the socket went.
-enum Gulp {
-    /// The socket is dry for now.
-    Dry,
-    /// The peer closed (or the connection failed after what was read).
-    Eof,
-    /// Read this many bytes and handed them over; the socket may hold more.
-    Full,
-    /// Read less than a gulp: the socket is dry after it.
-    Short,
+/// How a pass over the records ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    /// Every whole record is processed: more ciphertext is needed.
+    Idle,
+    /// The reader stopped taking plaintext.
+    Stopped,
 }
 
-impl Tls {
-    /// Plaintext into `buf` from `filled` on: decrypted records first, then
-    /// ciphertext left from the last call, then gulps from the socket, until
-    /// `buf` is full or the socket is dry. A short result means the socket
-    /// is dry (as for plain TCP); `Ok(0)` only at the end of the stream.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut filled = 0;
-        if self.drain(buf, &mut filled)? || filled == buf.len() {
-            return Ok(filled);
-        }
-        if self.left_pos < self.left.len() {
-            let left = std::mem::take(&mut self.left);
-            let used = self.absorb(
-                left.get(self.left_pos..).unwrap_or_default(),
-                buf,
-                &mut filled,
-            );
-            self.left = left;
-            self.left_pos += used?;
-            if self.left_pos >= self.left.len() {
-                // An idle connection keeps no ciphertext buffer.
-                self.left = Vec::new();
-                self.left_pos = 0;
+/// What a pass over the records did.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    halt: Halt,
+    /// Bytes of a write's data taken (encrypted or held).
+    taken: usize,
+    /// Bytes of records at the start of the write's `seal`.
+    sealed: usize,
+}
+
+/// rustls's two connection sides, which process records alike.
+trait Records {
+    type Data;
+    fn records<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Records for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn records<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Records for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn records<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// Processes the records in `buf` from `*start` on (moving `*start` past
+/// what rustls is done with) until every whole one is processed or the
+/// reader stops: decrypted plaintext goes to `offer` (what it does not take
+/// to the stash), records to send to `st.out`, and the goal's work is done
+/// when the handshake allows it. A failure is classed for the statistics
+/// and the alert rustls made for the peer is queued.
+fn pass<C: Records>(
+    conn: &mut C,
+    st: &mut TlsState,
+    buf: &mut [u8],
+    start: &mut usize,
+    goal: &mut Goal<'_>,
+    offer: &mut dyn FnMut(&[u8]) -> Offer,
+) -> io::Result<Pass> {
+    let r = records(conn, st, buf, start, goal, offer);
+    if r.is_err() {
+        st.broken = true;
+    }
+    r
+}
+
+fn records<C: Records>(
+    conn: &mut C,
+    st: &mut TlsState,
+    buf: &mut [u8],
+    start: &mut usize,
+    goal: &mut Goal<'_>,
+    offer: &mut dyn FnMut(&[u8]) -> Offer,
+) -> io::Result<Pass> {
+    let mut done = Pass {
+        halt: Halt::Idle,
+        taken: 0,
+        sealed: 0,
+    };
+    loop {
+        let UnbufferedStatus { mut discard, state } =
+            conn.records(buf.get_mut(*start..).unwrap_or_default());
+        let mut idle = false;
+        let mut failed = None;
+        match state {
+            Err(e) => failed = Some(e),
+            Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                failed = read_traffic(&mut traffic, st, &mut done, &mut discard, offer);
             }
-            if filled == buf.len() || self.eof {
-                return Ok(filled);
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => encode_into(&mut encode, &mut st.out),
+            // The records are in `st.out`; they go when the socket takes them.
+            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+            Ok(ConnectionState::BlockedHandshake) => {
+                if let Goal::Write { data, .. } = goal {
+                    // Held until the handshake allows encrypting it.
+                    let rest = data.get(done.taken..).unwrap_or_default();
+                    let n = rest.len().min(TLS_BUFFER.saturating_sub(st.early.len()));
+                    st.early
+                        .extend_from_slice(rest.get(..n).unwrap_or_default());
+                    done.taken += n;
+                }
+                idle = true;
+            }
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                write_traffic(&mut traffic, st, goal, &mut done)?;
+                idle = true;
+            }
+            Ok(ConnectionState::PeerClosed) => st.eof = true,
+            Ok(ConnectionState::Closed) => {
+                st.eof = true;
+                idle = true;
+            }
+            // Early data is never accepted (0-RTT SMTP commands could be
+            // replayed), so rustls does not offer it.
+            Ok(_) => {
+                failed = Some(rustls::Error::General("unexpected TLS state".into()));
             }
         }
-        loop {
-            match self.gulp(buf, &mut filled)? {
-                Gulp::Full if filled < buf.len() && !self.eof => {}
-                Gulp::Dry => {
-                    // Whatever the handshake wants to say goes now.
-                    self.push()?;
-                    return if filled > 0 {
-                        Ok(filled)
-                    } else {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    };
-                }
-                Gulp::Eof => return Ok(filled),
-                Gulp::Full | Gulp::Short if filled > 0 || self.eof => return Ok(filled),
-                // Only records that yield no plaintext (handshake, tickets):
-                // the socket is dry.
-                Gulp::Full | Gulp::Short => {
-                    self.push()?;
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
+        *start += discard;
+        if let Some(e) = failed {
+            st.failure.get_or_insert(TlsFailure::of(&e));
+            // Plaintext held for the handshake can never be sent now.
+            st.early = Vec::new();
+            queue_alert(conn, st, buf, start);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        if done.halt == Halt::Stopped || idle {
+            return Ok(done);
+        }
+    }
+}
+
+/// Offers each decrypted record's plaintext (once the reader stopped, or
+/// what it does not take, goes to the stash); a record that failed is the
+/// error returned.
+fn read_traffic<D>(
+    traffic: &mut ReadTraffic<'_, '_, D>,
+    st: &mut TlsState,
+    done: &mut Pass,
+    discard: &mut usize,
+    offer: &mut dyn FnMut(&[u8]) -> Offer,
+) -> Option<rustls::Error> {
+    while let Some(record) = traffic.next_record() {
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => return Some(e),
+        };
+        *discard += record.discard;
+        let payload = record.payload;
+        let taken = if done.halt == Halt::Stopped {
+            0
+        } else {
+            let o = offer(payload);
+            if o.stop {
+                done.halt = Halt::Stopped;
+            }
+            o.taken.min(payload.len())
+        };
+        if let Some(rest) = payload.get(taken..).filter(|r| !r.is_empty()) {
+            st.stash.extend_from_slice(rest);
+        }
+    }
+    None
+}
+
+/// Appends a handshake (or alert) record rustls made to `out`.
+fn encode_into<D>(encode: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) {
+    let at = out.len();
+    let mut room = 4096;
+    loop {
+        out.resize(at + room, 0);
+        match encode.encode(out.get_mut(at..).unwrap_or_default()) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(s)) if s.required_size > room => {
+                room = s.required_size;
+            }
+            Err(_) => {
+                out.truncate(at);
+                return;
             }
         }
     }
+}
 
-    /// Reads one gulp from the socket and hands it to rustls; what `buf`
-    /// has no room for the plaintext of waits in `left`.
-    fn gulp(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<Gulp> {
+/// The handshake allows application data: what was held for it is
+/// encrypted first, then the goal's data or `close_notify`.
+fn write_traffic<D>(
+    traffic: &mut WriteTraffic<'_, D>,
+    st: &mut TlsState,
+    goal: &mut Goal<'_>,
+    done: &mut Pass,
+) -> io::Result<()> {
+    if !st.early.is_empty() {
+        let early = std::mem::take(&mut st.early);
+        seal_into(&mut st.out, &early, |d, o| traffic.encrypt(d, o))?;
+    }
+    match goal {
+        Goal::Write { data, seal } if done.taken < data.len() => {
+            let seal: &mut [u8] = seal;
+            let data = data.get(done.taken..).unwrap_or_default();
+            match traffic.encrypt(data, seal) {
+                Ok(n) => done.sealed = n,
+                // Larger than the buffer after all: the queue takes it.
+                Err(EncryptError::InsufficientSize(_)) => {
+                    seal_into(&mut st.out, data, |d, o| traffic.encrypt(d, o))?;
+                }
+                Err(EncryptError::EncryptExhausted) => return Err(exhausted()),
+            }
+            done.taken += data.len();
+        }
+        Goal::Close if !st.closing => {
+            st.closing = true;
+            seal_into(&mut st.out, &[], |_, o| traffic.queue_close_notify(o))?;
+        }
+        Goal::Read | Goal::Write { .. } | Goal::Close => {}
+    }
+    Ok(())
+}
+
+/// After a failure: queues the alert rustls made for the peer, if any.
+fn queue_alert<C: Records>(conn: &mut C, st: &mut TlsState, buf: &mut [u8], start: &mut usize) {
+    for _ in 0..4 {
+        let UnbufferedStatus { discard, state } =
+            conn.records(buf.get_mut(*start..).unwrap_or_default());
+        let more = match state {
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                encode_into(&mut encode, &mut st.out);
+                true
+            }
+            Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                transmit.done();
+                false
+            }
+            _ => false,
+        };
+        *start += discard;
+        if !more {
+            return;
+        }
+    }
+}
+
+/// Appends the records `seal` makes of `data` to `out`, growing it as
+/// rustls asks.
+fn seal_into(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    mut seal: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    let at = out.len();
+    let mut room = data.len() + 64;
+    loop {
+        out.resize(at + room, 0);
+        match seal(data, out.get_mut(at..).unwrap_or_default()) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(s)) if s.required_size > room => {
+                room = s.required_size;
+            }
+            Err(_) => {
+                out.truncate(at);
+                return Err(exhausted());
+            }
+        }
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "TLS failed")
+}
+
+fn exhausted() -> io::Error {
+    io::Error::other("TLS: cannot encrypt more on this connection")
+}
+
+impl Tls {
+    /// One pass over `buf[*start..]` for this side.
+    fn pass(
+        &mut self,
+        buf: &mut [u8],
+        start: &mut usize,
+        goal: &mut Goal<'_>,
+        offer: &mut dyn FnMut(&[u8]) -> Offer,
+    ) -> io::Result<Pass> {
+        match &mut self.conn {
+            TlsConn::Server(c) => pass(c, &mut self.st, buf, start, goal, offer),
+            TlsConn::Client(c) => pass(c, &mut self.st, buf, start, goal, offer),
+        }
+    }
+
+    /// One pass over the ciphertext kept from earlier reads, for a write or
+    /// a close: decrypted plaintext goes to the stash.
+    fn pass_left(&mut self, goal: &mut Goal<'_>) -> io::Result<Pass> {
+        if self.st.broken {
+            return Err(broken());
+        }
+        let mut left = std::mem::take(&mut self.st.left);
+        let mut start = 0;
+        let r = self.pass(&mut left, &mut start, goal, &mut |_| Offer {
+            taken: 0,
+            stop: false,
+        });
+        left.drain(..start.min(left.len()));
+        self.st.left = left;
+        r
+    }
+
+    /// Offers plaintext to `offer` record by record (each as rustls holds
+    /// it: no copy here) until it stops, the socket is dry, `budget` bytes
+    /// were offered, or the stream ends. Plaintext not taken is kept and
+    /// offered first next time. `drain`: read until the socket says it is
+    /// dry (otherwise a short read is taken to mean so, as for plain TCP);
+    /// `secure_only`: stop once the handshake is done.
+    pub fn read_plain(
+        &mut self,
+        budget: usize,
+        drain: bool,
+        offer: &mut dyn FnMut(&[u8]) -> Offer,
+    ) -> io::Result<ReadEnd> {
+        self.read_until(budget, drain, false, offer)
+    }
+
+    fn read_until(
+        &mut self,
+        budget: usize,
+        drain: bool,
+        secure_only: bool,
+        offer: &mut dyn FnMut(&[u8]) -> Offer,
+    ) -> io::Result<ReadEnd> {
+        if self.st.stash_pos < self.st.stash.len() {
+            let o = offer(self.st.stash.get(self.st.stash_pos..).unwrap_or_default());
+            self.st.stash_pos += o.taken;
+            if self.st.stash_pos < self.st.stash.len() {
+                return Ok(ReadEnd::Stopped);
+            }
+            self.st.stash = Vec::new();
+            self.st.stash_pos = 0;
+            if o.stop {
+                return Ok(ReadEnd::Stopped);
+            }
+        }
+        if self.st.eof {
+            return Ok(ReadEnd::Closed);
+        }
+        if self.st.broken {
+            return Err(broken());
+        }
         GULP_BUF.with(|cell| {
             let Ok(mut g) = cell.try_borrow_mut() else {
                 return Err(io::Error::other("TLS read re-entered"));
             };
-            // No more ciphertext than `buf` has room for: its plaintext is
-            // smaller, so it fits and nothing is left over to copy aside
-            // (but at least a record header's worth, to make progress).
-            let room = buf.len().saturating_sub(*filled).clamp(64, g.len());
-            let Some(space) = g.get_mut(..room) else {
-                return Ok(Gulp::Dry);
-            };
-            let n = match retry(|| self.sock.read(space)) {
-                Ok(0) => return Ok(Gulp::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Gulp::Dry),
-                Err(e) => return Err(e),
-            };
-            let got = g.get(..n).unwrap_or_default();
-            let used = self.absorb(got, buf, filled)?;
-            if used < n {
-                self.left.clear();
-                self.left
-                    .extend_from_slice(got.get(used..).unwrap_or_default());
-                self.left_pos = 0;
+            let end = self.st.left.len().min(g.len());
+            if let Some(head) = g.get_mut(..end) {
+                head.copy_from_slice(self.st.left.get(..end).unwrap_or_default());
             }
-            Ok(if n == room { Gulp::Full } else { Gulp::Short })
+            self.st.left.clear();
+            let r = self.gulps(&mut g, end, budget, drain, secure_only, offer);
+            if r.is_err() {
+                self.st.broken = true;
+                self.st.left = Vec::new();
+            }
+            let _ = self.push();
+            r
         })
     }
 
-    /// Hands `cipher` to rustls record by record, moving the plaintext into
-    /// `buf` as it comes, until `cipher` is used up or `buf` is full (or the
-    /// peer's `close_notify` came); returns the bytes of `cipher` taken.
-    fn absorb(
+    /// The read loop over the gulp buffer `g`, which holds `end` bytes of
+    /// ciphertext kept from before.
+    fn gulps(
         &mut self,
-        mut cipher: &[u8],
-        buf: &mut [u8],
-        filled: &mut usize,
-    ) -> io::Result<usize> {
-        let total = cipher.len();
-        while !cipher.is_empty() && *filled < buf.len() && !self.eof {
-            if self.conn.read_tls(&mut cipher)? == 0 {
-                break;
+        g: &mut [u8],
+        mut end: usize,
+        budget: usize,
+        drain: bool,
+        secure_only: bool,
+        offer: &mut dyn FnMut(&[u8]) -> Offer,
+    ) -> io::Result<ReadEnd> {
+        let mut start = 0;
+        let offered = std::cell::Cell::new(0);
+        let mut dry = false;
+        let mut counted = |p: &[u8]| {
+            let o = offer(p);
+            offered.set(offered.get() + o.taken);
+            o
+        };
+        loop {
+            let pass = self.pass(
+                g.get_mut(..end).unwrap_or_default(),
+                &mut start,
+                &mut Goal::Read,
+                &mut counted,
+            )?;
+            let kept = g.get(start..end).unwrap_or_default();
+            let end_now = if pass.halt == Halt::Stopped {
+                Some(ReadEnd::Stopped)
+            } else if self.st.eof {
+                if self.conn.common().is_handshaking() {
+                    self.st.early = Vec::new();
+                }
+                Some(ReadEnd::Closed)
+            } else if dry || (secure_only && !self.conn.common().is_handshaking()) {
+                Some(ReadEnd::Drained)
+            } else if offered.get() >= budget {
+                Some(ReadEnd::Budget)
+            } else {
+                None
+            };
+            if let Some(e) = end_now {
+                self.keep(kept);
+                return Ok(e);
             }
-            self.process()?;
-            if self.conn.wants_write() {
+            // Room for the next gulp: a record not complete yet moves to the
+            // front (a small copy: less than a record).
+            if start > 0 {
+                g.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            let Some(space) = g.get_mut(end..).filter(|s| !s.is_empty()) else {
+                // A record or handshake message larger than any allowed.
+                self.st.failure.get_or_insert(TlsFailure::Protocol);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS message too large",
+                ));
+            };
+            // What the handshake wants to say goes before we wait for the peer.
+            if self.st.out_pos < self.st.out.len() {
                 self.push()?;
             }
-            self.drain(buf, filled)?;
-        }
-        Ok(total - cipher.len())
-    }
-
-    /// Moves decrypted plaintext into `buf`; true once the peer's
-    /// `close_notify` (or a close without one) has been seen.
-    fn drain(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<bool> {
-        while *filled < buf.len() {
-            match self
-                .conn
-                .reader()
-                .read(buf.get_mut(*filled..).unwrap_or_default())
-            {
-                // The peer's close_notify: the end, after what came before.
-                Ok(0) => self.eof = true,
-                Ok(n) => {
-                    *filled += n;
-                    continue;
+            let room = space.len();
+            match retry(|| self.sock.read(space)) {
+                Ok(0) => {
+                    // A close without close_notify: an end, as for TCP.
+                    self.st.eof = true;
+                    if self.conn.common().is_handshaking() {
+                        self.st.early = Vec::new();
+                    }
+                    self.keep(g.get(..end).unwrap_or_default());
+                    return Ok(ReadEnd::Closed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The peer closed without close_notify: an end, as for TCP.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.eof = true,
+                Ok(n) => {
+                    end += n;
+                    dry = n < room && !drain && cfg!(target_os = "linux");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.keep(g.get(..end).unwrap_or_default());
+                    return Ok(ReadEnd::Drained);
+                }
                 Err(e) => return Err(e),
             }
-            break;
         }
-        Ok(self.eof)
     }
 
+    /// Keeps `cipher` for the next read; an idle connection keeps no buffer.
+    fn keep(&mut self, cipher: &[u8]) {
+        self.st.left.clear();
+        if cipher.is_empty() {
+            self.st.left = Vec::new();
+        } else {
+            self.st.left.extend_from_slice(cipher);
+        }
+    }
+
+    /// Plaintext copied into `buf`: as much as it holds or the socket has.
+    #[inline(never)]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        let end = self.read_plain(buf.len(), true, &mut |p| {
+            let room = buf.get_mut(filled..).unwrap_or_default();
+            let n = p.len().min(room.len());
+            if let (Some(to), Some(from)) = (room.get_mut(..n), p.get(..n)) {
+                to.copy_from_slice(from);
+            }
+            filled += n;
+            Offer {
+                taken: n,
+                stop: filled == buf.len(),
+            }
+        })?;
+        match end {
+            ReadEnd::Drained if filled == 0 => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(filled),
+        }
+    }
+
+    fn handshake(&mut self) -> io::Result<bool> {
+        if self.conn.common().is_handshaking() {
+            // Application data that came with the last flight is kept.
+            let end = self.read_until(usize::MAX, true, true, &mut |_| Offer {
+                taken: 0,
+                stop: true,
+            })?;
+            if end == ReadEnd::Closed && self.conn.common().is_handshaking() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        // The last flight (a client's Finished) goes now.
+        self.push()?;
+        Ok(self.conn.common().is_handshaking())
+    }
+
+    #[inline(never)]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if !self.push()? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.conn.writer().write(buf)?;
-        if n == 0 && !buf.is_empty() {
-            // rustls's buffer is full (a handshake that has not finished
-            // holds the plaintext): wait for the socket like a full one.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.push()?;
-        Ok(n)
+        let data = buf.get(..buf.len().min(TLS_BUFFER)).unwrap_or_default();
+        SEAL_BUF.with(|cell| {
+            let Ok(mut seal) = cell.try_borrow_mut() else {
+                return Err(io::Error::other("TLS write re-entered"));
+            };
+            let done = self.pass_left(&mut Goal::Write {
+                data,
+                seal: &mut seal[..],
+            })?;
+            let sealed = seal.get(..done.sealed).unwrap_or_default();
+            if self.push()? {
+                let mut pos = 0;
+                while pos < sealed.len() {
+                    match retry(|| self.sock.write(sealed.get(pos..).unwrap_or_default())) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => pos += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.st
+                    .out
+                    .extend_from_slice(sealed.get(pos..).unwrap_or_default());
+            } else {
+                self.st.out.extend_from_slice(sealed);
+            }
+            if done.taken == 0 && !data.is_empty() {
+                // Held back: a handshake that has not finished holds all it may.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(done.taken)
+        })
     }
 
-    /// Processes the records handed to rustls; a failure is classed for
-    /// the statistics and the alert rustls queued for the peer is sent.
-    fn process(&mut self) -> io::Result<()> {
-        if let Err(e) = self.conn.process_new_packets() {
-            self.failure.get_or_insert(TlsFailure::of(&e));
-            let _ = self.push();
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+    // Out of line, like the rest of TLS: the plaintext path that shares
+    // these calls stays small enough to be inlined.
+    #[inline(never)]
+    fn has_buffered(&self) -> bool {
+        self.st.out_pos < self.st.out.len() || !self.st.early.is_empty()
+    }
+
+    /// Sends the records the socket did not take, and plaintext written
+    /// before the handshake allowed it once it does: true when none waits.
+    #[inline(never)]
+    fn flush(&mut self) -> io::Result<bool> {
+        if !self.st.early.is_empty() {
+            self.pass_left(&mut Goal::Write {
+                data: &[],
+                seal: &mut [],
+            })?;
         }
-        Ok(())
+        Ok(self.push()? && self.st.early.is_empty())
     }
 
     /// Writes queued records until none is left (`true`) or the socket is
     /// full (`false`).
     fn push(&mut self) -> io::Result<bool> {
-        while self.conn.wants_write() {
-            match retry(|| self.conn.write_tls(&mut self.sock)) {
+        let st = &mut self.st;
+        while st.out_pos < st.out.len() {
+            match retry(|| {
+                self.sock
+                    .write(st.out.get(st.out_pos..).unwrap_or_default())
+            }) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
+                Ok(n) => st.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
+        }
+        st.out.clear();
+        st.out_pos = 0;
+        if st.out.capacity() > OUT_KEEP {
+            st.out = Vec::new();
         }
         Ok(true)
     }

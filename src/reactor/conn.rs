@@ -324,10 +324,9 @@ impl Conn {
     /// session starts over. The client may already have sent its hello, and
     /// no new event will say so: read now.
     fn secure(&mut self, token: Token, env: &mut Env<'_>) -> Next {
-        let Some(conn) = env
-            .tls
-            .and_then(|config| rustls::ServerConnection::new(std::sync::Arc::clone(config)).ok())
-        else {
+        let Some(conn) = env.tls.and_then(|config| {
+            rustls::server::UnbufferedServerConnection::new(std::sync::Arc::clone(config)).ok()
+        }) else {
             // The session offers STARTTLS only with a configuration.
             return self.close(token, env, true);
         };
@@ -453,10 +452,18 @@ impl Conn {
     }
 
     /// Writes pending output; a client taking replies is not idle.
+    // The check inline, the rest out of line: most events find nothing
+    // pending (measured with callgrind: ~20 instructions a message).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn flush(&mut self, token: Token, env: &mut Env<'_>) -> Flush {
         if self.link.pending() == 0 {
             return Flush::Done;
         }
+        self.flush_pending(token, env)
+    }
+
+    fn flush_pending(&mut self, token: Token, env: &mut Env<'_>) -> Flush {
         let before = env.stats.counters.io.bytes_out;
         let f = self.link.flush(&mut env.stats.counters.io);
         if env.stats.counters.io.bytes_out > before {

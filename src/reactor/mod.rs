@@ -706,7 +706,9 @@ impl<S: Sink> Server<S> {
             let implicit = self.implicit_tls.get(index).copied().unwrap_or(false);
             let mut conn = match (&self.tls, implicit) {
                 (Some(config), true) => {
-                    let Ok(tls) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                    let Ok(tls) =
+                        rustls::server::UnbufferedServerConnection::new(Arc::clone(config))
+                    else {
                         continue;
                     };
                     Conn::new_tls(Transport::tls_server(sock, tls), session, now)
