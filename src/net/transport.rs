@@ -1040,3 +1040,324 @@ impl Source for Transport {
         self.sock_mut()?.deregister(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::tls::{client_config, server_config, server_name, Identity, Trust};
+    use crate::net::{Consumed, Flush, IoCounts, Keep, Link};
+    use std::time::{Duration, Instant};
+
+    const KEEP: Keep = Keep {
+        carry: 1024,
+        out: 0,
+    };
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(20)
+    }
+
+    /// A loopback TCP pair, both ends non-blocking.
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        c.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(s), TcpStream::from_std(c))
+    }
+
+    /// A server link and a client link over TLS, handshake not started.
+    fn tls_pair() -> (Link, Link) {
+        let (s, c) = tcp_pair();
+        let sc = server_config(&Identity::SelfSigned("localhost")).unwrap();
+        let cc = client_config(&Trust::Anyone, true).unwrap();
+        let server = UnbufferedServerConnection::new(sc).unwrap();
+        let client =
+            UnbufferedClientConnection::new(cc, server_name("localhost").unwrap()).unwrap();
+        (
+            Link::new(Transport::tls_server(s, server), KEEP),
+            Link::new(Transport::tls_client(c, client), KEEP),
+        )
+    }
+
+    fn handshake(server: &mut Link, client: &mut Link) {
+        let until = deadline();
+        while server.transport().handshaking() || client.transport().handshaking() {
+            assert!(Instant::now() < until, "handshake did not finish");
+            client.transport_mut().handshake().unwrap();
+            server.transport_mut().handshake().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Consumes whole lines only, as a session does; stops after `stop_after`
+    /// lines when given.
+    fn lines(
+        got: &mut Vec<u8>,
+        stop_after: Option<usize>,
+    ) -> impl FnMut(&[u8], &mut Vec<u8>) -> Consumed + '_ {
+        let mut seen = 0;
+        move |input, _| {
+            let mut used = 0;
+            while let Some(i) = input[used..].iter().position(|b| *b == b'\n') {
+                used += i + 1;
+                seen += 1;
+                if stop_after.is_some_and(|n| seen >= n) {
+                    got.extend_from_slice(&input[..used]);
+                    return Consumed { used, stop: true };
+                }
+            }
+            got.extend_from_slice(&input[..used]);
+            Consumed { used, stop: false }
+        }
+    }
+
+    /// Lines of every length from 1 to 3,000 bytes, `total` bytes or a
+    /// little more: record boundaries fall anywhere in them.
+    fn text(total: usize) -> Vec<u8> {
+        let mut t = Vec::with_capacity(total + 4000);
+        let mut n = 0usize;
+        while t.len() < total {
+            n += 1;
+            let len = 1 + (n * 7919) % 3000;
+            t.extend((0..len).map(|i| b'a' + ((n + i) % 26) as u8));
+            t.extend_from_slice(b"\r\n");
+        }
+        t
+    }
+
+    /// Sends `data` from `from` while `to` reads it line by line with a
+    /// 64 KiB scratch buffer; returns what `to` got.
+    fn transfer(from: &mut Link, to: &mut Link, data: &[u8]) -> Vec<u8> {
+        let mut io = IoCounts::default();
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
+        let mut sent = from.send(data, &mut io);
+        let until = deadline();
+        while got.len() < data.len() {
+            assert!(
+                Instant::now() < until,
+                "only {} of {} bytes",
+                got.len(),
+                data.len()
+            );
+            if sent == Flush::Blocked {
+                sent = from.flush(&mut io);
+            }
+            assert_ne!(sent, Flush::Failed);
+            to.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut got, None),
+            );
+        }
+        got
+    }
+
+    #[test]
+    fn megabytes_pass_byte_exact_both_ways_with_records_splitting_lines() {
+        let (mut server, mut client) = tls_pair();
+        handshake(&mut server, &mut client);
+        let up = text(3 << 20);
+        assert_eq!(transfer(&mut client, &mut server, &up), up);
+        let down = text(1 << 20);
+        assert_eq!(transfer(&mut server, &mut client, &down), down);
+        assert_eq!(server.carried(), 0);
+        assert_eq!(server.transport().tls_failure(), None);
+    }
+
+    #[test]
+    fn plaintext_written_before_the_handshake_arrives_after_it_in_order() {
+        let (mut server, mut client) = tls_pair();
+        let mut io = IoCounts::default();
+        // A greeting written at accept time: nothing can be encrypted yet.
+        assert_eq!(server.send(b"220 first\r\n", &mut io), Flush::Blocked);
+        assert!(server.pending() > 0);
+        handshake(&mut server, &mut client);
+        assert_eq!(server.send(b"250 second\r\n", &mut io), Flush::Done);
+        assert_eq!(server.pending(), 0);
+        let mut got = Vec::new();
+        let mut scratch = vec![0u8; 4096];
+        let until = deadline();
+        while got.len() < 23 {
+            assert!(Instant::now() < until);
+            client.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut got, None),
+            );
+        }
+        assert_eq!(got, b"220 first\r\n250 second\r\n");
+    }
+
+    #[test]
+    fn a_reply_written_while_records_wait_unread_keeps_them_in_order() {
+        let (mut server, mut client) = tls_pair();
+        handshake(&mut server, &mut client);
+        let mut io = IoCounts::default();
+        // Many records' worth of commands, so that a reader that stops
+        // after the first line leaves whole records unprocessed.
+        let commands = text(200 * 1024);
+        assert_ne!(client.send(&commands, &mut io), Flush::Failed);
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
+        let until = deadline();
+        while got.is_empty() {
+            assert!(Instant::now() < until);
+            let _ = client.flush(&mut io);
+            server.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut got, Some(1)),
+            );
+        }
+        // The reply makes rustls process the records left: their plaintext
+        // must come next, before anything read later.
+        assert_eq!(server.send(b"250 ok\r\n", &mut io), Flush::Done);
+        let mut rest = Vec::new();
+        let stopped = server.replay(lines(&mut rest, None));
+        assert!(!stopped);
+        while got.len() + rest.len() < commands.len() {
+            assert!(Instant::now() < until);
+            let _ = client.flush(&mut io);
+            server.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut rest, None),
+            );
+        }
+        got.extend_from_slice(&rest);
+        assert_eq!(got, commands);
+        let mut reply = Vec::new();
+        while reply.is_empty() {
+            assert!(Instant::now() < until);
+            client.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut reply, None),
+            );
+        }
+        assert_eq!(reply, b"250 ok\r\n");
+    }
+
+    #[test]
+    fn close_notify_ends_the_stream_after_the_data_before_it() {
+        let (mut server, mut client) = tls_pair();
+        handshake(&mut server, &mut client);
+        let mut io = IoCounts::default();
+        assert_eq!(client.send(b"QUIT\r\n", &mut io), Flush::Done);
+        client.shutdown_write();
+        let mut scratch = vec![0u8; 4096];
+        let mut got = Vec::new();
+        let until = deadline();
+        let end = loop {
+            assert!(Instant::now() < until);
+            let end = server.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut got, None),
+            );
+            if end == ReadEnd::Closed {
+                break end;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(end, ReadEnd::Closed);
+        assert_eq!(got, b"QUIT\r\n");
+        assert_eq!(server.transport().tls_failure(), None);
+    }
+
+    #[test]
+    fn garbage_fails_as_not_tls_and_every_later_call_is_an_error_not_a_panic() {
+        let (s, mut c) = tcp_pair();
+        let sc = server_config(&Identity::SelfSigned("localhost")).unwrap();
+        let mut server = Link::new(
+            Transport::tls_server(s, UnbufferedServerConnection::new(sc).unwrap()),
+            KEEP,
+        );
+        // A plaintext client on a TLS port, then half a record header.
+        c.write_all(b"EHLO client.example\r\n\x16\x03").unwrap();
+        let mut io = IoCounts::default();
+        let mut scratch = vec![0u8; 4096];
+        let mut got = Vec::new();
+        let until = deadline();
+        while server.transport().tls_failure().is_none() {
+            assert!(Instant::now() < until);
+            let end = server.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut got, None),
+            );
+            assert!(matches!(end, ReadEnd::Drained | ReadEnd::Closed));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(server.transport().tls_failure(), Some(TlsFailure::NotTls));
+        assert!(got.is_empty());
+        for _ in 0..3 {
+            let end = server.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut got, None),
+            );
+            assert_eq!(end, ReadEnd::Closed);
+            assert!(server.transport_mut().write(b"x").is_err());
+            assert!(server.transport_mut().flush_buffered().is_err() || server.pending() == 0);
+        }
+        server.shutdown_write();
+        // The peer got an alert record (content type 21), then FIN.
+        let mut alert = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            assert!(Instant::now() < until);
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => alert.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(alert.first(), Some(&21), "{alert:?}");
+    }
+
+    #[test]
+    fn the_budget_ends_a_read_with_more_waiting() {
+        let (mut server, mut client) = tls_pair();
+        handshake(&mut server, &mut client);
+        let mut io = IoCounts::default();
+        let data = text(256 * 1024);
+        let mut sent = client.send(&data, &mut io);
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
+        let until = deadline();
+        let mut budgeted = false;
+        while got.len() < data.len() {
+            assert!(Instant::now() < until);
+            if sent == Flush::Blocked {
+                sent = client.flush(&mut io);
+            }
+            let end = server.read_with(&mut scratch, 20_000, true, &mut io, lines(&mut got, None));
+            budgeted |= end == ReadEnd::Budget;
+        }
+        assert!(budgeted);
+        assert_eq!(got, data);
+    }
+}
