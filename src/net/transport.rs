@@ -1121,7 +1121,7 @@ mod tests {
         while t.len() < total {
             n += 1;
             let len = 1 + (n * 7919) % 3000;
-            t.extend((0..len).map(|i| b'a' + ((n + i) % 26) as u8));
+            t.extend((0..len).map(|i| b"abcdefghijklmnopqrstuvwxyz"[(n + i) % 26]));
             t.extend_from_slice(b"\r\n");
         }
         t
