@@ -836,8 +836,9 @@ def cmd_report(a):
                 est = (med(big["plain"]) + aes + max(rest, 0)) / med(big["plain"])
                 p(f"AES-GCM decryption alone ({aes:,.0f} us/MiB) is {'within' if aes <= budget else 'beyond'} the "
                   f"budget of {budget:,.0f} us. The user-space copies ({cp:+,.0f} us of memcpy/memmove that the "
-                  f"plaintext path does not have: the buffered rustls API moves the bytes between its buffers and "
-                  f"smtpsink's, see src/net/transport.rs) and the kernel ({kern:+,.0f} us"
+                  f"plaintext path does not have: rustls 0.23 copies each decrypted record into a buffer of its own "
+                  f"(`take_received_plaintext`), which its unbuffered API hands out; see src/net/transport.rs) "
+                  f"and the kernel ({kern:+,.0f} us"
                   + (f"; {rc:.1f}x the `recvfrom` calls" if rc else "") + ") are the rest. "
                   f"Without those two the ratio would be about {est:.2f}x (an estimate: the timed plaintext figure "
                   f"plus the profile's AES-GCM and other user-space increase).")
@@ -949,11 +950,10 @@ def cmd_report(a):
             aes = sum(v for k, v in pm["bigtls"].items() if re.search(r"aes|gcm|ghash", k, re.I))
             p(f"AES-GCM code (functions matching aes/gcm/ghash): {aes:,.0f} Ir/MiB. memcpy adds {mc:,.0f} Ir/MiB; "
               f"glibc copies large blocks with `rep movsb` here, which callgrind counts once per byte, so that is "
-              f"about {mc / 2**20:.1f} extra copies of every byte in user space (the buffered rustls API moves "
-              f"the bytes between its buffers and smtpsink's: ciphertext into its deframer buffer, each decrypted "
-              f"record into `received_plaintext`, `reader().read()` into smtpsink's buffer; see "
-              f"src/net/transport.rs for which of these the build at hand makes); the plaintext path has the "
-              f"kernel's copy only.\n")
+              f"about {mc / 2**20:.1f} extra copies of every byte in user space (rustls 0.23 copies each "
+              f"decrypted record into `received_plaintext`; with its buffered API, which smtpsink used up to "
+              f"6e90e71, also the ciphertext into its deframer buffer and `reader().read()` into smtpsink's "
+              f"buffer; see src/net/transport.rs); the plaintext path has the kernel's copy only.\n")
 
     # ---------------- noise, notes, machine, commands
     p("## Noise\n")

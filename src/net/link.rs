@@ -413,9 +413,9 @@ struct Parts<'a> {
 impl Parts<'_> {
     /// Offers a record's plaintext `p` to `consume`: where it lies when
     /// nothing is carried, else the carry with the start of `p` joined in
-    /// the scratch buffer. What the consumer leaves is carried; the part of
-    /// `p` not even offered (the scratch is full of carry) stays with the
-    /// transport.
+    /// the scratch buffer. What the consumer leaves of what it was offered
+    /// is carried; the part of `p` not offered (it stopped, or the scratch
+    /// is full of carry) stays with the transport.
     fn offer(
         &mut self,
         p: &[u8],
@@ -473,12 +473,8 @@ impl Parts<'_> {
                 c
             };
             if c.stop {
-                // What was not used waits in the carry.
-                if pos < p.len() {
-                    self.carry
-                        .extend_from_slice(p.get(pos..).unwrap_or_default());
-                }
-                pos = p.len();
+                // What was not offered stays with the transport: the carry
+                // stays within one scratch buffer.
                 self.count(pos);
                 return Offer {
                     taken: pos,
