@@ -392,6 +392,32 @@ fn a_client_that_stalls_mid_handshake_is_timed_out() {
 }
 
 #[test]
+fn a_refused_implicit_tls_connection_is_closed_at_once_not_at_the_timeout() {
+    // The refusal (421) is written before any handshake byte came, so it
+    // can never be encrypted unless the client finishes a handshake: the
+    // close must not wait for it.
+    let sink = start(|c| {
+        c.timeout = 60;
+        c.max_connections_per_client = 1;
+    });
+    let tls_addr = sink.tls_addr.unwrap();
+    let mut first = TlsClient::connect(tls_addr);
+    assert_eq!(first.replies(1), "220 sink.test ESMTP smtpsink\r\n");
+    let mut s = TcpStream::connect(tls_addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    assert!(got.is_empty(), "{got:?}");
+    first.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+    let report = sink.stop();
+    assert_eq!(report.stats.counters.connections_refused, 1);
+    assert_eq!(report.stats.tls.handshakes, 1);
+}
+
+#[test]
 fn resumption_by_ticket_is_counted() {
     let sink = start(|_| {});
     let config = tls::client_config(&Trust::Anyone, true).unwrap();

@@ -442,7 +442,11 @@ impl Parts<'_> {
                 let (Some(joined), Some(piece)) =
                     (self.scratch.get_mut(..carried + fit), rest.get(..fit))
                 else {
-                    break;
+                    self.count(pos);
+                    return Offer {
+                        taken: pos,
+                        stop: true,
+                    };
                 };
                 if fit == 0 {
                     // The consumer left a whole buffer unconsumed: it is not
