@@ -1369,6 +1369,68 @@ mod tests {
     }
 
     #[test]
+    fn a_client_trickling_its_handshake_and_records_in_odd_pieces_is_read_exactly() {
+        // The client's bytes reach the server in pieces of 1 to 700 bytes,
+        // each followed by a read: handshake messages and records are split
+        // everywhere, so the ciphertext kept between reads is always a
+        // piece of something.
+        let (s, mut c) = tcp_pair();
+        let sc = server_config(&Identity::SelfSigned("localhost")).unwrap();
+        let mut server = Link::new(
+            Transport::tls_server(s, UnbufferedServerConnection::new(sc).unwrap()),
+            KEEP,
+        );
+        let cc = client_config(&Trust::Anyone, false).unwrap();
+        let mut client =
+            rustls::ClientConnection::new(cc, server_name("localhost").unwrap()).unwrap();
+        client.set_buffer_limit(None);
+        let data = text(100 * 1024);
+        client.writer().write_all(&data).unwrap();
+        let mut io = IoCounts::default();
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
+        let mut wire = Vec::new();
+        let mut from_server = [0u8; 16 * 1024];
+        let mut seed = 7u32;
+        let until = deadline();
+        while got.len() < data.len() {
+            assert!(
+                Instant::now() < until,
+                "only {} of {} bytes",
+                got.len(),
+                data.len()
+            );
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            if !wire.is_empty() {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let n = (1 + (seed >> 16) as usize % 700).min(wire.len());
+                c.write_all(&wire[..n]).unwrap();
+                wire.drain(..n);
+            }
+            let end = server.read_with(
+                &mut scratch,
+                usize::MAX,
+                true,
+                &mut io,
+                lines(&mut got, None),
+            );
+            assert!(matches!(end, ReadEnd::Drained | ReadEnd::Budget), "{end:?}");
+            match c.read(&mut from_server) {
+                Ok(n) => {
+                    client.read_tls(&mut &from_server[..n]).unwrap();
+                    client.process_new_packets().unwrap();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, data);
+        assert_eq!(server.transport().tls_failure(), None);
+    }
+
+    #[test]
     fn the_budget_ends_a_read_with_more_waiting() {
         let (mut server, mut client) = tls_pair();
         handshake(&mut server, &mut client);
