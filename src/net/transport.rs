@@ -453,31 +453,27 @@ trait Records {
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
 }
 
-impl Records for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn records<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
+/// rustls defines `process_tls_records` for each side apart (same name,
+/// same behaviour).
+macro_rules! records_for {
+    ($conn:ty, $data:ty) => {
+        impl Records for $conn {
+            type Data = $data;
+            fn common(&self) -> &rustls::CommonState {
+                self
+            }
+            fn records<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+        }
+    };
 }
 
-impl Records for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn records<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-}
+records_for!(UnbufferedServerConnection, ServerConnectionData);
+records_for!(UnbufferedClientConnection, ClientConnectionData);
 
 /// Processes the records in `buf` from `*start` on (moving `*start` past
 /// what rustls is done with) until every whole one is processed or the
@@ -486,21 +482,6 @@ impl Records for UnbufferedClientConnection {
 /// when the handshake allows it. A failure is classed for the statistics
 /// and the alert rustls made for the peer is queued.
 fn pass<C: Records>(
-    conn: &mut C,
-    st: &mut TlsState,
-    buf: &mut [u8],
-    start: &mut usize,
-    goal: &mut Goal<'_>,
-    offer: &mut dyn FnMut(&[u8]) -> Offer,
-) -> io::Result<Pass> {
-    let r = records(conn, st, buf, start, goal, offer);
-    if r.is_err() {
-        st.broken = true;
-    }
-    r
-}
-
-fn records<C: Records>(
     conn: &mut C,
     st: &mut TlsState,
     buf: &mut [u8],
@@ -728,10 +709,15 @@ impl Tls {
         goal: &mut Goal<'_>,
         offer: &mut dyn FnMut(&[u8]) -> Offer,
     ) -> io::Result<Pass> {
-        match &mut self.conn {
+        let r = match &mut self.conn {
             TlsConn::Server(c) => pass(c, &mut self.st, buf, start, goal, offer),
             TlsConn::Client(c) => pass(c, &mut self.st, buf, start, goal, offer),
+        };
+        if r.is_err() {
+            // `start` may not have moved past what rustls discarded.
+            self.st.broken = true;
         }
+        r
     }
 
     /// One pass over the ciphertext kept from earlier reads, for a write or
@@ -1140,6 +1126,25 @@ mod tests {
         }
     }
 
+    /// Reads whole lines from `link` until `n` bytes came.
+    fn read_lines(link: &mut Link, n: usize) -> Vec<u8> {
+        let mut io = IoCounts::default();
+        let mut scratch = vec![0u8; 4096];
+        let mut got = Vec::new();
+        let until = deadline();
+        while got.len() < n {
+            assert!(Instant::now() < until, "only {got:?}");
+            link.read_with(
+                &mut scratch,
+                usize::MAX,
+                false,
+                &mut io,
+                lines(&mut got, None),
+            );
+        }
+        got
+    }
+
     /// Lines of every length from 1 to 3,000 bytes, `total` bytes or a
     /// little more: record boundaries fall anywhere in them.
     fn text(total: usize) -> Vec<u8> {
@@ -1209,20 +1214,7 @@ mod tests {
         handshake(&mut server, &mut client);
         assert_eq!(server.send(b"250 second\r\n", &mut io), Flush::Done);
         assert_eq!(server.pending(), 0);
-        let mut got = Vec::new();
-        let mut scratch = vec![0u8; 4096];
-        let until = deadline();
-        while got.len() < 23 {
-            assert!(Instant::now() < until);
-            client.read_with(
-                &mut scratch,
-                usize::MAX,
-                false,
-                &mut io,
-                lines(&mut got, None),
-            );
-        }
-        assert_eq!(got, b"220 first\r\n250 second\r\n");
+        assert_eq!(read_lines(&mut client, 23), b"220 first\r\n250 second\r\n");
     }
 
     #[test]
@@ -1267,18 +1259,7 @@ mod tests {
         }
         got.extend_from_slice(&rest);
         assert_eq!(got, commands);
-        let mut reply = Vec::new();
-        while reply.is_empty() {
-            assert!(Instant::now() < until);
-            client.read_with(
-                &mut scratch,
-                usize::MAX,
-                false,
-                &mut io,
-                lines(&mut reply, None),
-            );
-        }
-        assert_eq!(reply, b"250 ok\r\n");
+        assert_eq!(read_lines(&mut client, 8), b"250 ok\r\n");
     }
 
     #[test]
