@@ -28,10 +28,10 @@ use smtpsink::proto::client::{
     ClientSession, ClientSettings, Event, MessageSource, Phase, Stage, Tls,
 };
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -60,7 +60,16 @@ pub struct Options {
     pub progress: bool,
     /// TLS, if any connection uses it.
     pub tls: Option<TlsOptions>,
+    /// Begin at this wall-clock time (several generators together).
+    pub start_at: Option<SystemTime>,
+    /// Local addresses to connect from, one per connection in turn
+    /// (empty: the system picks).
+    pub bind: Vec<IpAddr>,
 }
+
+/// How far in the past `--start-at` may be and still start at once: clocks
+/// of machines that start together differ a little, a late launch more.
+const START_LATE: Duration = Duration::from_secs(1);
 
 /// How connections use TLS.
 #[derive(Debug, Clone)]
@@ -83,6 +92,8 @@ pub enum RunError {
     Unreachable(SocketAddr, io::Error),
     /// The event loop itself failed.
     Io(io::Error),
+    /// The start time had passed by this much.
+    StartPassed(Duration),
 }
 
 impl std::fmt::Display for RunError {
@@ -90,6 +101,9 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Unreachable(a, e) => write!(f, "cannot connect to {a}: {}", plain(e)),
             RunError::Io(e) => write!(f, "event loop failed: {e}"),
+            RunError::StartPassed(d) => {
+                write!(f, "the start time passed {:.1} s ago", d.as_secs_f64())
+            }
         }
     }
 }
@@ -166,6 +180,9 @@ pub fn run(
     payload: &Payload,
     hist_log: Option<PathBuf>,
 ) -> Result<Results, RunError> {
+    if let Some(at) = opts.start_at {
+        wait_until(at)?;
+    }
     let poll = Poll::new().map_err(RunError::Io)?;
     let mut rec = Recorder::new(opts);
     rec.set_message_len(payload.message_len());
@@ -204,6 +221,35 @@ pub fn run(
     Ok(d.rec.finish(now, scheduled, d.io))
 }
 
+/// Sleeps until `at` (wall clock); an error when it passed more than
+/// [`START_LATE`] ago.
+fn wait_until(at: SystemTime) -> Result<(), RunError> {
+    match at.duration_since(SystemTime::now()) {
+        Ok(ahead) => std::thread::sleep(ahead),
+        Err(e) if e.duration() > START_LATE => return Err(RunError::StartPassed(e.duration())),
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// A non-blocking connect to `to` from `from` (any port).
+fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    match sock.connect(&to.into()) {
+        Ok(()) => {}
+        // Non-blocking: the handshake goes on; WRITABLE says when it ended.
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(sock.into()))
+}
+
 impl Driver<'_> {
     /// How the next connection is secured.
     fn next_tls(&mut self) -> Tls {
@@ -231,8 +277,16 @@ impl Driver<'_> {
     /// Opens one connection; its connect is timed from here.
     fn open(&mut self) {
         let since = Instant::now();
+        let k = self.opened;
         let tls = self.next_tls();
-        match TcpStream::connect(self.opts.target) {
+        let from = usize::try_from(k)
+            .ok()
+            .and_then(|k| self.opts.bind.get(k % self.opts.bind.len().max(1)));
+        let sock = match from {
+            Some(&ip) => connect_from(ip, self.opts.target),
+            None => TcpStream::connect(self.opts.target),
+        };
+        match sock {
             Ok(sock) => {
                 // On loopback the handshake often completes inside the call:
                 // then the connection is established now, and its greeting

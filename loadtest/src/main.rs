@@ -100,6 +100,18 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     per_connection: u64,
 
+    /// Begin at this time, in seconds since the Unix epoch (as `date +%s`
+    /// prints it), so that generators on several machines start together;
+    /// an error if it passed more than a second ago.
+    #[arg(long, value_name = "EPOCH_SECS")]
+    start_at: Option<f64>,
+
+    /// Connect from these local addresses, one connection each in turn
+    /// (comma-separated, e.g. 127.0.0.2,127.0.0.3: many clients from one
+    /// host, past per-address limits).
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    bind: Vec<std::net::IpAddr>,
+
     /// Lock-step: wait for every reply even when the server offers PIPELINING.
     #[arg(long)]
     no_pipelining: bool,
@@ -236,6 +248,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--start-at` seconds since the epoch as a time.
+fn start_time(secs: f64) -> Result<std::time::SystemTime, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
+        .ok_or_else(|| format!("--start-at {secs}: not a time (seconds since 1970)"))
+}
+
 fn resolve(target: &str) -> Result<SocketAddr, String> {
     target
         .to_socket_addrs()
@@ -350,7 +370,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         },
         progress: !cli.quiet,
         tls: tls_options(&cli)?,
+        start_at: cli.start_at.map(start_time).transpose()?,
+        bind: cli.bind.clone(),
     };
+    if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
+        return Err(format!("--bind {ip}: not the address family of {target}"));
+    }
     let results = driver::run(&opts, &payload, cli.hist_log.clone()).map_err(|e| e.to_string())?;
     print!("{}", results.text());
     if let Some(path) = &cli.json {

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtpload");
 
@@ -37,6 +37,30 @@ fn dead_port_says_so_and_exits_1() {
     assert_eq!(
         stderr(&o),
         format!("smtpload: cannot connect to {target}: connection refused\n")
+    );
+}
+
+#[test]
+fn start_at_in_the_past_and_a_bind_address_of_the_other_family_are_one_line_and_exit_1() {
+    let addr = fake_server(Script::FinalCode(250));
+    let target = addr.to_string();
+    let past = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 30;
+    let o = smtpload(&["-q", "-m", "1", "--start-at", &past.to_string(), &target]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("smtpload: the start time passed 3") && err.ends_with(" s ago\n"),
+        "{err}"
+    );
+    let o = smtpload(&["-q", "-m", "1", "--bind", "::1", &target]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!("smtpload: --bind ::1: not the address family of {target}\n")
     );
 }
 

@@ -69,6 +69,8 @@ pub fn options(target: SocketAddr) -> Options {
         },
         progress: false,
         tls: None,
+        start_at: None,
+        bind: Vec::new(),
     }
 }
 
@@ -258,6 +260,34 @@ impl Fake {
         }
         Ok(())
     }
+}
+
+/// Who connected to a [`recording_server`], and when (wall clock).
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(SocketAddr, std::time::SystemTime)>>>;
+
+/// A [`Fake`] server with no delays that records each connection's peer
+/// address and accept time.
+pub fn recording_server() -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let record = std::sync::Arc::clone(&seen);
+    let born = std::time::Instant::now();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            if let Ok(peer) = conn.peer_addr() {
+                record
+                    .lock()
+                    .unwrap()
+                    .push((peer, std::time::SystemTime::now()));
+            }
+            std::thread::spawn(move || {
+                let _ = Fake::default().serve(conn, born);
+            });
+        }
+    });
+    (addr, seen)
 }
 
 /// What a [`relay`] does to the messages it accepts, by sequence number.

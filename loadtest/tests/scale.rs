@@ -1,0 +1,64 @@
+//! Running at scale and from many places: generators that start together
+//! (`--start-at`) and connections from several local addresses (`--bind`).
+
+mod common;
+
+use common::{options, recording_server, run, spec};
+use smtpload::driver::{self, RunError};
+use smtpload::payload::Payload;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+#[test]
+fn start_at_holds_every_connection_until_the_wall_clock_says_so() {
+    let (addr, seen) = recording_server();
+    let mut opts = options(addr);
+    opts.messages = Some(8);
+    let at = SystemTime::now() + Duration::from_millis(700);
+    opts.start_at = Some(at);
+    let r = run(&opts, &Payload::new(&spec()));
+    assert_eq!(r.ok, 8);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), opts.connections);
+    for (peer, when) in seen.iter() {
+        assert!(
+            *when >= at,
+            "{peer} connected {:?} early",
+            at.duration_since(*when)
+        );
+    }
+}
+
+#[test]
+fn a_start_time_that_passed_is_an_error_and_connects_nowhere() {
+    let (addr, seen) = recording_server();
+    let mut opts = options(addr);
+    opts.start_at = Some(SystemTime::now() - Duration::from_secs(5));
+    match driver::run(&opts, &Payload::new(&spec()), None) {
+        Err(RunError::StartPassed(d)) => assert!(d >= Duration::from_secs(5), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn bind_takes_the_local_addresses_in_turn() {
+    let (addr, seen) = recording_server();
+    let mut opts = options(addr);
+    let from: [IpAddr; 3] = [
+        "127.0.0.2".parse().unwrap(),
+        "127.0.0.3".parse().unwrap(),
+        "127.0.0.4".parse().unwrap(),
+    ];
+    opts.bind = from.to_vec();
+    // One connection at a time, one message each: the server sees them in
+    // the order they were opened.
+    opts.connections = 1;
+    opts.per_connection = 1;
+    opts.messages = Some(9);
+    let r = run(&opts, &Payload::new(&spec()));
+    assert_eq!((r.ok, r.connections), (9, 9));
+    let ips: Vec<IpAddr> = seen.lock().unwrap().iter().map(|(p, _)| p.ip()).collect();
+    let want: Vec<IpAddr> = (0..9).map(|k| from[k % 3]).collect();
+    assert_eq!(ips, want);
+}
