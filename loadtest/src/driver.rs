@@ -21,6 +21,7 @@ use crate::payload::Payload;
 use crate::report::{Recorder, Results};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rand::RngExt;
 use rustls::pki_types::ServerName;
 use smtpsink::net::tls::rustls;
 use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Transport};
@@ -29,6 +30,7 @@ use smtpsink::proto::client::{
 };
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -44,8 +46,11 @@ pub struct Options {
     pub messages: Option<u64>,
     /// Stop starting messages after this long (`None`: run to `messages`).
     pub duration: Option<Duration>,
-    /// Messages per connection before it is closed and replaced (0: no limit).
-    pub per_connection: u64,
+    /// Messages per connection before it is closed and replaced, drawn
+    /// for each connection from this range (0: no limit).
+    pub per_connection: RangeInclusive<u64>,
+    /// Seeds the draws (of `per_connection`): the same seed, the same run.
+    pub seed: u64,
     /// Open loop: messages per second over all connections.
     pub rate: Option<f64>,
     /// Measurements start after this long.
@@ -126,6 +131,8 @@ struct Conn {
     tls_since: Option<Instant>,
     /// Listed in `touched` for this turn.
     touched: bool,
+    /// Messages it carries before it is replaced (0: no limit).
+    limit: u64,
 }
 
 /// The client keeps its buffers: the same message sizes come again and again.
@@ -219,6 +226,16 @@ pub fn run(
     let now = Instant::now();
     let scheduled = d.scheduled(now);
     Ok(d.rec.finish(now, scheduled, d.io))
+}
+
+/// How many messages connection `k` (counted from 0) carries before it is
+/// replaced: drawn uniformly from `range`, the same for the same `seed`
+/// (0: no limit).
+pub fn connection_limit(range: &RangeInclusive<u64>, seed: u64, k: u64) -> u64 {
+    if range.start() >= range.end() {
+        return *range.start();
+    }
+    smtpsink::rules::session_rng(seed, k).random_range(range.clone())
 }
 
 /// Sleeps until `at` (wall clock); an error when it passed more than
@@ -324,6 +341,7 @@ impl Driver<'_> {
                     tls,
                     tls_since,
                     touched: false,
+                    limit: connection_limit(&self.opts.per_connection, self.opts.seed, k),
                 });
             }
             Err(e) => self.connect_failed(e, since),
@@ -574,7 +592,7 @@ impl Driver<'_> {
             return false;
         };
         let s = &self.opts.client;
-        let spent = self.opts.per_connection > 0 && session.started() >= self.opts.per_connection;
+        let spent = conn.limit > 0 && session.started() >= conn.limit;
         if spent || !session.can_start(s) || (idle_only && session.in_flight() > 0) {
             return false;
         }
@@ -587,11 +605,11 @@ impl Driver<'_> {
 
     /// QUITs `key` if it is idle and has nothing more to do.
     fn say_goodbye(&mut self, key: usize, now: Instant) {
-        let limit = self.opts.per_connection;
         let work_left = self.work_left();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let limit = conn.limit;
         // At the end, a connection that never got as far as its EHLO reply
         // carries nothing: close it rather than wait for its timeout.
         let unready = conn

@@ -8,6 +8,7 @@ use smtpload::payload::{Payload, PayloadSpec};
 use smtpsink::net::tls::{self, Trust};
 use smtpsink::proto::client::{ClientSettings, Credentials};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -96,9 +97,10 @@ struct Cli {
     recipients: u32,
 
     /// Messages per connection before it is closed and a new one opened
-    /// (1: a new connection per message; 0: no limit).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    per_connection: u64,
+    /// (1: a new connection per message; 0: no limit); N-M draws each
+    /// connection's number from that range.
+    #[arg(long, value_name = "N|N-M", default_value = "0", value_parser = per_connection)]
+    per_connection: RangeInclusive<u64>,
 
     /// Begin at this time, in seconds since the Unix epoch (as `date +%s`
     /// prints it), so that generators on several machines start together;
@@ -248,6 +250,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--per-connection N` or `N-M` (M at least N, N at least 1 in a range).
+fn per_connection(v: &str) -> Result<RangeInclusive<u64>, String> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("not a number: {t}"))
+    };
+    match v.split_once('-') {
+        None => num(v).map(|n| n..=n),
+        Some((a, b)) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if a == 0 || b < a {
+                return Err(format!("{v}: a range is N-M with 1 <= N <= M"));
+            }
+            Ok(a..=b)
+        }
+    }
+}
+
 /// `--start-at` seconds since the epoch as a time.
 fn start_time(secs: f64) -> Result<std::time::SystemTime, String> {
     Duration::try_from_secs_f64(secs)
@@ -355,7 +376,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         connections: cli.connections as usize,
         messages: cli.messages,
         duration: cli.duration.map(|d| secs(d, "--duration")).transpose()?,
-        per_connection: cli.per_connection,
+        per_connection: cli.per_connection.clone(),
+        seed: run_id,
         rate: cli.rate,
         warmup: secs(cli.warmup, "--warmup")?,
         timeout: secs(cli.timeout, "--timeout")?,

@@ -41,7 +41,7 @@ fn dead_port_says_so_and_exits_1() {
 }
 
 #[test]
-fn start_at_in_the_past_and_a_bind_address_of_the_other_family_are_one_line_and_exit_1() {
+fn start_at_in_the_past_a_bind_address_of_the_other_family_and_a_backward_range_are_one_line() {
     let addr = fake_server(Script::FinalCode(250));
     let target = addr.to_string();
     let past = SystemTime::now()
@@ -55,6 +55,13 @@ fn start_at_in_the_past_and_a_bind_address_of_the_other_family_are_one_line_and_
     assert!(
         err.starts_with("smtpload: the start time passed 3") && err.ends_with(" s ago\n"),
         "{err}"
+    );
+    let o = smtpload(&["-q", "-m", "1", "--per-connection", "5-2", &target]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("5-2: a range is N-M with 1 <= N <= M"),
+        "{}",
+        stderr(&o)
     );
     let o = smtpload(&["-q", "-m", "1", "--bind", "::1", &target]);
     assert_eq!(o.status.code(), Some(1));

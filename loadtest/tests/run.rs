@@ -25,7 +25,7 @@ fn every_mode_delivers_exact_counts_intact() {
             0
         }),
         ("new connection per message", |o| {
-            o.per_connection = 1;
+            o.per_connection = 1..=1;
             0
         }),
         ("bdat window 8", |o| {
@@ -39,7 +39,7 @@ fn every_mode_delivers_exact_counts_intact() {
             300
         }),
         ("3 per connection, 1 recipient", |o| {
-            o.per_connection = 3;
+            o.per_connection = 3..=3;
             0
         }),
     ];

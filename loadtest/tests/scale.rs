@@ -54,11 +54,48 @@ fn bind_takes_the_local_addresses_in_turn() {
     // One connection at a time, one message each: the server sees them in
     // the order they were opened.
     opts.connections = 1;
-    opts.per_connection = 1;
+    opts.per_connection = 1..=1;
     opts.messages = Some(9);
     let r = run(&opts, &Payload::new(&spec()));
     assert_eq!((r.ok, r.connections), (9, 9));
     let ips: Vec<IpAddr> = seen.lock().unwrap().iter().map(|(p, _)| p.ip()).collect();
     let want: Vec<IpAddr> = (0..9).map(|k| from[k % 3]).collect();
     assert_eq!(ips, want);
+}
+
+#[test]
+fn per_connection_ranges_draw_each_connections_count_reproducibly() {
+    let range = 2..=5;
+    let draws = |seed| -> Vec<u64> {
+        (0..200)
+            .map(|k| driver::connection_limit(&range, seed, k))
+            .collect()
+    };
+    let d = draws(42);
+    assert!(d.iter().all(|n| range.contains(n)), "{d:?}");
+    for v in range.clone() {
+        assert!(d.contains(&v), "{v} never drawn: {d:?}");
+    }
+    assert_eq!(d, draws(42));
+    assert_ne!(d, draws(43));
+    assert_eq!(driver::connection_limit(&(3..=3), 42, 7), 3);
+    assert_eq!(driver::connection_limit(&(0..=0), 42, 7), 0);
+
+    // One connection at a time: connection k carries exactly its draw,
+    // the last one what is left.
+    let (addr, seen) = recording_server();
+    let mut opts = options(addr);
+    opts.connections = 1;
+    opts.per_connection = range.clone();
+    opts.seed = 42;
+    opts.messages = Some(40);
+    let r = run(&opts, &Payload::new(&spec()));
+    let (mut left, mut conns) = (40u64, 0usize);
+    while left > 0 {
+        left = left.saturating_sub(d[conns]);
+        conns += 1;
+    }
+    assert_eq!(r.ok, 40);
+    assert_eq!(r.connections, conns as u64);
+    assert_eq!(seen.lock().unwrap().len(), conns);
 }

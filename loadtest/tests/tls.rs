@@ -410,7 +410,7 @@ fn wrong_password_run_ends_without_max_errors() {
 fn sequential(target: SocketAddr, tls_opts: TlsOptions) -> Options {
     let mut opts = options(target);
     opts.connections = 1;
-    opts.per_connection = 1;
+    opts.per_connection = 1..=1;
     opts.messages = Some(10);
     opts.tls = Some(tls_opts);
     opts
