@@ -38,8 +38,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The server to load.
-    pub target: SocketAddr,
+    /// The servers to load: connection k goes to the (k mod n)th.
+    pub targets: Vec<SocketAddr>,
     /// Connections kept open at once.
     pub connections: usize,
     /// Stop after this many messages (`None`: run for `duration`).
@@ -133,6 +133,8 @@ struct Conn {
     touched: bool,
     /// Messages it carries before it is replaced (0: no limit).
     limit: u64,
+    /// The server it connects to.
+    target: SocketAddr,
 }
 
 /// The client keeps its buffers: the same message sizes come again and again.
@@ -161,7 +163,7 @@ struct Driver<'a> {
     /// No new messages after this (duration runs, errors, the end).
     stop_starting: bool,
     ever_connected: bool,
-    last_connect_error: Option<io::Error>,
+    last_connect_error: Option<(SocketAddr, io::Error)>,
     connect_failures: u64,
     /// Connections to open again at these times.
     reconnects: Vec<Instant>,
@@ -187,6 +189,12 @@ pub fn run(
     payload: &Payload,
     hist_log: Option<PathBuf>,
 ) -> Result<Results, RunError> {
+    if opts.targets.is_empty() {
+        return Err(RunError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no server to connect to",
+        )));
+    }
     if let Some(at) = opts.start_at {
         wait_until(at)?;
     }
@@ -296,12 +304,13 @@ impl Driver<'_> {
         let since = Instant::now();
         let k = self.opened;
         let tls = self.next_tls();
-        let from = usize::try_from(k)
-            .ok()
-            .and_then(|k| self.opts.bind.get(k % self.opts.bind.len().max(1)));
-        let sock = match from {
-            Some(&ip) => connect_from(ip, self.opts.target),
-            None => TcpStream::connect(self.opts.target),
+        let turn = |n: usize| usize::try_from(k).map_or(0, |k| k % n.max(1));
+        let Some(&target) = self.opts.targets.get(turn(self.opts.targets.len())) else {
+            return;
+        };
+        let sock = match self.opts.bind.get(turn(self.opts.bind.len())) {
+            Some(&ip) => connect_from(ip, target),
+            None => TcpStream::connect(target),
         };
         match sock {
             Ok(sock) => {
@@ -342,16 +351,17 @@ impl Driver<'_> {
                     tls_since,
                     touched: false,
                     limit: connection_limit(&self.opts.per_connection, self.opts.seed, k),
+                    target,
                 });
             }
-            Err(e) => self.connect_failed(e, since),
+            Err(e) => self.connect_failed(target, e, since),
         }
     }
 
-    fn connect_failed(&mut self, e: io::Error, now: Instant) {
+    fn connect_failed(&mut self, target: SocketAddr, e: io::Error, now: Instant) {
         self.connect_failures += 1;
         self.rec.error(Stage::Connect, 0);
-        self.last_connect_error = Some(e);
+        self.last_connect_error = Some((target, e));
         self.reconnects.push(now + RECONNECT_BACKOFF);
     }
 
@@ -484,11 +494,15 @@ impl Driver<'_> {
                 && self.to_open == 0
                 && self.connect_failures >= self.opts.connections.max(1) as u64
             {
-                let e = self
-                    .last_connect_error
-                    .take()
-                    .unwrap_or_else(|| io::Error::from(io::ErrorKind::ConnectionRefused));
-                return Err(RunError::Unreachable(self.opts.target, e));
+                let (target, e) = self.last_connect_error.take().unwrap_or_else(|| {
+                    let first = self.opts.targets.first().copied();
+                    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+                    (
+                        first.unwrap_or(unspecified),
+                        io::Error::from(io::ErrorKind::ConnectionRefused),
+                    )
+                });
+                return Err(RunError::Unreachable(target, e));
             }
             if now >= next_tick {
                 next_tick = now + Duration::from_secs(1);
@@ -812,7 +826,7 @@ impl Driver<'_> {
         let unready = conn.session.as_ref().is_some_and(|s| !s.ever_ready());
         self.any_ready |= conn.session.as_ref().is_some_and(ClientSession::ever_ready);
         match connect_error {
-            Some(e) => self.connect_failed(e, now),
+            Some(e) => self.connect_failed(conn.target, e, now),
             None if unready => self.unready(now),
             None if self.work_left() => self.open(),
             None => {}

@@ -72,9 +72,10 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
 
-    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [`::1`]:2525).
-    #[arg(value_name = "HOST:PORT", required = true)]
-    target: Option<String>,
+    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [`::1`]:2525); with
+    /// several, connections go to each in turn.
+    #[arg(value_name = "HOST:PORT", required = true, num_args = 1..)]
+    targets: Vec<String>,
 
     /// Concurrent connections.
     #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -322,7 +323,7 @@ fn tls_options(cli: &Cli) -> Result<Option<TlsOptions>, String> {
     let host = if let Some(n) = &cli.tls_name {
         n.clone()
     } else {
-        let t = cli.target.as_deref().unwrap_or_default();
+        let t = cli.targets.first().map_or("", String::as_str);
         // HOST of HOST:PORT, without the brackets of an IPv6 literal.
         let host = t.rsplit_once(':').map_or(t, |(h, _)| h);
         host.trim_start_matches('[')
@@ -346,7 +347,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         print!("{}", merge::text(&merge::merge(&data)?));
         return Ok(ExitCode::SUCCESS);
     }
-    let target = resolve(cli.target.as_deref().unwrap_or_default())?;
+    let targets = cli
+        .targets
+        .iter()
+        .map(|t| resolve(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let message = match &cli.message {
         Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
         None => None,
@@ -372,7 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     }
     let opts = Options {
-        target,
+        targets,
         connections: cli.connections as usize,
         messages: cli.messages,
         duration: cli.duration.map(|d| secs(d, "--duration")).transpose()?,
@@ -395,8 +400,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         start_at: cli.start_at.map(start_time).transpose()?,
         bind: cli.bind.clone(),
     };
-    if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
-        return Err(format!("--bind {ip}: not the address family of {target}"));
+    for target in &opts.targets {
+        if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
+            return Err(format!("--bind {ip}: not the address family of {target}"));
+        }
     }
     let results = driver::run(&opts, &payload, cli.hist_log.clone()).map_err(|e| e.to_string())?;
     print!("{}", results.text());

@@ -99,3 +99,18 @@ fn per_connection_ranges_draw_each_connections_count_reproducibly() {
     assert_eq!(r.connections, conns as u64);
     assert_eq!(seen.lock().unwrap().len(), conns);
 }
+
+#[test]
+fn several_targets_take_the_connections_in_turn() {
+    let (a, seen_a) = recording_server();
+    let (b, seen_b) = recording_server();
+    let mut opts = options(a);
+    opts.targets = vec![a, b];
+    opts.connections = 1;
+    opts.per_connection = 1..=1;
+    opts.messages = Some(7);
+    let r = run(&opts, &Payload::new(&spec()));
+    assert_eq!((r.ok, r.connections), (7, 7));
+    assert_eq!(seen_a.lock().unwrap().len(), 4);
+    assert_eq!(seen_b.lock().unwrap().len(), 3);
+}

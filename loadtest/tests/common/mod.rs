@@ -50,7 +50,7 @@ pub fn spec() -> PayloadSpec {
 
 pub fn options(target: SocketAddr) -> Options {
     Options {
-        target,
+        targets: vec![target],
         connections: 4,
         messages: Some(200),
         duration: None,
