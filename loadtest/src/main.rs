@@ -251,6 +251,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Each connection is a file descriptor: the soft open-files limit is
+/// raised towards the hard one for `connections`, and a run that could not
+/// hold them all does not start (its figures would be for fewer).
+fn raise_fd_limit(connections: usize) -> Result<(), String> {
+    // A replacement opens while the connection it replaces is closing, one
+    // at a time; the poller, the logs and stdio need a few more.
+    let want = u64::try_from(connections).unwrap_or(u64::MAX) + 64;
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => Err(format!(
+            "-c {connections} needs {want} open files; the limit is {got} (ulimit -Hn)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `--per-connection N` or `N-M` (M at least N, N at least 1 in a range).
 fn per_connection(v: &str) -> Result<RangeInclusive<u64>, String> {
     let num = |t: &str| {
@@ -405,6 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             return Err(format!("--bind {ip}: not the address family of {target}"));
         }
     }
+    raise_fd_limit(opts.connections)?;
     let results = driver::run(&opts, &payload, cli.hist_log.clone()).map_err(|e| e.to_string())?;
     print!("{}", results.text());
     if let Some(path) = &cli.json {

@@ -71,6 +71,40 @@ fn start_at_in_the_past_a_bind_address_of_the_other_family_and_a_backward_range_
     );
 }
 
+/// Runs smtpload under `sh -c 'ulimit ...; exec smtpload ARGS'`.
+fn smtpload_with_ulimit(ulimit: &str, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+        .arg(BIN)
+        .args(args)
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn the_open_files_limit_is_raised_for_the_connections_or_the_run_refused() {
+    let sink = Sink::start();
+    let target = sink.addr.to_string();
+    // Soft limit 64, hard limit as it is: raised to what 300 connections need.
+    let o = smtpload_with_ulimit("-Sn 64", &["-q", "-c", "300", "-m", "600", &target]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("over 300 connections"),
+        "{}",
+        stdout(&o)
+    );
+    // Hard limit 256: 300 connections cannot be held, nothing is run.
+    let o = smtpload_with_ulimit("-n 256", &["-q", "-c", "300", "-m", "600", &target]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "smtpload: -c 300 needs 364 open files; the limit is 256 (ulimit -Hn)\n"
+    );
+    let report = sink.stop();
+    assert_eq!(report.stats.counters.messages, 600);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let o = smtpload(&["127.0.0.1:2525"]);
