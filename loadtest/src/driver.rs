@@ -19,6 +19,7 @@
 
 use crate::payload::Payload;
 use crate::report::{Recorder, Results};
+use ipnet::IpNet;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use rand::RngExt;
@@ -28,8 +29,9 @@ use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Transport};
 use smtpsink::proto::client::{
     ClientSession, ClientSettings, Event, MessageSource, Phase, Stage, Tls,
 };
+use smtpsink::proto::proxy;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,6 +72,9 @@ pub struct Options {
     /// Local addresses to connect from, one per connection in turn
     /// (empty: the system picks).
     pub bind: Vec<IpAddr>,
+    /// Speak as a proxy: each connection starts with a PROXY protocol
+    /// header naming a client address drawn from `.1`.
+    pub proxy: Option<(proxy::Version, IpNet)>,
 }
 
 /// How far in the past `--start-at` may be and still start at once: clocks
@@ -246,6 +251,32 @@ pub fn connection_limit(range: &RangeInclusive<u64>, seed: u64, k: u64) -> u64 {
     smtpsink::rules::session_rng(seed, k).random_range(range.clone())
 }
 
+/// The client address connection `k` claims in its PROXY header: a host
+/// of `net` and a port from 1024 up, drawn (the same for the same `seed`).
+pub fn proxy_client(net: &IpNet, seed: u64, k: u64) -> SocketAddr {
+    // Not the stream of `connection_limit`: the two draws are independent.
+    let mut rng = smtpsink::rules::session_rng(seed.rotate_left(17) ^ 0x0050_524f_5859, k);
+    let port = rng.random_range(1024..=u16::MAX);
+    let ip = match net {
+        // The network's bits, and random host bits below them.
+        IpNet::V4(n) => {
+            let host = rng
+                .random::<u32>()
+                .checked_shr(u32::from(n.prefix_len()))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | host))
+        }
+        IpNet::V6(n) => {
+            let host = rng
+                .random::<u128>()
+                .checked_shr(u32::from(n.prefix_len()))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
+        }
+    };
+    SocketAddr::new(ip, port)
+}
+
 /// Sleeps until `at` (wall clock); an error when it passed more than
 /// [`START_LATE`] ago.
 fn wait_until(at: SystemTime) -> Result<(), RunError> {
@@ -326,9 +357,16 @@ impl Driver<'_> {
                     Some(c) => Transport::tls_client(sock, c),
                     None => Transport::tcp(sock),
                 };
+                let mut link = Link::new(transport, KEEP);
+                if let Some((version, net)) = &self.opts.proxy {
+                    let from = proxy_client(net, self.opts.seed, k);
+                    let header = proxy::header(*version, from, target).unwrap_or_default();
+                    if !link.transport_mut().send_first(&header) {
+                        link.out_mut().extend_from_slice(&header);
+                    }
+                }
                 let entry = self.conns.vacant_entry();
                 let token = Token(entry.key());
-                let mut link = Link::new(transport, KEEP);
                 // WRITABLE says when the connect has finished.
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if link

@@ -114,3 +114,83 @@ fn several_targets_take_the_connections_in_turn() {
     assert_eq!(seen_a.lock().unwrap().len(), 4);
     assert_eq!(seen_b.lock().unwrap().len(), 3);
 }
+
+/// smtpsink behind a relay that takes the PROXY header off: smtpload
+/// speaks as a proxy, version 1 in plaintext and version 2 before
+/// implicit TLS; every header is exactly the one for the client address
+/// drawn for that connection and the relay it went to.
+#[test]
+fn proxy_headers_name_a_drawn_client_and_the_server_before_anything_else() {
+    use smtpsink::config::Config;
+    use smtpsink::net::tls::{client_config, server_name, Trust};
+    use smtpsink::proto::proxy::{self, Version};
+    use smtpsink::reactor::Server;
+    use smtpsink::sink::Verify;
+
+    let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
+    config.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+    let server = Server::from_config(&config, Verify::default()).expect("bind");
+    let tls_addr = server.tls_addrs()[0];
+    let server = server.spawn();
+    let net: ipnet::IpNet = "198.51.100.0/26".parse().unwrap();
+    for (version, implicit) in [(Version::V1, false), (Version::V2, true)] {
+        let to = if implicit { tls_addr } else { server.addrs[0] };
+        let (relay, headers) = common::proxy_relay(to);
+        let mut opts = options(relay);
+        opts.connections = 1;
+        opts.per_connection = 1..=1;
+        opts.messages = Some(5);
+        opts.seed = 9;
+        opts.proxy = Some((version, net));
+        if implicit {
+            opts.tls = Some(driver::TlsOptions {
+                config: client_config(&Trust::Anyone, true).unwrap(),
+                name: server_name("localhost").unwrap(),
+                implicit: true,
+                fraction: 1.0,
+            });
+        }
+        let r = run(&opts, &Payload::new(&spec()));
+        assert_eq!((r.ok, r.connections), (5, 5), "{version:?}");
+        assert_eq!(r.tls.handshakes, if implicit { 5 } else { 0 });
+        let headers = headers.lock().unwrap();
+        assert_eq!(headers.len(), 5);
+        for (k, h) in headers.iter().enumerate() {
+            let from = driver::proxy_client(&net, 9, k as u64);
+            assert!(net.contains(&from.ip()), "{from}");
+            assert!(from.port() >= 1024);
+            assert_eq!(
+                *h,
+                proxy::header(version, from, relay).unwrap(),
+                "{version:?} {k}"
+            );
+        }
+        // Different connections claim different clients.
+        assert_ne!(headers[0], headers[1]);
+    }
+    let report = server.stop().expect("run");
+    assert_eq!(report.stats.counters.messages, 10);
+}
+
+#[test]
+fn proxy_clients_are_hosts_of_the_network_down_to_a_single_address() {
+    let one: ipnet::IpNet = "203.0.113.7/32".parse().unwrap();
+    let v6: ipnet::IpNet = "2001:db8:42::/48".parse().unwrap();
+    let all: ipnet::IpNet = "0.0.0.0/0".parse().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 0..100 {
+        assert_eq!(
+            driver::proxy_client(&one, 1, k).ip(),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        let a = driver::proxy_client(&v6, 1, k);
+        assert!(v6.contains(&a.ip()), "{a}");
+        seen.insert(a.ip());
+        assert!(driver::proxy_client(&all, 1, k).is_ipv4());
+        assert_eq!(
+            driver::proxy_client(&v6, 1, k),
+            driver::proxy_client(&v6, 1, k)
+        );
+    }
+    assert!(seen.len() > 90, "{} distinct of 100", seen.len());
+}

@@ -259,6 +259,20 @@ impl Transport {
         };
     }
 
+    /// Queues `bytes` to go on the wire as they are, before anything else
+    /// this stream sends, TLS included (a PROXY protocol header in front of
+    /// implicit TLS). Only before the stream has sent anything; false for a
+    /// plain stream, whose caller queues the bytes as its first output.
+    pub fn send_first(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Transport::Tls(t) if t.st.out.is_empty() => {
+                t.st.out.extend_from_slice(bytes);
+                true
+            }
+            Transport::Tls(_) | Transport::Plain(_) | Transport::Detached => false,
+        }
+    }
+
     /// Whether the stream is TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))

@@ -6,8 +6,9 @@
 //! function is deterministic and unit-tested without a network. `line`
 //! frames commands, `command` parses them, `address` checks paths, `dot`
 //! finds the end of DATA, `reply` names the replies and holds their texts,
-//! `decimal` writes numbers, `server` is the session state machine with its
-//! verb table, and `client` is its mirror for the load generator.
+//! `decimal` writes numbers, `proxy` writes `HAProxy`'s PROXY headers,
+//! `server` is the session state machine with its verb table, and `client`
+//! is its mirror for the load generator.
 
 // "Network input never panics the server", made mechanical: no unwrap,
 // expect, panic or unchecked indexing in protocol code outside tests.
@@ -28,5 +29,6 @@ pub mod command;
 pub mod decimal;
 pub mod dot;
 pub mod line;
+pub mod proxy;
 pub mod reply;
 pub mod server;

@@ -72,6 +72,7 @@ pub fn options(target: SocketAddr) -> Options {
         tls: None,
         start_at: None,
         bind: Vec::new(),
+        proxy: None,
     }
 }
 
@@ -289,6 +290,65 @@ pub fn recording_server() -> (SocketAddr, Seen) {
         }
     });
     (addr, seen)
+}
+
+/// PROXY headers a [`proxy_relay`] took off its connections, in order.
+pub type Headers = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// What a proxy-aware server does first: takes a PROXY header (version 1
+/// or 2) off each connection and records it, then relays the rest to `to`
+/// both ways. A connection without a header is closed.
+pub fn proxy_relay(to: SocketAddr) -> (SocketAddr, Headers) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let headers = Headers::default();
+    let record = std::sync::Arc::clone(&headers);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let Some(header) = take_proxy_header(&mut conn) else {
+                continue;
+            };
+            record.lock().unwrap().push(header);
+            let Ok(mut up) = TcpStream::connect(to) else {
+                continue;
+            };
+            let (mut conn2, mut up2) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut conn2, &mut up2);
+                let _ = up2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up, &mut conn);
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, headers)
+}
+
+/// Reads exactly one PROXY header off `conn` (nothing after it).
+fn take_proxy_header(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut h = vec![0u8; 16];
+    conn.read_exact(&mut h[..6]).ok()?;
+    if &h[..6] == b"PROXY " {
+        h.truncate(6);
+        let mut b = [0u8; 1];
+        while !h.ends_with(b"\r\n") && h.len() < 108 {
+            conn.read_exact(&mut b).ok()?;
+            h.push(b[0]);
+        }
+    } else {
+        conn.read_exact(&mut h[6..16]).ok()?;
+        let len = usize::from(u16::from_be_bytes([h[14], h[15]]));
+        let mut rest = vec![0u8; len];
+        conn.read_exact(&mut rest).ok()?;
+        h.extend_from_slice(&rest);
+    }
+    conn.set_read_timeout(None).ok()?;
+    Some(h)
 }
 
 /// What a [`relay`] does to the messages it accepts, by sequence number.
