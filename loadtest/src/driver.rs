@@ -169,6 +169,9 @@ struct Driver<'a> {
     stop_starting: bool,
     ever_connected: bool,
     last_connect_error: Option<(SocketAddr, io::Error)>,
+    /// Servers a connect to failed (a run gives up only when all have,
+    /// before any connect succeeded).
+    refused: Vec<SocketAddr>,
     connect_failures: u64,
     /// Connections to open again at these times.
     reconnects: Vec<Instant>,
@@ -225,6 +228,7 @@ pub fn run(
         stop_starting: false,
         ever_connected: false,
         last_connect_error: None,
+        refused: Vec::new(),
         connect_failures: 0,
         reconnects: Vec::new(),
         to_open: opts.connections.max(1),
@@ -307,10 +311,8 @@ fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
 }
 
 impl Driver<'_> {
-    /// How the next connection is secured.
-    fn next_tls(&mut self) -> Tls {
-        let k = self.opened;
-        self.opened += 1;
+    /// How the `k`th connection to its server is secured.
+    fn tls_for(&self, k: u64) -> Tls {
         let Some(t) = &self.opts.tls else {
             return Tls::Off;
         };
@@ -334,12 +336,23 @@ impl Driver<'_> {
     fn open(&mut self) {
         let since = Instant::now();
         let k = self.opened;
-        let tls = self.next_tls();
-        let turn = |n: usize| usize::try_from(k).map_or(0, |k| k % n.max(1));
-        let Some(&target) = self.opts.targets.get(turn(self.opts.targets.len())) else {
+        self.opened += 1;
+        // Connection k goes to server k mod n, as its (k div n)th there:
+        // the TLS share and the local addresses spread over each server's
+        // own connections, not over every nth of them.
+        let n = self.opts.targets.len().max(1) as u64;
+        let (nth, j) = (k % n, k / n);
+        let Some(&target) = usize::try_from(nth)
+            .ok()
+            .and_then(|i| self.opts.targets.get(i))
+        else {
             return;
         };
-        let sock = match self.opts.bind.get(turn(self.opts.bind.len())) {
+        let tls = self.tls_for(j);
+        let bind = usize::try_from(j)
+            .ok()
+            .and_then(|j| self.opts.bind.get(j % self.opts.bind.len().max(1)));
+        let sock = match bind {
             Some(&ip) => connect_from(ip, target),
             None => TcpStream::connect(target),
         };
@@ -398,6 +411,9 @@ impl Driver<'_> {
 
     fn connect_failed(&mut self, target: SocketAddr, e: io::Error, now: Instant) {
         self.connect_failures += 1;
+        if !self.refused.contains(&target) {
+            self.refused.push(target);
+        }
         self.rec.error(Stage::Connect, 0);
         self.last_connect_error = Some((target, e));
         self.reconnects.push(now + RECONNECT_BACKOFF);
@@ -531,6 +547,7 @@ impl Driver<'_> {
             if !self.ever_connected
                 && self.to_open == 0
                 && self.connect_failures >= self.opts.connections.max(1) as u64
+                && self.refused.len() >= self.opts.targets.len()
             {
                 let (target, e) = self.last_connect_error.take().unwrap_or_else(|| {
                     let first = self.opts.targets.first().copied();

@@ -107,8 +107,8 @@ struct Cli {
     /// Begin at this time, in seconds since the Unix epoch (as `date +%s`
     /// prints it), so that generators on several machines start together;
     /// an error if it passed more than a second ago.
-    #[arg(long, value_name = "EPOCH_SECS")]
-    start_at: Option<f64>,
+    #[arg(long, value_name = "EPOCH_SECS", value_parser = start_time)]
+    start_at: Option<std::time::SystemTime>,
 
     /// Connect from these local addresses, one connection each in turn
     /// (comma-separated, e.g. 127.0.0.2,127.0.0.3: many clients from one
@@ -276,8 +276,27 @@ fn raise_fd_limit(connections: usize) -> Result<(), String> {
         Ok(got) if got < want => Err(format!(
             "-c {connections} needs {want} open files; the limit is {got} (ulimit -Hn)"
         )),
-        _ => Ok(()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot raise the open-files limit for -c {connections}: {e}"
+        )),
     }
+}
+
+/// `--bind` addresses: of the servers' family, and this host's.
+fn check_bind(opts: &Options) -> Result<(), String> {
+    for target in &opts.targets {
+        if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
+            return Err(format!("--bind {ip}: not the address family of {target}"));
+        }
+    }
+    for ip in &opts.bind {
+        // An address this host does not have fails every connect; say so
+        // now, about --bind, rather than about the server.
+        std::net::UdpSocket::bind((*ip, 0))
+            .map_err(|e| format!("--bind {ip}: {}", smtpsink::net::plain_error(&e)))?;
+    }
+    Ok(())
 }
 
 /// `--proxy v1|v2`.
@@ -292,6 +311,9 @@ fn proxy_version(v: &str) -> Result<proxy::Version, String> {
 /// The `--source-cidr` network, of the servers' address family.
 fn source_net(cli: &Cli, targets: &[SocketAddr]) -> Result<ipnet::IpNet, String> {
     let v4 = targets.first().is_none_or(SocketAddr::is_ipv4);
+    if targets.iter().any(|t| t.is_ipv4() != v4) {
+        return Err("--proxy: the servers are of two address families; a header names one".into());
+    }
     let net = cli.source_cidr.unwrap_or_else(|| {
         let default = if v4 { "192.0.2.0/24" } else { "2001:db8::/32" };
         default.parse().unwrap_or_default()
@@ -323,12 +345,25 @@ fn per_connection(v: &str) -> Result<RangeInclusive<u64>, String> {
     }
 }
 
-/// `--start-at` seconds since the epoch as a time.
-fn start_time(secs: f64) -> Result<std::time::SystemTime, String> {
-    Duration::try_from_secs_f64(secs)
+/// `--start-at` seconds since the epoch as a time, at most a day ahead (a
+/// time in milliseconds would otherwise wait for millennia, silently).
+fn start_time(v: &str) -> Result<std::time::SystemTime, String> {
+    let at = v
+        .parse::<f64>()
         .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
         .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
-        .ok_or_else(|| format!("--start-at {secs}: not a time (seconds since 1970)"))
+        .ok_or_else(|| format!("{v}: not a time (seconds since 1970, as date +%s prints)"))?;
+    let day = Duration::from_secs(86_400);
+    if at
+        .duration_since(std::time::SystemTime::now())
+        .is_ok_and(|ahead| ahead > day)
+    {
+        return Err(format!(
+            "{v}: more than a day ahead (seconds since 1970, not milliseconds)"
+        ));
+    }
+    Ok(at)
 }
 
 fn resolve(target: &str) -> Result<SocketAddr, String> {
@@ -454,13 +489,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         },
         progress: !cli.quiet,
         tls: tls_options(&cli)?,
-        start_at: cli.start_at.map(start_time).transpose()?,
+        start_at: cli.start_at,
         bind: cli.bind.clone(),
         proxy,
     };
-    for target in &opts.targets {
-        if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
-            return Err(format!("--bind {ip}: not the address family of {target}"));
+    check_bind(&opts)?;
+    if let Some(at) = opts.start_at {
+        if let (Ok(ahead), false) = (at.duration_since(std::time::SystemTime::now()), cli.quiet) {
+            eprintln!("smtpload: starting in {:.1} s", ahead.as_secs_f64());
         }
     }
     raise_fd_limit(opts.connections)?;

@@ -63,6 +63,12 @@ fn start_at_in_the_past_a_bind_address_of_the_other_family_and_a_backward_range_
         "{}",
         stderr(&o)
     );
+    let o = smtpload(&["-q", "-m", "1", "--bind", "192.0.2.1", &target]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "smtpload: --bind 192.0.2.1: address not available on this host\n"
+    );
     let o = smtpload(&["-q", "-m", "1", "--bind", "::1", &target]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(

@@ -194,3 +194,46 @@ fn proxy_clients_are_hosts_of_the_network_down_to_a_single_address() {
     }
     assert!(seen.len() > 90, "{} distinct of 100", seen.len());
 }
+
+#[test]
+fn a_dead_server_among_live_ones_costs_connect_errors_not_the_run() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (live, seen) = recording_server();
+    let mut opts = options(dead);
+    opts.targets = vec![dead, live];
+    opts.connections = 1;
+    opts.messages = Some(4);
+    let r = run(&opts, &Payload::new(&spec()));
+    assert_eq!(r.ok, 4);
+    assert!(r
+        .errors
+        .keys()
+        .all(|(stage, _)| *stage == smtpsink::proto::client::Stage::Connect));
+    assert!(!seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn local_addresses_spread_over_each_servers_own_connections() {
+    let (a, seen_a) = recording_server();
+    let (b, seen_b) = recording_server();
+    let mut opts = options(a);
+    opts.targets = vec![a, b];
+    opts.bind = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+    opts.connections = 1;
+    opts.per_connection = 1..=1;
+    opts.messages = Some(8);
+    let r = run(&opts, &Payload::new(&spec()));
+    assert_eq!(r.ok, 8);
+    for seen in [seen_a, seen_b] {
+        let ips: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.ip().to_string())
+            .collect();
+        assert_eq!(ips, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]);
+    }
+}
