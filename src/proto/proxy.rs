@@ -1,8 +1,9 @@
 //! `HAProxy`'s PROXY protocol (versions 1 and 2): the header a proxy sends
 //! before anything else, carrying the address of the client it relays.
 //!
-//! Writing headers, for the load generator (`smtpload --proxy`); reading
-//! them belongs here too. The formats are those of `HAProxy`'s
+//! Writing headers, for the load generator (`smtpload --proxy`), and
+//! reading them ([`parse`]), sans-IO: the caller offers what it has read so
+//! far and learns whether a whole header is there. The formats are those of `HAProxy`'s
 //! `proxy-protocol.txt`: version 1 is one text line, version 2 a binary
 //! block after a fixed 12-byte signature.
 
@@ -66,9 +67,171 @@ pub fn header(version: Version, src: SocketAddr, dst: SocketAddr) -> Option<Vec<
     })
 }
 
+/// The longest version 1 header, `\r\n` included (the spec's bound).
+pub const V1_MAX: usize = 107;
+
+/// The longest version 2 header taken: the 16 fixed bytes and up to 1 KiB
+/// of addresses and extensions (TLVs). Proxies send far less; a larger
+/// one is refused rather than buffered.
+pub const V2_MAX: usize = 16 + 1024;
+
+/// What the start of a connection's input holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// The start of a header: more input is needed.
+    Partial,
+    /// A whole header of `len` bytes. `client` is the address it carries;
+    /// `None` for `LOCAL`, `UNKNOWN` and families without an IP address
+    /// (the connection's own ends stand).
+    Header {
+        /// Bytes of input the header took.
+        len: usize,
+        /// The client the proxy relays.
+        client: Option<SocketAddr>,
+    },
+    /// Not a PROXY header, or a malformed one: why, for the log.
+    Invalid(&'static str),
+}
+
+/// Reads a PROXY header (version 1 or 2) from the start of `input`.
+pub fn parse(input: &[u8]) -> Parsed {
+    const V1_START: &[u8] = b"PROXY ";
+    let n = input.len().min(V2_SIGNATURE.len());
+    if input.get(..n) == V2_SIGNATURE.get(..n) {
+        return if n < V2_SIGNATURE.len() {
+            Parsed::Partial
+        } else {
+            parse_v2(input)
+        };
+    }
+    let n = input.len().min(V1_START.len());
+    if input.get(..n) == V1_START.get(..n) {
+        return if n < V1_START.len() {
+            Parsed::Partial
+        } else {
+            parse_v1(input)
+        };
+    }
+    Parsed::Invalid("no PROXY header")
+}
+
+fn parse_v1(input: &[u8]) -> Parsed {
+    let window = input.get(..input.len().min(V1_MAX)).unwrap_or_default();
+    let Some(end) = memchr::memmem::find(window, b"\r\n") else {
+        return if input.len() >= V1_MAX {
+            Parsed::Invalid("version 1 header too long")
+        } else {
+            Parsed::Partial
+        };
+    };
+    let Some(line) = window.get(..end).and_then(|l| std::str::from_utf8(l).ok()) else {
+        return Parsed::Invalid("version 1 header not text");
+    };
+    let mut words = line.split(' ');
+    let _proxy = words.next();
+    let len = end + 2;
+    match words.next() {
+        // The sender does not know the ends: the rest of the line is ignored.
+        Some("UNKNOWN") => Parsed::Header { len, client: None },
+        Some(family @ ("TCP4" | "TCP6")) => {
+            let fields: Vec<&str> = words.collect();
+            let [src, dst, sport, dport] = fields.as_slice() else {
+                return Parsed::Invalid("version 1 header: not 4 fields after the family");
+            };
+            let v4 = family == "TCP4";
+            let ip = |t: &str| -> Option<std::net::IpAddr> {
+                let ip: std::net::IpAddr = t.parse().ok()?;
+                (ip.is_ipv4() == v4).then_some(ip)
+            };
+            // Ports in decimal, 0 to 65535, without a sign or leading zeros.
+            let port = |t: &str| -> Option<u16> {
+                let canonical = !t.is_empty() && (t == "0" || !t.starts_with('0'));
+                t.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+                canonical.then(|| t.parse().ok()).flatten()
+            };
+            match (ip(src), ip(dst), port(sport), port(dport)) {
+                (Some(src), Some(_), Some(sport), Some(_)) => Parsed::Header {
+                    len,
+                    client: Some(SocketAddr::new(src, sport)),
+                },
+                _ => Parsed::Invalid("version 1 header: bad address or port"),
+            }
+        }
+        _ => Parsed::Invalid("version 1 header: unknown family"),
+    }
+}
+
+fn parse_v2(input: &[u8]) -> Parsed {
+    let Some(&[ver_cmd, family, hi, lo]) = input.get(12..16) else {
+        return Parsed::Partial;
+    };
+    if ver_cmd >> 4 != 2 {
+        return Parsed::Invalid("version 2 header: bad version");
+    }
+    let local = match ver_cmd & 0x0f {
+        0 => true,
+        1 => false,
+        _ => return Parsed::Invalid("version 2 header: bad command"),
+    };
+    let len = 16 + usize::from(u16::from_be_bytes([hi, lo]));
+    if len > V2_MAX {
+        return Parsed::Invalid("version 2 header too long");
+    }
+    let Some(body) = input.get(16..len) else {
+        return Parsed::Partial;
+    };
+    if local {
+        // A proxy's own connection (a health check): its own ends stand.
+        return Parsed::Header { len, client: None };
+    }
+    let client = match family {
+        // TCP or UDP over IPv4: 4 + 4 address bytes, 2 + 2 port bytes.
+        0x11 | 0x12 => match body.get(..12) {
+            Some(&[a, b, c, d, _, _, _, _, p1, p2, _, _]) => Some(SocketAddr::from((
+                [a, b, c, d],
+                u16::from_be_bytes([p1, p2]),
+            ))),
+            _ => return Parsed::Invalid("version 2 header: short IPv4 block"),
+        },
+        // IPv6: 16 + 16 address bytes, then the ports.
+        0x21 | 0x22 => {
+            let (Some(src), Some(&[p1, p2])) = (body.get(..16), body.get(32..34)) else {
+                return Parsed::Invalid("version 2 header: short IPv6 block");
+            };
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(src);
+            Some(SocketAddr::from((octets, u16::from_be_bytes([p1, p2]))))
+        }
+        // Unspecified, or UNIX sockets: no IP address to carry.
+        0x00 | 0x31 | 0x32 => None,
+        _ => return Parsed::Invalid("version 2 header: bad family"),
+    };
+    Parsed::Header { len, client }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes after either signature (or none): an answer, never a
+        /// panic; a header never claims more than was offered, and what
+        /// was partial stays partial or becomes an answer as bytes come.
+        #[test]
+        fn any_input_gets_an_answer(
+            v2 in any::<bool>(),
+            tail in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut input = if v2 { V2_SIGNATURE.to_vec() } else { b"PROXY ".to_vec() };
+            input.extend_from_slice(&tail);
+            for cut in 0..=input.len() {
+                if let Parsed::Header { len, .. } = parse(&input[..cut]) {
+                    prop_assert!(len <= cut);
+                }
+            }
+        }
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -103,6 +266,146 @@ mod tests {
                 .octets()
         );
         assert_eq!(&h[48..], &[0xff, 0xff, 0x09, 0xdd]);
+    }
+
+    /// Every prefix of `header` is partial; the header, with what follows
+    /// it, is one header of its length naming `client`.
+    fn whole_and_split(header: &[u8], client: Option<&str>) {
+        let mut input = header.to_vec();
+        input.extend_from_slice(b"EHLO client.test\r\n");
+        for cut in 0..header.len() {
+            assert_eq!(parse(&input[..cut]), Parsed::Partial, "cut at {cut}");
+        }
+        let want = Parsed::Header {
+            len: header.len(),
+            client: client.map(a),
+        };
+        assert_eq!(parse(header), want);
+        assert_eq!(parse(&input), want);
+    }
+
+    #[test]
+    fn headers_are_read_whole_and_split_at_every_byte() {
+        for (src, dst) in [
+            ("192.0.2.7:1025", "127.0.0.1:25"),
+            ("[2001:db8::7]:65535", "[::1]:2525"),
+            ("0.0.0.0:0", "255.255.255.255:65535"),
+        ] {
+            for v in [Version::V1, Version::V2] {
+                whole_and_split(&header(v, a(src), a(dst)).unwrap(), Some(src));
+            }
+        }
+        whole_and_split(b"PROXY UNKNOWN\r\n", None);
+        whole_and_split(b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", None);
+        // The longest version 1 line there is (104 bytes).
+        let all = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let longest = format!("PROXY TCP6 {all} {all} 65535 65535\r\n");
+        assert!(longest.len() <= V1_MAX);
+        whole_and_split(longest.as_bytes(), Some(&format!("[{all}]:65535")));
+        let mut v2 = V2_SIGNATURE.to_vec();
+        // LOCAL (a health check), with 3 bytes of something after it.
+        v2.extend_from_slice(&[0x20, 0x00, 0, 3, 1, 2, 3]);
+        whole_and_split(&v2, None);
+        // PROXY over a UNIX socket: 2 x 108 path bytes.
+        let mut v2 = V2_SIGNATURE.to_vec();
+        v2.extend_from_slice(&[0x21, 0x31, 0, 216]);
+        v2.extend_from_slice(&[0u8; 216]);
+        whole_and_split(&v2, None);
+        // TCP over IPv4 with a TLV after the addresses (an AWS VPC id, say).
+        let mut v2 = header(Version::V2, a("10.1.2.3:4444"), a("10.0.0.1:25")).unwrap();
+        v2[15] = 12 + 7;
+        v2.extend_from_slice(&[0xEA, 0, 4, b'v', b'p', b'c', b'e']);
+        whole_and_split(&v2, Some("10.1.2.3:4444"));
+    }
+
+    #[test]
+    fn anything_else_is_invalid_with_a_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"EHLO client.test\r\n", "no PROXY header"),
+            (b"GET / HTTP/1.0\r\n", "no PROXY header"),
+            (
+                b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
+                "version 1 header: unknown family",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+                "version 1 header: not 4 fields after the family",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n",
+                "version 1 header: not 4 fields after the family",
+            ),
+            (
+                b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n",
+                "version 1 header: bad address or port",
+            ),
+            (
+                b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+                "version 1 header: bad address or port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",
+                "version 1 header: bad address or port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 025 2\r\n",
+                "version 1 header: bad address or port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 +25 2\r\n",
+                "version 1 header: bad address or port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 25 2\n",
+                "version 1 header too long",
+            ),
+        ];
+        for (input, why) in cases {
+            let mut input = input.to_vec();
+            if why.ends_with("too long") {
+                // A bare LF is no line end: no CRLF in the first 107 bytes.
+                input.resize(V1_MAX, b'x');
+            }
+            assert_eq!(
+                parse(&input),
+                Parsed::Invalid(why),
+                "{:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+        let v2 = |ver_cmd: u8, family: u8, len: u16| {
+            let mut h = V2_SIGNATURE.to_vec();
+            h.extend_from_slice(&[ver_cmd, family]);
+            h.extend_from_slice(&len.to_be_bytes());
+            h.resize(16 + usize::from(len), 0);
+            h
+        };
+        assert_eq!(
+            parse(&v2(0x11, 0x11, 12)),
+            Parsed::Invalid("version 2 header: bad version")
+        );
+        assert_eq!(
+            parse(&v2(0x22, 0x11, 12)),
+            Parsed::Invalid("version 2 header: bad command")
+        );
+        assert_eq!(
+            parse(&v2(0x21, 0x41, 12)),
+            Parsed::Invalid("version 2 header: bad family")
+        );
+        assert_eq!(
+            parse(&v2(0x21, 0x11, 4)),
+            Parsed::Invalid("version 2 header: short IPv4 block")
+        );
+        assert_eq!(
+            parse(&v2(0x21, 0x21, 12)),
+            Parsed::Invalid("version 2 header: short IPv6 block")
+        );
+        let oversize = u16::try_from(V2_MAX - 16 + 1).unwrap();
+        // Refused from its first 16 bytes, before the rest is buffered.
+        assert_eq!(
+            parse(&v2(0x21, 0x11, oversize)[..16]),
+            Parsed::Invalid("version 2 header too long")
+        );
     }
 
     #[test]
