@@ -290,6 +290,29 @@ pub struct Config {
     #[arg(long, requires = "control", help_heading = "Control and metrics")]
     pub control_allow_remote: bool,
 
+    /// Every listener (implicit TLS ones too) expects a PROXY protocol
+    /// header, version 1 or 2 (`HAProxy`'s), before the greeting, from a
+    /// --trusted address; the client it names is the session's client
+    /// (trace headers, statistics, per-client limits). A connection from
+    /// elsewhere, or without a valid header in time, is closed unanswered.
+    #[arg(long, help_heading = "Proxies")]
+    pub proxy_protocol: bool,
+
+    /// Addresses that may speak as a proxy (CIDR, comma-separated).
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128",
+        help_heading = "Proxies"
+    )]
+    pub trusted: Vec<ipnet::IpNet>,
+
+    /// Seconds a PROXY header may take to arrive (Postfix's
+    /// `smtpd_upstream_proxy_timeout` is 5 s too).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs, help_heading = "Proxies")]
+    pub proxy_timeout: Duration,
+
     /// Also listen on IP:PORT with TLS from the first byte (implicit TLS,
     /// RFC 8314, as port 465); repeat for several.
     #[arg(

@@ -146,6 +146,11 @@ pub fn server(x: &mut Exposition, stats: &Stats, rules: Option<&Engine>, uptime:
         "Connections answered 421 at accept for the per-client connection limit.",
         c.connections_refused,
     );
+    x.counter(
+        "smtpsink_proxy_refused_total",
+        "Connections closed unanswered with --proxy-protocol: untrusted, or no valid PROXY header in time.",
+        c.proxy_refused,
+    );
     x.counters(
         "smtpsink_timeouts_total",
         "Sessions closed for a timeout, by kind.",

@@ -88,6 +88,9 @@ pub struct Counters {
     pub connections_open: u64,
     /// Connections answered `421 4.7.0` at accept (per-client limit).
     pub connections_refused: u64,
+    /// Connections closed unanswered with `--proxy-protocol`: not from a
+    /// trusted address, or no valid PROXY header in time.
+    pub proxy_refused: u64,
     /// Sessions closed for any timeout.
     pub timeouts: u64,
     /// Of those, for a command line not complete in time.
@@ -115,6 +118,7 @@ impl std::ops::AddAssign for Counters {
         self.connections += o.connections;
         self.connections_open += o.connections_open;
         self.connections_refused += o.connections_refused;
+        self.proxy_refused += o.proxy_refused;
         self.timeouts += o.timeouts;
         self.command_timeouts += o.command_timeouts;
         self.data_rate_timeouts += o.data_rate_timeouts;
@@ -396,6 +400,7 @@ impl Stats {
             "counters": {
                 "connections": c.connections,
                 "connections_refused": c.connections_refused,
+                "proxy_refused": c.proxy_refused,
                 "timeouts": c.timeouts,
                 "transactions": c.transactions,
                 "messages": c.messages,
@@ -449,6 +454,13 @@ impl Stats {
                 s,
                 "  refused        {:>14}  (per-client limit)",
                 c.connections_refused
+            );
+        }
+        if c.proxy_refused > 0 {
+            let _ = writeln!(
+                s,
+                "  proxy refused  {:>14}  (untrusted, or no valid PROXY header in time)",
+                c.proxy_refused
             );
         }
         let _ = writeln!(

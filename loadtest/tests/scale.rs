@@ -237,3 +237,30 @@ fn local_addresses_spread_over_each_servers_own_connections() {
         assert_eq!(ips, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]);
     }
 }
+
+/// smtpload speaking as a proxy to smtpsink --proxy-protocol itself: every
+/// message arrives, checked by the verify sink, in both versions.
+#[test]
+fn smtpload_as_a_proxy_into_smtpsink_with_proxy_protocol() {
+    use smtpsink::config::Config;
+    use smtpsink::proto::proxy::Version;
+    use smtpsink::reactor::Server;
+    use smtpsink::sink::Verify;
+    for version in [Version::V1, Version::V2] {
+        let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
+        config.proxy_protocol = true;
+        let server = Server::from_config(&config, Verify::default())
+            .expect("bind")
+            .spawn();
+        let mut opts = options(server.addrs[0]);
+        opts.per_connection = 1..=3;
+        opts.messages = Some(60);
+        opts.proxy = Some((version, "192.0.2.0/24".parse().unwrap()));
+        let r = run(&opts, &Payload::new(&spec()));
+        assert_eq!((r.ok, r.failed), (60, 0), "{version:?}");
+        let report = server.stop().expect("run");
+        assert_eq!(report.stats.counters.messages, 60);
+        assert_eq!(report.stats.counters.proxy_refused, 0);
+        assert_eq!(report.stats.counters.connections_refused, 0);
+    }
+}

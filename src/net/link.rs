@@ -320,6 +320,15 @@ impl Link {
         self.transport.start_tls(conn);
     }
 
+    /// Secures the stream with TLS from its next byte (implicit TLS after a
+    /// PROXY header): unlike STARTTLS, what was read after the header is
+    /// kept, as the first TLS records.
+    pub fn start_tls_after_preamble(&mut self, conn: impl Into<TlsConn>) {
+        let read = std::mem::take(&mut self.carry);
+        self.transport.start_tls(conn);
+        self.transport.already_read(read);
+    }
+
     /// The stream underneath, to act on (TLS details).
     pub fn transport_mut(&mut self) -> &mut Transport {
         &mut self.transport

@@ -273,6 +273,16 @@ impl Transport {
         }
     }
 
+    /// Ciphertext read before the stream became TLS (after a PROXY
+    /// header): processed before anything read from the socket.
+    pub fn already_read(&mut self, bytes: Vec<u8>) {
+        if let Transport::Tls(t) = self {
+            if t.st.left.is_empty() && bytes.len() <= GULP {
+                t.st.left = bytes;
+            }
+        }
+    }
+
     /// Whether the stream is TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))

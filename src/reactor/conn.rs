@@ -16,6 +16,7 @@
 
 use super::{Env, LINGER};
 use crate::net::{Consumed, Drain, Flush, Keep, Link, ReadEnd, TlsFailure, Transport};
+use crate::proto::proxy::{self, Parsed};
 use crate::proto::reply::ReplyId;
 use crate::proto::server::{Ctx, Policy, Request, Session, Verdict};
 use mio::{Interest, Registry, Token};
@@ -52,6 +53,9 @@ enum Life {
     /// FIN sent: reading until the client's FIN, at most until then, so our
     /// close does not reset away replies it has not read.
     Lingering { until: Instant },
+    /// Reading a PROXY header, at most until then; no greeting before it.
+    /// `tls`: the listener speaks implicit TLS after the header.
+    Proxying { until: Instant, tls: bool },
 }
 
 /// What the loop does with a connection after an event.
@@ -78,6 +82,9 @@ pub struct Conn {
     armed: Option<Instant>,
     /// A TLS handshake is under way, since then.
     tls_since: Option<Instant>,
+    /// Counted against its client's connection limit (a proxied one is once
+    /// its header named the client).
+    counted: bool,
 }
 
 /// Calls `f` with the session and a context over `env`, limited to what the
@@ -107,6 +114,7 @@ impl Conn {
             replay: false,
             armed: None,
             tls_since: None,
+            counted: true,
         }
     }
 
@@ -159,13 +167,107 @@ impl Conn {
             .or_else(|| self.session.short_deadline(env.settings))
     }
 
-    /// A closing or lingering connection's own deadline: the session's
-    /// clocks no longer count.
+    /// A closing or lingering connection's own deadline (and a proxied
+    /// one's header's): the session's clocks do not count.
     #[inline]
     fn closing_until(&self) -> Option<Instant> {
         match self.life {
-            Life::Closing { until } | Life::Lingering { until } => Some(until),
+            Life::Closing { until } | Life::Lingering { until } | Life::Proxying { until, .. } => {
+                Some(until)
+            }
             Life::Open | Life::Backlogged | Life::Parked | Life::Securing => None,
+        }
+    }
+
+    /// Whether it counts against its client's connection limit.
+    pub fn counted(&self) -> bool {
+        self.counted
+    }
+
+    /// Accepted with `--proxy-protocol`: the PROXY header comes first, by
+    /// `until`; then the session starts as [`Conn::start`] starts it, for
+    /// the client the header names (TLS first when `tls`).
+    pub fn await_proxy(
+        &mut self,
+        token: Token,
+        until: Instant,
+        tls: bool,
+        env: &mut Env<'_>,
+    ) -> Next {
+        self.life = Life::Proxying { until, tls };
+        self.counted = false;
+        self.read_proxy(token, false, env)
+    }
+
+    /// Reads the PROXY header as far as it has come.
+    fn read_proxy(&mut self, token: Token, drain: bool, env: &mut Env<'_>) -> Next {
+        let Life::Proxying { tls, .. } = self.life else {
+            return Next::Wait;
+        };
+        let mut got = None;
+        let mut io = env.stats.counters.io;
+        let end = self
+            .link
+            .read_with(
+                env.scratch,
+                READ_BUDGET,
+                drain,
+                &mut io,
+                |input, _| match proxy::parse(input) {
+                    Parsed::Partial => Consumed {
+                        used: 0,
+                        stop: false,
+                    },
+                    Parsed::Header { len, client } => {
+                        got = Some(Some(client));
+                        Consumed {
+                            used: len,
+                            stop: true,
+                        }
+                    }
+                    Parsed::Invalid(_) => {
+                        got = Some(None);
+                        Consumed {
+                            used: 0,
+                            stop: true,
+                        }
+                    }
+                },
+            );
+        env.stats.counters.io = io;
+        match got {
+            Some(Some(client)) => {
+                if let Some(client) = client {
+                    self.session.set_peer(client);
+                }
+                self.life = Life::Open;
+                self.counted = true;
+                let admitted = env.clients.arrive(self.session.peer().ip());
+                if tls {
+                    let Some(conn) = env.tls.and_then(|config| {
+                        rustls::server::UnbufferedServerConnection::new(std::sync::Arc::clone(
+                            config,
+                        ))
+                        .ok()
+                    }) else {
+                        return Next::Remove;
+                    };
+                    // What came after the header is the client's first
+                    // TLS records.
+                    self.link.start_tls_after_preamble(conn);
+                    self.session.secure_from_start();
+                    self.tls_since = Some(env.now);
+                }
+                // Anything sent after the header waits in the carry.
+                self.replay = self.link.carried() > 0;
+                self.start(token, admitted, env)
+            }
+            Some(None) => {
+                env.stats.counters.proxy_refused += 1;
+                self.close(token, env, true)
+            }
+            None if end == ReadEnd::Closed => Next::Remove,
+            None => Next::Wait,
         }
     }
 
@@ -194,6 +296,7 @@ impl Conn {
     /// A readiness event (readable, writable, or the peer closed: `drain`).
     pub fn serve(&mut self, token: Token, drain: bool, env: &mut Env<'_>) -> Next {
         match self.life {
+            Life::Proxying { .. } => self.read_proxy(token, drain, env),
             Life::Lingering { .. } => match self.link.discard_input(env.scratch) {
                 Drain::Eof => Next::Remove,
                 Drain::Empty => Next::Wait,
@@ -237,7 +340,13 @@ impl Conn {
     pub fn on_timer(&mut self, token: Token, env: &mut Env<'_>) -> Next {
         match self.life {
             Life::Closing { until } | Life::Lingering { until } if env.now < until => Next::Wait,
+            Life::Proxying { until, .. } if env.now < until => Next::Wait,
             Life::Closing { .. } | Life::Lingering { .. } => Next::Remove,
+            Life::Proxying { .. } => {
+                // No header in time: closed unanswered.
+                env.stats.counters.proxy_refused += 1;
+                Next::Remove
+            }
             Life::Open | Life::Backlogged | Life::Parked | Life::Securing => {
                 let s = env.settings;
                 let timed_out = with_cx!(env, usize::MAX, |cx| self.session.on_timer(s, cx));
@@ -264,6 +373,10 @@ impl Conn {
         if matches!(self.life, Life::Closing { .. } | Life::Lingering { .. }) {
             return Next::Wait;
         }
+        if matches!(self.life, Life::Proxying { .. }) {
+            // Never greeted: nothing to say.
+            return Next::Remove;
+        }
         let s = env.settings;
         with_cx!(env, usize::MAX, |cx| self.session.shutdown(s, cx));
         self.after_event(token, env, false)
@@ -272,6 +385,9 @@ impl Conn {
     /// Ends the session at once with `reply` and writes what the socket
     /// takes (second shutdown request, or the grace period is over).
     pub fn abort(&mut self, reply: ReplyId, env: &mut Env<'_>) {
+        if matches!(self.life, Life::Proxying { .. }) {
+            return;
+        }
         let s = env.settings;
         with_cx!(env, usize::MAX, |cx| self.session.close_with(s, reply, cx));
         let _ = self.link.send(env.out, &mut env.stats.counters.io);
@@ -286,7 +402,10 @@ impl Conn {
         } else if self.tls_since.is_some() {
             env.stats.tls.failure(TlsFailure::Abandoned);
         }
-        with_cx!(env, usize::MAX, |cx| self.session.disconnected(cx));
+        if self.counted {
+            // (A proxied connection whose header never came never started.)
+            with_cx!(env, usize::MAX, |cx| self.session.disconnected(cx));
+        }
         env.out.clear();
         self.link.deregister(env.registry);
     }
@@ -359,7 +478,11 @@ impl Conn {
         let ready = match self.life {
             Life::Parked => true,
             Life::Backlogged => self.link.pending() == 0,
-            Life::Open | Life::Securing | Life::Closing { .. } | Life::Lingering { .. } => false,
+            Life::Open
+            | Life::Securing
+            | Life::Closing { .. }
+            | Life::Lingering { .. }
+            | Life::Proxying { .. } => false,
         };
         if !ready {
             return Next::Wait;

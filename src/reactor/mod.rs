@@ -36,6 +36,7 @@ use clients::Clients;
 use conn::{Conn, Next};
 pub use conn::{OUTPUT_HIGH_WATER, READ_BUDGET};
 use control::ControlPort;
+use ipnet::IpNet;
 pub use listener::ListenError;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -179,6 +180,7 @@ macro_rules! env {
             policy: $server.rules.as_mut(),
             tally: &mut $server.tally,
             tls: $server.tls.as_ref(),
+            clients: &mut $server.clients,
             now: $now,
         }
     };
@@ -200,7 +202,16 @@ struct Env<'a> {
     tally: &'a mut Tally,
     /// The server's TLS configuration (STARTTLS), if any.
     tls: Option<&'a Arc<rustls::ServerConfig>>,
+    /// Connections per client address (a proxied connection counts once
+    /// its header named the client).
+    clients: &'a mut Clients,
     now: Instant,
+}
+
+/// Connections must start with a PROXY header (`--proxy-protocol`).
+struct ProxyWait {
+    trusted: Vec<IpNet>,
+    timeout: Duration,
 }
 
 /// One event loop with its listeners, connections and sink.
@@ -247,6 +258,8 @@ pub struct Server<S: Sink> {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Per listener (as `listeners`): connections start with TLS.
     implicit_tls: Vec<bool>,
+    /// Every connection starts with a PROXY header, from these sources.
+    proxy: Option<ProxyWait>,
 }
 
 /// A sink's parts of `/metrics` and `/stats`.
@@ -334,6 +347,7 @@ impl<S: Sink> Server<S> {
             tally: [0; ReplyId::COUNT],
             tls: None,
             implicit_tls: vec![false; addrs.len()],
+            proxy: None,
         })
     }
 
@@ -430,7 +444,16 @@ impl<S: Sink> Server<S> {
                 .serve_tls(tls, &config.listen_tls, config.backlog)
                 .map_err(|e| e.to_string())?;
         }
+        if config.proxy_protocol {
+            server.expect_proxy(config.trusted.clone(), config.proxy_timeout);
+        }
         Ok(server)
+    }
+
+    /// Every connection must start with a PROXY protocol header, within
+    /// `timeout`, from an address in `trusted`; others are closed unanswered.
+    pub fn expect_proxy(&mut self, trusted: Vec<IpNet>, timeout: Duration) {
+        self.proxy = Some(ProxyWait { trusted, timeout });
     }
 
     /// Calls `hook` every `every` from the loop's thread.
@@ -699,11 +722,33 @@ impl<S: Sink> Server<S> {
                     return;
                 }
             };
+            if let Some(p) = &self.proxy {
+                if !p.trusted.iter().any(|net| net.contains(&peer.ip())) {
+                    // Not a proxy of ours: closed unanswered.
+                    self.stats.counters.proxy_refused += 1;
+                    continue;
+                }
+            }
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             self.next_serial += 1;
             let session = Session::new(session_id(key, self.next_serial), peer, now);
             let implicit = self.implicit_tls.get(index).copied().unwrap_or(false);
+            if let Some(p) = &self.proxy {
+                // The header first, in plaintext whatever the listener.
+                let until = now + p.timeout;
+                let mut conn = Conn::new(Transport::tcp(sock), session);
+                if conn.register(self.poll.registry(), Token(key)).is_err() {
+                    continue;
+                }
+                entry.insert(conn);
+                self.stats.counters.connections += 1;
+                self.stats.counters.connections_open += 1;
+                self.with_conn(key, now, Arm::Next, |c, env| {
+                    c.await_proxy(Token(key), until, implicit, env)
+                });
+                continue;
+            }
             let mut conn = match (&self.tls, implicit) {
                 (Some(config), true) => {
                     let Ok(tls) =
@@ -745,7 +790,9 @@ impl<S: Sink> Server<S> {
         let mut conn = self.conns.remove(key);
         let mut env = env!(self, now);
         conn.finish(&mut env);
-        self.clients.leave(conn.session().peer().ip());
+        if conn.counted() {
+            self.clients.leave(conn.session().peer().ip());
+        }
         self.timers.disarm(key);
         self.stats.counters.connections_open -= 1;
         if self.accept_paused && self.accept_retry.is_none() {

@@ -588,9 +588,16 @@ impl Session {
         self.id
     }
 
-    /// The client's address, as the connection reported it.
+    /// The client's address, as the connection reported it (or a proxy in
+    /// front of it, see [`Session::set_peer`]).
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The client is `peer`, not the connection's other end: a trusted
+    /// proxy said so (PROXY protocol), before the session started.
+    pub fn set_peer(&mut self, peer: SocketAddr) {
+        self.peer = peer;
     }
 
     /// Where the session is in the input stream.
