@@ -152,9 +152,17 @@ fn no_header_a_bad_one_a_late_one_or_an_untrusted_source_is_closed_unanswered() 
         waited >= Duration::from_millis(250) && waited < DEADLINE,
         "{waited:?}"
     );
+    // Half a header, then the end: refused too (a bare connect and close,
+    // a health check, is not counted).
+    let mut c = Client::connect(sink.plain);
+    c.send(b"PROXY TCP4 192.0.2.1 ");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    c.expect_closed();
+    let c = Client::connect(sink.plain);
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let (report, received) = sink.stop();
     assert!(received.is_empty());
-    assert_eq!(report.stats.counters.proxy_refused, 3);
+    assert_eq!(report.stats.counters.proxy_refused, 4);
     assert_eq!(report.stats.counters.messages, 0);
 
     // Only trusted sources may speak as a proxy.
@@ -167,6 +175,34 @@ fn no_header_a_bad_one_a_late_one_or_an_untrusted_source_is_closed_unanswered() 
     let (report, _) = sink.stop();
     assert_eq!(report.stats.counters.proxy_refused, 1);
     assert_eq!(report.stats.counters.connections, 0);
+}
+
+#[test]
+fn a_session_sent_whole_after_its_header_and_closed_ends_at_once() {
+    // The rest of the header comes with a whole session, more than one
+    // read buffer of it, and the client's FIN: the event that completes
+    // the header is the only one to say the client closed.
+    let sink = start("fin", |c| c.timeout = 60);
+    let head = header(Version::V1, a("192.0.2.5:1234"), sink.plain).unwrap();
+    let mut c = Client::connect(sink.plain);
+    c.send(&head[..5]);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut rest = head[5..].to_vec();
+    rest.extend_from_slice(b"HELO fin\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
+    for _ in 0..2000 {
+        rest.extend_from_slice(b"0123456789012345678901234567890123456789012345678\r\n");
+    }
+    // No QUIT: only the FIN says the client is done.
+    rest.extend_from_slice(b".\r\n");
+    c.send(&rest);
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let t0 = Instant::now();
+    let all = c.read_to_close();
+    assert!(t0.elapsed() < DEADLINE, "closed after {:?}", t0.elapsed());
+    assert!(all.starts_with(GREETING), "{all}");
+    assert!(all.ends_with("250 2.0.0 Ok: queued\r\n"), "{all}");
+    let (_, received) = sink.stop();
+    assert_eq!(received, ["Received: from fin ([192.0.2.5])"]);
 }
 
 #[test]

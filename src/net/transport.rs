@@ -275,9 +275,14 @@ impl Transport {
 
     /// Ciphertext read before the stream became TLS (after a PROXY
     /// header): processed before anything read from the socket.
+    /// More than a gulp cannot be a client's first flight: the stream
+    /// fails (a protocol failure) rather than drop any of it.
     pub fn already_read(&mut self, bytes: Vec<u8>) {
         if let Transport::Tls(t) = self {
-            if t.st.left.is_empty() && bytes.len() <= GULP {
+            if bytes.len() > GULP || !t.st.left.is_empty() {
+                t.st.failure.get_or_insert(TlsFailure::Protocol);
+                t.st.broken = true;
+            } else {
                 t.st.left = bytes;
             }
         }

@@ -154,9 +154,13 @@ fn parse_v1(input: &[u8]) -> Parsed {
             let ip = |t: &[u8]| -> Option<std::net::IpAddr> {
                 let t = std::str::from_utf8(t).ok()?;
                 if v4 {
-                    t.parse::<std::net::Ipv4Addr>().ok().map(std::net::IpAddr::V4)
+                    t.parse::<std::net::Ipv4Addr>()
+                        .ok()
+                        .map(std::net::IpAddr::V4)
                 } else {
-                    t.parse::<std::net::Ipv6Addr>().ok().map(std::net::IpAddr::V6)
+                    t.parse::<std::net::Ipv6Addr>()
+                        .ok()
+                        .map(std::net::IpAddr::V6)
                 }
             };
             // Ports in decimal, 0 to 65535, without a sign or leading zeros.
@@ -204,16 +208,16 @@ fn parse_v2(input: &[u8]) -> Parsed {
         return Parsed::Header { len, client: None };
     }
     let client = match family {
-        // TCP or UDP over IPv4: 4 + 4 address bytes, 2 + 2 port bytes.
-        0x11 | 0x12 => match body.get(..12) {
+        // TCP over IPv4: 4 + 4 address bytes, 2 + 2 port bytes.
+        0x11 => match body.get(..12) {
             Some(&[a, b, c, d, _, _, _, _, p1, p2, _, _]) => Some(SocketAddr::from((
                 [a, b, c, d],
                 u16::from_be_bytes([p1, p2]),
             ))),
             _ => return Parsed::Invalid("version 2 header: short IPv4 block"),
         },
-        // IPv6: 16 + 16 address bytes, then the ports.
-        0x21 | 0x22 => {
+        // TCP over IPv6: 16 + 16 address bytes, then the ports.
+        0x21 => {
             let (Some(src), Some(&[p1, p2])) = (body.get(..16), body.get(32..34)) else {
                 return Parsed::Invalid("version 2 header: short IPv6 block");
             };
@@ -221,8 +225,13 @@ fn parse_v2(input: &[u8]) -> Parsed {
             octets.copy_from_slice(src);
             Some(SocketAddr::from((octets, u16::from_be_bytes([p1, p2]))))
         }
-        // Unspecified, or UNIX sockets: no IP address to carry.
-        0x00 | 0x31 | 0x32 => None,
+        // Unspecified: no address to carry.
+        0x00 => None,
+        // A UNIX stream socket: 2 x 108 path bytes, no IP address to carry.
+        0x31 if body.len() >= 216 => None,
+        0x31 => return Parsed::Invalid("version 2 header: short UNIX block"),
+        // Datagrams (UDP, UNIX datagrams) are not an SMTP client's.
+        0x12 | 0x22 | 0x32 => return Parsed::Invalid("version 2 header: not a stream"),
         _ => return Parsed::Invalid("version 2 header: bad family"),
     };
     Parsed::Header { len, client }
@@ -411,6 +420,14 @@ mod tests {
             parse(&v2(0x22, 0x11, 12)),
             Parsed::Invalid("version 2 header: bad command")
         );
+        for (family, len, why) in [
+            (0x12, 12, "version 2 header: not a stream"),
+            (0x22, 36, "version 2 header: not a stream"),
+            (0x32, 216, "version 2 header: not a stream"),
+            (0x31, 100, "version 2 header: short UNIX block"),
+        ] {
+            assert_eq!(parse(&v2(0x21, family, len)), Parsed::Invalid(why));
+        }
         assert_eq!(
             parse(&v2(0x21, 0x41, 12)),
             Parsed::Invalid("version 2 header: bad family")

@@ -237,18 +237,10 @@ impl Conn {
         env.stats.counters.io = io;
         match got {
             Some(Some(client)) => {
-                if let Some(client) = client {
-                    self.session.set_peer(client);
-                }
-                self.life = Life::Open;
-                self.counted = true;
-                let admitted = env.clients.arrive(self.session.peer().ip());
                 if tls {
                     let Some(conn) = env.tls.and_then(|config| {
-                        rustls::server::UnbufferedServerConnection::new(std::sync::Arc::clone(
-                            config,
-                        ))
-                        .ok()
+                        let config = std::sync::Arc::clone(config);
+                        rustls::server::UnbufferedServerConnection::new(config).ok()
                     }) else {
                         return Next::Remove;
                     };
@@ -258,15 +250,28 @@ impl Conn {
                     self.session.secure_from_start();
                     self.tls_since = Some(env.now);
                 }
+                if let Some(client) = client {
+                    self.session.set_peer(client);
+                }
+                self.life = Life::Open;
+                self.counted = true;
+                let admitted = env.clients.arrive(self.session.peer().ip());
                 // Anything sent after the header waits in the carry.
                 self.replay = self.link.carried() > 0;
-                self.start(token, admitted, env)
+                self.start_reading(token, admitted, drain, env)
             }
             Some(None) => {
                 env.stats.counters.proxy_refused += 1;
                 self.close(token, env, true)
             }
-            None if end == ReadEnd::Closed => Next::Remove,
+            None if end == ReadEnd::Closed => {
+                // Part of a header, then the end (a bare connect and close,
+                // a health check, is not a refusal).
+                if self.link.carried() > 0 {
+                    env.stats.counters.proxy_refused += 1;
+                }
+                Next::Remove
+            }
             None => Next::Wait,
         }
     }
@@ -274,6 +279,18 @@ impl Conn {
     /// The connection was accepted: greet (or, when `admitted` is false,
     /// refuse with 421 4.7.0) and read whatever the client already sent.
     pub fn start(&mut self, token: Token, admitted: bool, env: &mut Env<'_>) -> Next {
+        self.start_reading(token, admitted, false, env)
+    }
+
+    /// [`Conn::start`] during a readiness event that may also have said the
+    /// peer closed (`drain`: no later event repeats that).
+    fn start_reading(
+        &mut self,
+        token: Token,
+        admitted: bool,
+        drain: bool,
+        env: &mut Env<'_>,
+    ) -> Next {
         let s = env.settings;
         if admitted {
             with_cx!(env, usize::MAX, |cx| self.session.start(s, cx));
@@ -281,7 +298,7 @@ impl Conn {
                 // A rule refused, closed or delayed the greeting.
                 return self.after_event(token, env, false);
             }
-            self.pump(token, false, env)
+            self.pump(token, drain, env)
         } else {
             env.stats.counters.connections_refused += 1;
             with_cx!(env, usize::MAX, |cx| self.session.close_with(
