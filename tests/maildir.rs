@@ -351,13 +351,7 @@ fn a_full_disk_answers_452_leaves_nothing_partial_and_recovers() {
         eprintln!("skipped: cannot mount a tmpfs here");
         return;
     }
-    let opts = MaildirOptions {
-        dir: dir.join("md"),
-        fsync: false,
-        hostname: "sink.test".into(),
-        max_stored: None,
-        queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
-    };
+    let opts = common::maildir_options(&dir.join("md"));
     Maildir::prepare(&opts).expect("prepare");
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
     config.hostname = "sink.test".into();

@@ -10,7 +10,6 @@ use smtpsink::config::Config;
 use smtpsink::net::tls::{self, rustls, Trust};
 use smtpsink::proto::proxy::{header, Version, V2_SIGNATURE};
 use smtpsink::reactor::Server;
-use smtpsink::sink::maildir::MaildirOptions;
 use smtpsink::sink::Maildir;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -40,13 +39,7 @@ fn start(name: &str, tune: impl FnOnce(&mut Config)) -> Sink {
     config.proxy_protocol = true;
     config.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
     tune(&mut config);
-    let opts = MaildirOptions {
-        dir: dir.clone(),
-        fsync: false,
-        hostname: "sink.test".into(),
-        max_stored: None,
-        queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
-    };
+    let opts = common::maildir_options(&dir);
     Maildir::prepare(&opts).unwrap();
     let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c)).expect("bind");
     let tls = server.tls_addrs()[0];

@@ -483,19 +483,12 @@ fn a_key_that_does_not_match_the_certificate_is_one_line_and_exit_1() {
 
 #[test]
 fn stored_mail_says_esmtps_and_esmtpsa() {
-    use smtpsink::sink::maildir::MaildirOptions;
     use smtpsink::sink::Maildir;
     let dir = std::env::temp_dir().join(format!("smtpsink-tls-maildir-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::default_for("127.0.0.1:0".parse().unwrap());
     config.hostname = "sink.test".into();
-    let opts = MaildirOptions {
-        dir: dir.clone(),
-        fsync: false,
-        hostname: "sink.test".into(),
-        max_stored: None,
-        queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
-    };
+    let opts = common::maildir_options(&dir);
     Maildir::prepare(&opts).unwrap();
     let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c))
         .expect("bind")

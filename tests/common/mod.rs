@@ -194,3 +194,15 @@ pub fn reply_boundary(buf: &[u8], n: usize) -> Option<usize> {
 pub const EHLO: &str = "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 67108864\r\n250-8BITMIME\r\n\
 250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250-DSN\r\n250-HELP\r\n\
 250 STARTTLS\r\n";
+
+/// A Maildir in `dir` for host `sink.test`: no fsync, no cap, the default
+/// queue limit.
+pub fn maildir_options(dir: &std::path::Path) -> smtpsink::sink::maildir::MaildirOptions {
+    smtpsink::sink::maildir::MaildirOptions {
+        dir: dir.to_path_buf(),
+        fsync: false,
+        hostname: "sink.test".into(),
+        max_stored: None,
+        queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
+    }
+}
