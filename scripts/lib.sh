@@ -254,6 +254,57 @@ ensure_venv() {
     VENV_PY=$BENCH_VENV/bin/python
 }
 
+# write_ns_init FILE: the init (PID 1) of an MTA's private PID (and mount)
+# namespace, run as `bash FILE [SRC DST]... -- CMD...`: bind-mount each SRC
+# DST pair, run CMD as its child, pass SIGTERM on to it and wait for it. It
+# stays root, so it keeps unshare's parent-death signal that an MTA dropping
+# privileges loses: if the script that started it dies, even by SIGKILL,
+# unshare dies with it (setpriv --pdeathsig), the init dies with unshare
+# (--kill-child), and the kernel kills everything else in the namespace
+# with the init. As PID 1 it also reaps the MTA's orphaned children.
+write_ns_init() {
+    cat >"$1" <<'EOF'
+while [[ $1 != -- ]]; do mount --bind "$1" "$2" || exit 97; shift 2; done
+shift
+child='' term=''
+trap 'term=1; [[ -z $child ]] || kill -TERM "$child" 2>/dev/null' TERM INT
+"$@" &
+child=$!
+[[ -z $term ]] || kill -TERM "$child" 2>/dev/null
+rc=0
+while kill -0 "$child" 2>/dev/null; do wait "$child" && rc=0 || rc=$?; done
+exit "$rc"
+EOF
+}
+
+# build_rev REV WORKTREE TARGET_DIR: smtpsink of REV, built in a git
+# worktree (made when missing, left in place) into TARGET_DIR; its path in
+# BUILT_BIN.
+build_rev() {
+    local rev=$1 wt=$2 tdir=$3 commit have attempt
+    commit=$(git -C "$REPO_ROOT" rev-parse --verify --quiet "$rev^{commit}") ||
+        die "$rev is not a commit of $REPO_ROOT"
+    if [[ -e $wt ]]; then
+        have=$(git -C "$wt" rev-parse HEAD 2>/dev/null) ||
+            die "$wt exists but is not a git worktree"
+        [[ $have == "$commit" ]] || die "$wt is at $have, not $rev ($commit); set its *_WORKTREE or remove it"
+        [[ -z $(git -C "$wt" status --porcelain --untracked-files=no) ]] || die "$wt has local changes"
+    else
+        log "git worktree add --detach $wt $rev"
+        git -C "$REPO_ROOT" worktree add --detach "$wt" "$commit" >&2
+    fi
+    for ((attempt = 0; ; attempt++)); do
+        log "$rev: cargo build --release -p smtpsink (in $wt, target $tdir)"
+        if (cd -- "$wt" && CARGO_TARGET_DIR=$tdir cargo build --release -p smtpsink >&2); then
+            break
+        fi
+        ((attempt < BUILD_RETRIES)) || die "build of $rev failed"
+        sleep "$BUILD_RETRY_WAIT"
+    done
+    BUILT_BIN=$tdir/release/smtpsink
+    [[ -x $BUILT_BIN ]] || die "$BUILT_BIN not found after the build of $rev"
+}
+
 # build_release: cargo build --release --workspace, BUILD_RETRIES more tries
 # BUILD_RETRY_WAIT seconds apart (another change may be half-way in).
 build_release() {

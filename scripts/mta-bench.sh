@@ -307,26 +307,9 @@ EXIM_IDS=$NS_IDS
 ns_user opensmtpd     # OpenSMTPD's privilege-separation users
 ns_user opensmtpq
 
-# The namespace init (PID 1 of the MTA's namespace): bind-mount each SRC DST
-# pair, run the MTA as its child, pass SIGTERM on to it and wait for it. It
-# stays root, so it keeps unshare's parent-death signal that an MTA dropping
-# privileges loses: if this script dies, even by SIGKILL, unshare dies with
-# it (setpriv --pdeathsig), the init dies with unshare (--kill-child), and
-# the kernel kills everything else in the namespace with the init. As PID 1
-# it also reaps the MTA's orphaned children.
+# The namespace init (see write_ns_init in lib.sh).
 NS_INIT=$WORK/ns-init.sh
-cat >"$NS_INIT" <<'EOF'
-while [[ $1 != -- ]]; do mount --bind "$1" "$2" || exit 97; shift 2; done
-shift
-child='' term=''
-trap 'term=1; [[ -z $child ]] || kill -TERM "$child" 2>/dev/null' TERM INT
-"$@" &
-child=$!
-[[ -z $term ]] || kill -TERM "$child" 2>/dev/null
-rc=0
-while kill -0 "$child" 2>/dev/null; do wait "$child" && rc=0 || rc=$?; done
-exit "$rc"
-EOF
+write_ns_init "$NS_INIT"
 
 # ns_start MTA MOUNTS... -- CMD...: start CMD (in the foreground) under the
 # namespace init of a new PID and mount namespace with the private /etc and

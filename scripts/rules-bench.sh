@@ -173,36 +173,14 @@ use_binaries "$ENV_SMTPSINK_BIN" "$ENV_SMTPLOAD_BIN"
 
 # build_base: the baseline smtpsink from a worktree of BASE_REV, into BASE_BIN.
 build_base() {
-    local commit have attempt
     if [[ -n $BASE_SMTPSINK_BIN ]]; then
         [[ -x $BASE_SMTPSINK_BIN ]] || die "BASE_SMTPSINK_BIN=$BASE_SMTPSINK_BIN is not executable"
         BASE_BIN=$BASE_SMTPSINK_BIN
         log "baseline: using $BASE_BIN (not building)"
         return 0
     fi
-    commit=$(git -C "$REPO_ROOT" rev-parse --verify --quiet "$BASE_REV^{commit}") ||
-        die "BASE_REV=$BASE_REV is not a commit of $REPO_ROOT"
-    if [[ -e $BASE_WORKTREE ]]; then
-        have=$(git -C "$BASE_WORKTREE" rev-parse HEAD 2>/dev/null) ||
-            die "$BASE_WORKTREE exists but is not a git worktree; set BASE_WORKTREE"
-        [[ $have == "$commit" ]] ||
-            die "$BASE_WORKTREE is at $have, not $BASE_REV ($commit); set BASE_WORKTREE or remove it"
-        [[ -z $(git -C "$BASE_WORKTREE" status --porcelain --untracked-files=no) ]] ||
-            die "$BASE_WORKTREE has local changes"
-    else
-        log "git worktree add --detach $BASE_WORKTREE $BASE_REV"
-        git -C "$REPO_ROOT" worktree add --detach "$BASE_WORKTREE" "$commit" >&2
-    fi
-    for ((attempt = 0; ; attempt++)); do
-        log "baseline: cargo build --release -p smtpsink (in $BASE_WORKTREE, target $BASE_TARGET_DIR)"
-        if (cd -- "$BASE_WORKTREE" && CARGO_TARGET_DIR=$BASE_TARGET_DIR cargo build --release -p smtpsink >&2); then
-            break
-        fi
-        ((attempt < BUILD_RETRIES)) || die "baseline build failed"
-        sleep "$BUILD_RETRY_WAIT"
-    done
-    BASE_BIN=$BASE_TARGET_DIR/release/smtpsink
-    [[ -x $BASE_BIN ]] || die "$BASE_BIN not found after the baseline build"
+    build_rev "$BASE_REV" "$BASE_WORKTREE" "$BASE_TARGET_DIR"
+    BASE_BIN=$BUILT_BIN
 }
 BASE_BIN=
 build_base

@@ -320,33 +320,6 @@ SMTPSINK_BIN=$CUR_TARGET_DIR/release/smtpsink
 SMTPLOAD_BIN=$CUR_TARGET_DIR/release/smtpload
 use_binaries "$ENV_SMTPSINK_BIN" "$ENV_SMTPLOAD_BIN"
 
-# build_rev REV WORKTREE TARGET_DIR: smtpsink of REV, built in a git
-# worktree (made when missing, left in place) into TARGET_DIR; its path in
-# BUILT_BIN.
-build_rev() {
-    local rev=$1 wt=$2 tdir=$3 commit have attempt
-    commit=$(git -C "$REPO_ROOT" rev-parse --verify --quiet "$rev^{commit}") ||
-        die "$rev is not a commit of $REPO_ROOT"
-    if [[ -e $wt ]]; then
-        have=$(git -C "$wt" rev-parse HEAD 2>/dev/null) ||
-            die "$wt exists but is not a git worktree"
-        [[ $have == "$commit" ]] || die "$wt is at $have, not $rev ($commit); set its *_WORKTREE or remove it"
-        [[ -z $(git -C "$wt" status --porcelain --untracked-files=no) ]] || die "$wt has local changes"
-    else
-        log "git worktree add --detach $wt $rev"
-        git -C "$REPO_ROOT" worktree add --detach "$wt" "$commit" >&2
-    fi
-    for ((attempt = 0; ; attempt++)); do
-        log "$rev: cargo build --release -p smtpsink (in $wt, target $tdir)"
-        if (cd -- "$wt" && CARGO_TARGET_DIR=$tdir cargo build --release -p smtpsink >&2); then
-            break
-        fi
-        ((attempt < BUILD_RETRIES)) || die "build of $rev failed"
-        sleep "$BUILD_RETRY_WAIT"
-    done
-    BUILT_BIN=$tdir/release/smtpsink
-    [[ -x $BUILT_BIN ]] || die "$BUILT_BIN not found after the build of $rev"
-}
 
 BASE_BIN="" OLD_BIN="" OLD_WHY=""
 if ((CG)); then
@@ -524,20 +497,10 @@ EOF
     }
 }
 
-# The namespace init (PID 1 of Postfix's PID namespace): runs the master as
-# its child, passes SIGTERM on and waits; when it exits, the kernel kills
-# whatever is left in the namespace.
+# The namespace init of Postfix's PID namespace (write_ns_init in lib.sh;
+# no bind mounts: `--` at once).
 NS_INIT=$WORK/ns-init.sh
-cat >"$NS_INIT" <<'EOF'
-child='' term=''
-trap 'term=1; [[ -z $child ]] || kill -TERM "$child" 2>/dev/null' TERM INT
-"$@" &
-child=$!
-[[ -z $term ]] || kill -TERM "$child" 2>/dev/null
-rc=0
-while kill -0 "$child" 2>/dev/null; do wait "$child" && rc=0 || rc=$?; done
-exit "$rc"
-EOF
+write_ns_init "$NS_INIT"
 
 # server_cmd KEY PORT: the command line of server KEY in CMD.
 server_cmd() {
@@ -548,7 +511,7 @@ server_cmd() {
     node) CMD=(env "NODE_PATH=$NODE_DIR/node_modules" "EARLY_TALKER_DELAY=$EARLY_TALKER_DELAY"
         node "$NODE_SINK" --listen "127.0.0.1:$port" --cert "$CERT" --key "$KEY") ;;
     aiosmtpd) CMD=("$VENV_PY" "$AIO_SINK" --listen "127.0.0.1:$port" --cert "$CERT" --key "$KEY") ;;
-    postfix) CMD=(unshare --fork --pid --kill-child=SIGKILL bash "$NS_INIT"
+    postfix) CMD=(unshare --fork --pid --kill-child=SIGKILL bash "$NS_INIT" --
         "$POSTFIX_MASTER" -c "$WORK/postfix/conf") ;;
     postal-sink) CMD=("$SMTPSINK_BIN" --listen "127.0.0.1:$port" --tls-cert "$CERT" --tls-key "$KEY"
         --control "127.0.0.1:$3") ;;
