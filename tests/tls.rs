@@ -451,25 +451,22 @@ fn a_key_that_does_not_match_the_certificate_is_one_line_and_exit_1() {
     let (_, other_key) = tls::self_signed_pem("two.test").unwrap();
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
     std::fs::write(dir.join("key.pem"), other_key).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpsink"))
-        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
-        .arg(dir.join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("key.pem"))
-        .output()
-        .unwrap();
+    let run = |cert: &str| {
+        Command::new(env!("CARGO_BIN_EXE_smtpsink"))
+            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(dir.join(cert))
+            .arg("--tls-key")
+            .arg(dir.join("key.pem"))
+            .output()
+            .unwrap()
+    };
+    let out = run("cert.pem");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "smtpsink: the key does not match the certificate\n"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpsink"))
-        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
-        .arg(dir.join("missing.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("key.pem"))
-        .output()
-        .unwrap();
+    let out = run("missing.pem");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
