@@ -298,7 +298,20 @@ pub struct Config {
     #[arg(long, help_heading = "Proxies")]
     pub proxy_protocol: bool,
 
-    /// Addresses that may speak as a proxy (CIDR, comma-separated).
+    /// Offer Postfix's XCLIENT to --trusted clients (a proxy or test
+    /// harness naming the real client: ADDR, NAME, HELO, LOGIN...); the
+    /// session then starts over as from that client. Others get 550 5.7.0.
+    #[arg(long, help_heading = "Proxies")]
+    pub xclient: bool,
+
+    /// Offer Postfix's XFORWARD to --trusted clients (a content filter
+    /// passing on the original client for the next message's trace header
+    /// and per-client limits). Others get 550 5.7.0.
+    #[arg(long, help_heading = "Proxies")]
+    pub xforward: bool,
+
+    /// Addresses that may speak as a proxy (CIDR, comma-separated): PROXY
+    /// headers, XCLIENT, XFORWARD.
     #[arg(
         long,
         value_name = "CIDR,...",
@@ -312,6 +325,15 @@ pub struct Config {
     /// `smtpd_upstream_proxy_timeout` is 5 s too).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs, help_heading = "Proxies")]
     pub proxy_timeout: Duration,
+
+    /// Every --listen address speaks LMTP (RFC 2033) instead of SMTP: LHLO,
+    /// and one reply per recipient after each message.
+    #[arg(long, help_heading = "LMTP")]
+    pub lmtp: bool,
+
+    /// Also listen on IP:PORT for LMTP; repeat for several.
+    #[arg(long, value_name = "IP:PORT", help_heading = "LMTP")]
+    pub listen_lmtp: Vec<SocketAddr>,
 
     /// Also listen on IP:PORT with TLS from the first byte (implicit TLS,
     /// RFC 8314, as port 465); repeat for several.
@@ -397,6 +419,9 @@ impl Config {
                 users: Arc::new(Users::anyone()),
             }),
         });
+        if self.xclient || self.xforward {
+            s.set_forwarding(self.xclient, self.xforward);
+        }
         s
     }
 

@@ -14,6 +14,12 @@ pub enum Command<'a> {
     Helo(&'a [u8]),
     /// `EHLO domain`.
     Ehlo(&'a [u8]),
+    /// `LHLO domain` (LMTP, RFC 2033 4.1).
+    Lhlo(&'a [u8]),
+    /// `XCLIENT attribute=value ...` (Postfix): the attributes, unparsed.
+    Xclient(&'a [u8]),
+    /// `XFORWARD attribute=value ...` (Postfix): the attributes, unparsed.
+    Xforward(&'a [u8]),
     /// `MAIL FROM:<path> [params]`.
     Mail(Mail<'a>),
     /// `RCPT TO:<path> [params]`.
@@ -75,6 +81,9 @@ impl Command<'_> {
         match self {
             Command::Helo(_) => Verb::Helo,
             Command::Ehlo(_) => Verb::Ehlo,
+            Command::Lhlo(_) => Verb::Lhlo,
+            Command::Xclient(_) => Verb::Xclient,
+            Command::Xforward(_) => Verb::Xforward,
             Command::Mail(_) => Verb::Mail,
             Command::Rcpt(_) => Verb::Rcpt,
             Command::Data => Verb::Data,
@@ -126,6 +135,12 @@ pub enum Verb {
     StartTls,
     /// `AUTH`.
     Auth,
+    /// `LHLO` (LMTP's EHLO).
+    Lhlo,
+    /// `XCLIENT`.
+    Xclient,
+    /// `XFORWARD`.
+    Xforward,
     /// SEND, SOML, SAML, TURN and extensions not offered.
     NotImplemented,
     /// `CRLF.CRLF` after DATA.
@@ -137,7 +152,7 @@ pub enum Verb {
 
 impl Verb {
     /// Every verb, in declaration order (`ALL[v as usize] == v`).
-    pub const ALL: [Verb; 17] = [
+    pub const ALL: [Verb; 20] = [
         Verb::Helo,
         Verb::Ehlo,
         Verb::Mail,
@@ -152,6 +167,9 @@ impl Verb {
         Verb::Quit,
         Verb::StartTls,
         Verb::Auth,
+        Verb::Lhlo,
+        Verb::Xclient,
+        Verb::Xforward,
         Verb::NotImplemented,
         Verb::EndOfData,
         Verb::LastChunk,
@@ -217,6 +235,7 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
     const BDAT: u32 = verb_key(*b"BDAT");
     const EHLO: u32 = verb_key(*b"EHLO");
     const HELO: u32 = verb_key(*b"HELO");
+    const LHLO: u32 = verb_key(*b"LHLO");
     const RSET: u32 = verb_key(*b"RSET");
     const NOOP: u32 = verb_key(*b"NOOP");
     const QUIT: u32 = verb_key(*b"QUIT");
@@ -238,7 +257,11 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
     let Ok(four) = <[u8; 4]>::try_from(verb) else {
         // Known extension verbs we do not offer are "not implemented"
         // (RFC 5321 4.2.4), not unknown.
-        return if !verb.eq_ignore_ascii_case(b"STARTTLS") {
+        return if verb.eq_ignore_ascii_case(b"XCLIENT") {
+            Ok(Command::Xclient(args))
+        } else if verb.eq_ignore_ascii_case(b"XFORWARD") {
+            Ok(Command::Xforward(args))
+        } else if !verb.eq_ignore_ascii_case(b"STARTTLS") {
             Err(ReplyId::Unrecognized)
         } else if args.is_empty() {
             Ok(Command::StartTls)
@@ -254,6 +277,7 @@ pub fn parse(line: &[u8], ctx: ParseCtx) -> Result<Command<'_>, ReplyId> {
         BDAT => Ok(parse_bdat(args)),
         EHLO => domain_arg(args, ReplyId::SyntaxEhlo).map(Command::Ehlo),
         HELO => domain_arg(args, ReplyId::SyntaxHelo).map(Command::Helo),
+        LHLO => domain_arg(args, ReplyId::SyntaxLhlo).map(Command::Lhlo),
         RSET => no_args(args, Command::Rset, ReplyId::SyntaxRset),
         // NOOP may carry a string, which is ignored (RFC 5321 4.1.1.9).
         NOOP => Ok(Command::Noop),

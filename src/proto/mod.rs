@@ -6,7 +6,8 @@
 //! function is deterministic and unit-tested without a network. `line`
 //! frames commands, `command` parses them, `address` checks paths, `dot`
 //! finds the end of DATA, `reply` names the replies and holds their texts,
-//! `decimal` writes numbers, `proxy` writes `HAProxy`'s PROXY headers,
+//! `decimal` writes numbers, `proxy` writes `HAProxy`'s PROXY headers, `forward` reads
+//! XCLIENT/XFORWARD attributes,
 //! `server` is the session state machine with its verb table, and `client`
 //! is its mirror for the load generator.
 
@@ -28,6 +29,7 @@ pub mod client;
 pub mod command;
 pub mod decimal;
 pub mod dot;
+pub mod forward;
 pub mod line;
 pub mod proxy;
 pub mod reply;

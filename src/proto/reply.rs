@@ -57,6 +57,13 @@ replies! {
     Ehlo = "250 {host}";
     /// The extension block once the session is secured (RFC 3207 4.2).
     EhloSecure = "250 {host}";
+    /// The extension block for a `--trusted` client (XCLIENT, XFORWARD are
+    /// offered only to those, as Postfix does), before TLS.
+    EhloTrusted = "250 {host}";
+    /// The same once secured.
+    EhloSecureTrusted = "250 {host}";
+    /// The 220 greeting of an LMTP listener (RFC 2033 4).
+    GreetingLmtp = "220 {host} LMTP smtpsink";
     Ok = "250 2.0.0 Ok";
     SenderOk = "250 2.1.0 Ok";
     RecipientOk = "250 2.1.5 Ok";
@@ -77,6 +84,16 @@ replies! {
 
     SyntaxHelo = "501 5.5.4 Syntax: HELO hostname";
     SyntaxEhlo = "501 5.5.4 Syntax: EHLO hostname";
+    SyntaxLhlo = "501 5.5.4 Syntax: LHLO hostname";
+    /// XCLIENT or XFORWARD without attributes, or one malformed.
+    SyntaxXclient = "501 5.5.4 Syntax: XCLIENT attribute=value ...";
+    SyntaxXforward = "501 5.5.4 Syntax: XFORWARD attribute=value ...";
+    /// An attribute name XCLIENT/XFORWARD does not know (Postfix's text,
+    /// less the name).
+    BadXclientAttribute = "501 5.5.4 Bad XCLIENT attribute name";
+    BadXforwardAttribute = "501 5.5.4 Bad XFORWARD attribute name";
+    /// XCLIENT or XFORWARD from a client outside --trusted (Postfix's text).
+    NotAuthorized = "550 5.7.0 Error: insufficient authorization";
     SyntaxMail = "501 5.5.4 Syntax: MAIL FROM:<address>";
     SyntaxRcpt = "501 5.5.4 Syntax: RCPT TO:<address>";
     SyntaxData = "501 5.5.4 Syntax: DATA";
@@ -204,6 +221,8 @@ pub enum Offer {
     BeforeTls,
     /// Only after.
     AfterTls,
+    /// Only to `--trusted` clients, before TLS and after.
+    Trusted,
 }
 
 /// The ESMTP extensions smtpsink offers, in EHLO order; `SIZE` advertises
@@ -264,15 +283,17 @@ impl Replies {
         r
     }
 
-    /// Renders the two EHLO blocks (before and after TLS) for `extensions`.
+    /// Renders the four EHLO blocks (before and after TLS, for a trusted
+    /// client or not) for `extensions`.
     pub fn render_ehlo(&mut self, hostname: &str, extensions: &[(String, Offer)]) {
-        let block = |secure: bool| -> Box<[u8]> {
+        let block = |secure: bool, trusted: bool| -> Box<[u8]> {
             let mut lines = vec![hostname];
             lines.extend(extensions.iter().filter_map(|(kw, offer)| {
                 let shown = match offer {
                     Offer::Always => true,
                     Offer::BeforeTls => !secure,
                     Offer::AfterTls => secure,
+                    Offer::Trusted => trusted,
                 };
                 shown.then_some(kw.as_str())
             }));
@@ -288,9 +309,14 @@ impl Replies {
             }
             out.into_boxed_slice()
         };
-        for (id, secure) in [(ReplyId::Ehlo, false), (ReplyId::EhloSecure, true)] {
+        for (id, secure, trusted) in [
+            (ReplyId::Ehlo, false, false),
+            (ReplyId::EhloSecure, true, false),
+            (ReplyId::EhloTrusted, false, true),
+            (ReplyId::EhloSecureTrusted, true, true),
+        ] {
             if let Some(t) = self.texts.get_mut(id as usize) {
-                *t = block(secure);
+                *t = block(secure, trusted);
             }
         }
     }
@@ -472,9 +498,12 @@ mod tests {
             let plain = matches!(
                 id,
                 ReplyId::Greeting
+                    | ReplyId::GreetingLmtp
                     | ReplyId::Helo
                     | ReplyId::Ehlo
                     | ReplyId::EhloSecure
+                    | ReplyId::EhloTrusted
+                    | ReplyId::EhloSecureTrusted
                     | ReplyId::StartData
                     | ReplyId::AuthChallenge
             );

@@ -258,6 +258,11 @@ pub struct Server<S: Sink> {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Per listener (as `listeners`): connections start with TLS.
     implicit_tls: Vec<bool>,
+    /// Per listener (as `listeners`): connections speak LMTP (RFC 2033).
+    lmtp: Vec<bool>,
+    /// Clients whose XCLIENT and XFORWARD are obeyed (`--trusted`, where
+    /// `--xclient` or `--xforward` is on).
+    forwarders: Vec<IpNet>,
     /// Every connection starts with a PROXY header, from these sources.
     proxy: Option<ProxyWait>,
 }
@@ -347,6 +352,8 @@ impl<S: Sink> Server<S> {
             tally: [0; ReplyId::COUNT],
             tls: None,
             implicit_tls: vec![false; addrs.len()],
+            lmtp: vec![false; addrs.len()],
+            forwarders: Vec::new(),
             proxy: None,
         })
     }
@@ -360,25 +367,57 @@ impl<S: Sink> Server<S> {
         implicit: &[SocketAddr],
         backlog: i32,
     ) -> Result<Vec<SocketAddr>, ListenError> {
-        let mut bound = Vec::new();
-        for addr in implicit {
-            let mut l = listener::bind(*addr, backlog)?;
-            let i = self.listeners.len();
-            self.poll
-                .registry()
-                .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
-                .map_err(|source| ListenError {
-                    addr: *addr,
-                    source,
-                })?;
-            let local = l.local_addr().unwrap_or(*addr);
-            self.local_addrs.push(local);
-            bound.push(local);
-            self.listeners.push(l);
-            self.implicit_tls.push(true);
-        }
+        let bound = implicit
+            .iter()
+            .map(|addr| self.add_listener(*addr, backlog, true, false))
+            .collect::<Result<_, _>>()?;
         self.tls = Some(config);
         Ok(bound)
+    }
+
+    /// Also listens on `addrs` for LMTP (RFC 2033); returns them as bound.
+    pub fn serve_lmtp(
+        &mut self,
+        addrs: &[SocketAddr],
+        backlog: i32,
+    ) -> Result<Vec<SocketAddr>, ListenError> {
+        addrs
+            .iter()
+            .map(|addr| self.add_listener(*addr, backlog, false, true))
+            .collect()
+    }
+
+    /// Every listener bound so far speaks LMTP (`--lmtp`).
+    pub fn speak_lmtp(&mut self) {
+        self.lmtp.iter_mut().for_each(|l| *l = true);
+    }
+
+    /// Obeys XCLIENT and XFORWARD (where the settings offer them) from
+    /// clients in `nets`.
+    pub fn trust(&mut self, nets: Vec<IpNet>) {
+        self.forwarders = nets;
+    }
+
+    /// Binds one more listener and registers it; its address as bound.
+    fn add_listener(
+        &mut self,
+        addr: SocketAddr,
+        backlog: i32,
+        tls: bool,
+        lmtp: bool,
+    ) -> Result<SocketAddr, ListenError> {
+        let mut l = listener::bind(addr, backlog)?;
+        let i = self.listeners.len();
+        self.poll
+            .registry()
+            .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
+            .map_err(|source| ListenError { addr, source })?;
+        let local = l.local_addr().unwrap_or(addr);
+        self.local_addrs.push(local);
+        self.listeners.push(l);
+        self.implicit_tls.push(tls);
+        self.lmtp.push(lmtp);
+        Ok(local)
     }
 
     /// Runs `engine`'s rules; `seed` is what a set installed later by
@@ -444,8 +483,17 @@ impl<S: Sink> Server<S> {
                 .serve_tls(tls, &config.listen_tls, config.backlog)
                 .map_err(|e| e.to_string())?;
         }
+        if config.lmtp {
+            server.speak_lmtp();
+        }
+        server
+            .serve_lmtp(&config.listen_lmtp, config.backlog)
+            .map_err(|e| e.to_string())?;
         if config.proxy_protocol {
             server.expect_proxy(config.trusted.clone(), config.proxy_timeout);
+        }
+        if config.xclient || config.xforward {
+            server.trust(config.trusted.clone());
         }
         Ok(server)
     }
@@ -732,8 +780,14 @@ impl<S: Sink> Server<S> {
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             self.next_serial += 1;
-            let session = Session::new(session_id(key, self.next_serial), peer, now);
+            let mut session = Session::new(session_id(key, self.next_serial), peer, now);
             let implicit = self.implicit_tls.get(index).copied().unwrap_or(false);
+            if self.lmtp.get(index).copied().unwrap_or(false) {
+                session.speak_lmtp();
+            }
+            if self.forwarders.iter().any(|n| n.contains(&peer.ip())) {
+                session.trust();
+            }
             if let Some(p) = &self.proxy {
                 // The header first, in plaintext whatever the listener.
                 let until = now + p.timeout;

@@ -349,7 +349,11 @@ impl Engine {
                 // "any" means every command, not the connect; where a
                 // command has no argument, a pattern that cannot match an
                 // empty one rules the rule out there.
-                let has_arg = matches!(s, Stage::Helo | Stage::Mail | Stage::Rcpt);
+                // LMTP asks about the end once per recipient, with its path.
+                let has_arg = matches!(
+                    s,
+                    Stage::Helo | Stage::Mail | Stage::Rcpt | Stage::EndOfData
+                );
                 let arg_ok = has_arg
                     || (r.address.as_ref().is_none_or(|g| g.matches(b""))
                         && r.domain.as_ref().is_none_or(|g| g.matches(b"")));
@@ -635,6 +639,12 @@ impl Engine {
                     },
                 }
             }
+            // LMTP: asked per recipient, whose own "at the end" effect
+            // answers it alone.
+            Stage::EndOfData if !q.arg.is_empty() => match magic::parse(q.arg)? {
+                magic::Magic::AtEnd(d) => Some(self.render(&d)),
+                _ => None,
+            },
             Stage::EndOfData => {
                 // Left by a recipient of this transaction, not of one that
                 // was reset before its end.

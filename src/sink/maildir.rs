@@ -25,6 +25,7 @@
 use super::{Discard, SessionId, Sink, Summary, Verdict};
 use crate::completion::Completer;
 use crate::net::plain_error;
+use crate::proto::forward::Client;
 use crate::proto::reply::ReplyId;
 use crate::proto::server::With;
 use crate::stats::{histogram, micros, spread_line};
@@ -33,7 +34,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -141,6 +142,10 @@ struct Done {
 struct Tx {
     peer: Option<SocketAddr>,
     helo: Vec<u8>,
+    /// What XCLIENT said about the client (the session's) and XFORWARD
+    /// (this transaction's): the trace header names that client.
+    xclient: Option<Client>,
+    forward: Option<Client>,
     with: With,
     from: Vec<u8>,
     rcpts: Vec<Vec<u8>>,
@@ -323,20 +328,38 @@ impl Maildir {
             h.extend_from_slice(r);
             h.extend_from_slice(b">\r\n");
         }
+        // XFORWARD's attributes, then XCLIENT's, then the connection's.
+        let said = |f: fn(&Client) -> Option<&[u8]>| {
+            [&tx.forward, &tx.xclient]
+                .into_iter()
+                .find_map(|c| c.as_ref().and_then(f))
+        };
+        let helo = said(|c| c.helo.as_deref())
+            .or((!tx.helo.is_empty()).then_some(&tx.helo[..]))
+            .unwrap_or(b"unknown");
         h.extend_from_slice(b"Received: from ");
-        h.extend_from_slice(if tx.helo.is_empty() {
-            b"unknown"
-        } else {
-            &tx.helo
-        });
-        match tx.peer {
-            Some(SocketAddr::V4(a)) => {
-                let _ = write!(h, " ([{}])", a.ip());
+        h.extend_from_slice(helo);
+        let addr = [&tx.forward, &tx.xclient]
+            .into_iter()
+            .find_map(|c| c.as_ref().and_then(|c| c.addr))
+            .or(tx.peer.map(|p| p.ip()));
+        let verified = said(|c| c.name.as_deref());
+        if addr.is_some() || verified.is_some() {
+            h.extend_from_slice(b" (");
+            if let Some(n) = verified {
+                h.extend_from_slice(n);
+                h.push(b' ');
             }
-            Some(SocketAddr::V6(a)) => {
-                let _ = write!(h, " ([IPv6:{}])", a.ip());
+            match addr {
+                Some(IpAddr::V4(a)) => {
+                    let _ = write!(h, "[{a}]");
+                }
+                Some(IpAddr::V6(a)) => {
+                    let _ = write!(h, "[IPv6:{a}]");
+                }
+                None => h.extend_from_slice(b"[UNAVAILABLE]"),
             }
-            None => {}
+            h.push(b')');
         }
         let _ = write!(
             h,
@@ -591,8 +614,19 @@ impl Sink for Maildir {
         tx.with = tx.with.authenticated();
     }
 
+    fn client(&mut self, id: SessionId, client: &Client, transaction: bool) {
+        let tx = self.sessions.entry(id).or_default();
+        let slot = if transaction {
+            &mut tx.forward
+        } else {
+            &mut tx.xclient
+        };
+        *slot = Some(client.clone());
+    }
+
     fn mail(&mut self, id: SessionId, reverse_path: &[u8]) {
         let tx = self.sessions.entry(id).or_default();
+        tx.forward = None;
         tx.from.clear();
         tx.from.extend_from_slice(reverse_path);
         tx.rcpts.clear();

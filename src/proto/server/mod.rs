@@ -31,6 +31,7 @@ pub use verbs::{row, rows, Phase, Row};
 
 use super::command::{self, Body, Command, ParseCtx, Verb};
 use super::dot::Unstuffer;
+use super::forward::Client;
 use super::line::{self, Frame};
 use super::reply::ReplyId;
 use core::net::SocketAddr;
@@ -86,6 +87,11 @@ pub trait Sink {
     fn abort(&mut self, _id: SessionId) {}
     /// The session ended; nothing more will come for `id`.
     fn closed(&mut self, _id: SessionId) {}
+    /// A trusted proxy said who the real client is: XCLIENT for the rest of
+    /// the session (`transaction` false; a new `connected` came first when
+    /// it named an address), XFORWARD for the transaction whose `mail` just
+    /// came (`transaction` true). What trace headers name.
+    fn client(&mut self, _id: SessionId, _client: &Client, _transaction: bool) {}
     /// True while the sink cannot take more content (its queue to the disk
     /// is full): the loop then reads from no connection, and the sink wakes
     /// it through its `Completer` once it can take more. Bounds what a disk
@@ -110,6 +116,14 @@ pub enum With {
     Esmtpa,
     /// EHLO over TLS, authenticated.
     Esmtpsa,
+    /// LHLO (RFC 3848: LMTP and its S/A/SA forms).
+    Lmtp,
+    /// LHLO over TLS.
+    Lmtps,
+    /// LHLO, authenticated.
+    Lmtpa,
+    /// LHLO over TLS, authenticated.
+    Lmtpsa,
 }
 
 impl With {
@@ -128,6 +142,20 @@ impl With {
         match self {
             With::Esmtp => With::Esmtpa,
             With::Esmtps => With::Esmtpsa,
+            With::Lmtp => With::Lmtpa,
+            With::Lmtps => With::Lmtpsa,
+            w => w,
+        }
+    }
+
+    /// The same for LHLO.
+    #[must_use]
+    pub fn lmtp(self) -> Self {
+        match self {
+            With::Smtp | With::Esmtp => With::Lmtp,
+            With::Esmtps => With::Lmtps,
+            With::Esmtpa => With::Lmtpa,
+            With::Esmtpsa => With::Lmtpsa,
             w => w,
         }
     }
@@ -140,6 +168,10 @@ impl With {
             With::Esmtps => "ESMTPS",
             With::Esmtpa => "ESMTPA",
             With::Esmtpsa => "ESMTPSA",
+            With::Lmtp => "LMTP",
+            With::Lmtps => "LMTPS",
+            With::Lmtpa => "LMTPA",
+            With::Lmtpsa => "LMTPSA",
         }
     }
 }
@@ -412,6 +444,8 @@ struct Ended {
     started: Option<Instant>,
     /// Accepted but not kept (a rule's accept-but-drop).
     dropped: bool,
+    /// Its recipients: LMTP answers each (RFC 2033 4.2).
+    recipients: u32,
 }
 
 /// The current data-rate window (see [`Timeouts::data_min_rate`]).
@@ -505,6 +539,44 @@ pub struct Session {
     authenticated: bool,
     /// LOGIN's user name while its password is awaited.
     login_user: Option<Box<[u8]>>,
+    /// The session speaks LMTP (RFC 2033); see [`Lmtp`].
+    lmtp: Option<Box<Lmtp>>,
+    /// The connection comes from a `--trusted` address: XCLIENT and
+    /// XFORWARD are offered and obeyed.
+    trusted: bool,
+    /// What XCLIENT and XFORWARD said (boxed: rare).
+    told: Option<Box<Told>>,
+}
+
+/// An LMTP session's per-recipient state.
+#[derive(Debug, Default)]
+struct Lmtp {
+    /// The accepted recipients' paths, end to end (kept only where a
+    /// policy asks about the end of data: its rules may refuse single
+    /// recipients there), and where each ends.
+    paths: Vec<u8>,
+    ends: Vec<usize>,
+    /// Per recipient, a rule's reply at the end of data, if any.
+    replies: Vec<Option<RuleReply>>,
+}
+
+impl Lmtp {
+    fn path(&self, i: usize) -> &[u8] {
+        let start = i.checked_sub(1).and_then(|p| self.ends.get(p)).copied();
+        match self.ends.get(i) {
+            Some(&end) => self.paths.get(start.unwrap_or(0)..end).unwrap_or_default(),
+            None => &[],
+        }
+    }
+}
+
+/// What a trusted proxy said about the client.
+#[derive(Debug, Default)]
+struct Told {
+    /// XCLIENT: for the rest of the session.
+    xclient: Option<Client>,
+    /// XFORWARD: for the next transaction, until it ends.
+    forward: Option<Client>,
 }
 
 /// `t + d`, or `None` when that is past what the clock can represent.
@@ -546,7 +618,38 @@ impl Session {
             sender: Vec::new(),
             authenticated: false,
             login_user: None,
+            lmtp: None,
+            trusted: false,
+            told: None,
         }
+    }
+
+    /// The session speaks LMTP (RFC 2033): LHLO instead of HELO/EHLO, and
+    /// one reply per recipient at the end of each message. Call before
+    /// [`Session::start`].
+    pub fn speak_lmtp(&mut self) {
+        self.lmtp = Some(Box::default());
+    }
+
+    /// Whether the session speaks LMTP.
+    pub fn is_lmtp(&self) -> bool {
+        self.lmtp.is_some()
+    }
+
+    /// The connection comes from a `--trusted` address: XCLIENT and
+    /// XFORWARD, where offered, are obeyed. Call before [`Session::start`].
+    pub fn trust(&mut self) {
+        self.trusted = true;
+    }
+
+    /// The address rules and limits see: XFORWARD's for the transaction it
+    /// applies to, else the client's (XCLIENT's once it named one).
+    fn query_peer(&self) -> SocketAddr {
+        self.told
+            .as_deref()
+            .and_then(|t| t.forward.as_ref())
+            .and_then(Client::socket_addr)
+            .unwrap_or(self.peer)
     }
 
     /// The connection is TLS from its first byte (implicit TLS, RFC 8314):
@@ -596,8 +699,11 @@ impl Session {
 
     /// The client is `peer`, not the connection's other end: a trusted
     /// proxy said so (PROXY protocol), before the session started.
+    /// XCLIENT and XFORWARD are then no longer obeyed: the named client
+    /// is not a proxy of ours.
     pub fn set_peer(&mut self, peer: SocketAddr) {
         self.peer = peer;
+        self.trusted = false;
     }
 
     /// Where the session is in the input stream.
@@ -682,8 +788,18 @@ impl Session {
     /// The connection is up: sends the 220 greeting (or what a policy says
     /// instead: another greeting, a refusal, a delay, silence).
     pub fn start(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
+        self.greet(s, cx);
+        self.settle(s, cx);
+    }
+
+    /// The greeting, as at the start and after XCLIENT.
+    fn greet(&mut self, s: &Settings, cx: &mut Ctx<'_>) {
         cx.sink.connected(self.id, self.peer);
-        let mut out = Out::Reply(ReplyId::Greeting);
+        let mut out = Out::Reply(if self.lmtp.is_some() {
+            ReplyId::GreetingLmtp
+        } else {
+            ReplyId::Greeting
+        });
         let mut delay = None;
         if let Some(p) = cx.policy.as_deref_mut() {
             self.handle = p.open(self.id, self.peer, cx.now);
@@ -716,7 +832,6 @@ impl Session {
             }
         }
         self.hold_or_emit(s, delay, out, cx);
-        self.settle(s, cx);
     }
 
     /// What the policy wants to hear about from this session; asked again
@@ -1165,11 +1280,13 @@ impl Session {
                 s.replies.chunk_received(n, cx.out);
                 self.count(ReplyId::ChunkReceived, cx);
             }
+            Out::Final(_) | Out::FinalRule(_) if self.lmtp.is_some() => self.final_lmtp(s, out, cx),
             Out::Final(verdict) => {
                 let Ended {
                     bytes,
                     started,
                     dropped,
+                    ..
                 } = self.ended;
                 // A rule's text for this message's 250, used only if it is one.
                 let text = self.fx.as_deref_mut().and_then(|f| f.final_text.take());
@@ -1219,8 +1336,10 @@ impl Session {
             bytes: self.tx.size,
             started: self.tx.started,
             dropped: self.tx.drop,
+            recipients: self.tx.recipients,
         };
         self.tx = Tx::default();
+        self.forget_forward();
         if let Some(f) = self.fx.as_deref_mut() {
             // A chunk reply a rule chose belongs to this message only.
             f.chunk_text = None;
@@ -1473,6 +1592,69 @@ impl Session {
             cx.sink.abort(self.id);
         }
         self.tx = Tx::default();
+        self.forget_forward();
+    }
+
+    /// XFORWARD's attributes last until the transaction ends (or RSET).
+    #[inline]
+    fn forget_forward(&mut self) {
+        if let Some(t) = self.told.as_deref_mut() {
+            t.forward = None;
+        }
+    }
+
+    /// The final replies of an LMTP message: one per accepted recipient, in
+    /// RCPT order (RFC 2033 4.2), each the message's verdict unless a rule
+    /// answered that recipient at the end of data.
+    #[cold]
+    #[inline(never)]
+    fn final_lmtp(&mut self, s: &Settings, out: Out, cx: &mut Ctx<'_>) {
+        let Ended {
+            bytes,
+            started,
+            dropped,
+            recipients,
+        } = self.ended;
+        let latency = started.map_or(Duration::ZERO, |t| cx.now.saturating_duration_since(t));
+        if let Some(f) = self.fx.as_deref_mut() {
+            f.final_text = None;
+        }
+        let replies = self
+            .lmtp
+            .as_deref_mut()
+            .map(|l| std::mem::take(&mut l.replies))
+            .unwrap_or_default();
+        let mut delivered = false;
+        for i in 0..recipients.max(1) as usize {
+            if self.state == State::Closed {
+                // A rule's 421 ended the session: nothing after it.
+                break;
+            }
+            match (out, replies.get(i).copied().flatten()) {
+                (_, Some(r)) if r.refuses() => self.say_rule(s, r, cx),
+                (Out::FinalRule(r), _) => self.say_rule(s, r, cx),
+                (Out::Final(Verdict::Rejected(id)), _) => self.say(s, id, cx),
+                (_, Some(r)) => {
+                    delivered = true;
+                    self.say_rule(s, r, cx);
+                }
+                _ => {
+                    delivered = true;
+                    self.say(s, ReplyId::Queued, cx);
+                }
+            }
+        }
+        let outcome = match (delivered, dropped) {
+            (false, _) => Outcome::Rejected,
+            (true, true) => Outcome::Dropped,
+            (true, false) => Outcome::Accepted,
+        };
+        cx.observer.message(outcome, bytes, latency);
+        if let Some(l) = self.lmtp.as_deref_mut() {
+            // Kept for its capacity.
+            l.replies = replies;
+            l.replies.clear();
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! while a server runs.
 
 use super::super::command::Verb;
+use super::super::forward::Kind;
 use super::super::reply::{extensions, BadReply, Offer, Replies, ReplyId};
 use super::auth::{Users, KEYWORD};
 use std::sync::Arc;
@@ -75,6 +76,8 @@ impl Timeouts {
 }
 
 /// Everything a session needs to know about its server.
+// Independent switches, one per option.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The server's name (in the greeting, HELO/EHLO and 421 replies).
@@ -104,6 +107,11 @@ pub struct Settings {
     any_delay: bool,
     /// STARTTLS and AUTH; see [`Settings::set_security`].
     pub security: Security,
+    /// XCLIENT is offered to `--trusted` clients (see
+    /// [`Settings::set_forwarding`]).
+    pub xclient: bool,
+    /// XFORWARD is offered to `--trusted` clients.
+    pub xforward: bool,
 }
 
 impl Settings {
@@ -127,6 +135,8 @@ impl Settings {
             delays: [None; Verb::COUNT],
             any_delay: false,
             security: Security::default(),
+            xclient: false,
+            xforward: false,
         }
     }
 
@@ -134,11 +144,24 @@ impl Settings {
     /// rendered again (STARTTLS only before TLS, RFC 3207 4.2; AUTH only
     /// after it unless offered in plaintext).
     pub fn set_security(&mut self, security: Security) {
+        self.security = security;
+        self.render_ehlo();
+    }
+
+    /// Offers XCLIENT and XFORWARD (Postfix's) to `--trusted` clients: the
+    /// EHLO blocks are rendered again.
+    pub fn set_forwarding(&mut self, xclient: bool, xforward: bool) {
+        self.xclient = xclient;
+        self.xforward = xforward;
+        self.render_ehlo();
+    }
+
+    fn render_ehlo(&mut self) {
         let mut ext = extensions(self.max_message_size);
-        if security.starttls {
+        if self.security.starttls {
             ext.push(("STARTTLS".into(), Offer::BeforeTls));
         }
-        if let Some(a) = &security.auth {
+        if let Some(a) = &self.security.auth {
             let offer = if a.plaintext {
                 Offer::Always
             } else {
@@ -146,8 +169,15 @@ impl Settings {
             };
             ext.push((KEYWORD.into(), offer));
         }
+        for (on, kind) in [
+            (self.xclient, Kind::Xclient),
+            (self.xforward, Kind::Xforward),
+        ] {
+            if on {
+                ext.push((kind.ehlo_line(), Offer::Trusted));
+            }
+        }
         self.replies.render_ehlo(&self.hostname, &ext);
-        self.security = security;
     }
 
     /// Whether AUTH is offered on a session that is (or is not) secured.

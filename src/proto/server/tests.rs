@@ -13,9 +13,37 @@ struct Recorder {
     body: Vec<u8>,
     bodies: Vec<Vec<u8>>,
     verdict: Option<Verdict>,
+    /// Also record who the client is: `connected`, `hello`, `client`.
+    identity: bool,
 }
 
 impl Sink for Recorder {
+    fn connected(&mut self, _: SessionId, peer: SocketAddr) {
+        if self.identity {
+            self.events.push(format!("connected {peer}"));
+        }
+    }
+    fn hello(&mut self, _: SessionId, name: &[u8], with: With) {
+        if self.identity {
+            let name = String::from_utf8_lossy(name);
+            self.events.push(format!("hello {name} {}", with.as_str()));
+        }
+    }
+    fn client(&mut self, _: SessionId, c: &Client, transaction: bool) {
+        if self.identity {
+            let text = |v: &Option<Box<[u8]>>| {
+                v.as_deref()
+                    .map_or("-".into(), |b| String::from_utf8_lossy(b).into_owned())
+            };
+            let addr = c.addr.map_or("-".into(), |a| a.to_string());
+            let scope = if transaction { "tx" } else { "session" };
+            self.events.push(format!(
+                "client {scope} {addr} {} {}",
+                text(&c.name),
+                text(&c.helo)
+            ));
+        }
+    }
     fn mail(&mut self, _: SessionId, p: &[u8]) {
         self.events
             .push(format!("mail <{}>", String::from_utf8_lossy(p)));
@@ -144,7 +172,12 @@ fn run_cuts_in(mut h: Harness, s: &Settings, input: &[u8], cuts: &[usize]) -> Ou
 
 /// Runs whole and at every split, asserting all agree; returns the whole run.
 fn transcript_with(s: &Settings, input: &[u8], want: &str) -> Outcome {
-    let whole = run_cuts(s, input, &[]);
+    transcript_in(&|| Harness::new(Recorder::default()), s, input, want)
+}
+
+/// As `transcript_with`, each run in a harness `make` prepares.
+fn transcript_in(make: &dyn Fn() -> Harness, s: &Settings, input: &[u8], want: &str) -> Outcome {
+    let whole = run_cuts_in(make(), s, input, &[]);
     assert_eq!(
         String::from_utf8_lossy(&whole.out),
         want,
@@ -152,7 +185,7 @@ fn transcript_with(s: &Settings, input: &[u8], want: &str) -> Outcome {
         String::from_utf8_lossy(&input[..input.len().min(200)])
     );
     for cut in 1..input.len() {
-        let split = run_cuts(s, input, &[cut]);
+        let split = run_cuts_in(make(), s, input, &[cut]);
         assert_eq!(split.out, whole.out, "split at {cut}");
         assert_eq!(split.sink.events, whole.sink.events, "split at {cut}");
         assert_eq!(split.sink.bodies, whole.sink.bodies, "split at {cut}");
@@ -160,7 +193,7 @@ fn transcript_with(s: &Settings, input: &[u8], want: &str) -> Outcome {
     }
     if input.len() < 600 {
         let every: Vec<usize> = (1..input.len()).collect();
-        let bytewise = run_cuts(s, input, &every);
+        let bytewise = run_cuts_in(make(), s, input, &every);
         assert_eq!(bytewise.out, whole.out, "byte at a time");
         assert_eq!(bytewise.sink.bodies, whole.sink.bodies, "byte at a time");
     }
@@ -561,6 +594,8 @@ fn a_rule_text_for_a_250_does_not_outlive_its_message() {
         h.text()
     );
 }
+
+mod lmtp;
 
 mod fuzz {
     use super::*;

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::proto::command::{Body, Command, Verb};
 use crate::proto::dot::Unstuffer;
+use crate::proto::forward::{self, Client, Kind};
 use crate::proto::reply::ReplyId;
 
 /// Where the dialogue is, as far as command sequencing goes (RFC 5321 4.1.4,
@@ -113,7 +114,7 @@ static ROWS: [Row; Verb::COUNT] = [
         verb: Verb::Helo,
         name: "HELO",
         sequence: ANY,
-        check: ok,
+        check: Session::check_hello,
         proceed: Session::proceed_hello,
         refuse: say_refusal,
     },
@@ -121,7 +122,7 @@ static ROWS: [Row; Verb::COUNT] = [
         verb: Verb::Ehlo,
         name: "EHLO",
         sequence: ANY,
-        check: ok,
+        check: Session::check_hello,
         proceed: Session::proceed_hello,
         refuse: say_refusal,
     },
@@ -218,6 +219,30 @@ static ROWS: [Row; Verb::COUNT] = [
         proceed: Session::proceed_auth,
         refuse: say_refusal,
     },
+    Row {
+        verb: Verb::Lhlo,
+        name: "LHLO",
+        sequence: ANY,
+        check: Session::check_hello,
+        proceed: Session::proceed_hello,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Xclient,
+        name: "XCLIENT",
+        sequence: NO_TRANSACTION,
+        check: Session::check_forward,
+        proceed: Session::proceed_xclient,
+        refuse: say_refusal,
+    },
+    Row {
+        verb: Verb::Xforward,
+        name: "XFORWARD",
+        sequence: NO_TRANSACTION,
+        check: Session::check_forward,
+        proceed: Session::proceed_xforward,
+        refuse: say_refusal,
+    },
     answer_only!(NotImplemented, "SEND/SOML/SAML/TURN/...", NotImplemented),
     Row {
         verb: Verb::EndOfData,
@@ -240,7 +265,7 @@ static ROWS: [Row; Verb::COUNT] = [
 /// The stage a policy is asked about for `verb`.
 fn stage_of(verb: Verb) -> Stage {
     match verb {
-        Verb::Helo | Verb::Ehlo => Stage::Helo,
+        Verb::Helo | Verb::Ehlo | Verb::Lhlo => Stage::Helo,
         Verb::Mail => Stage::Mail,
         Verb::Rcpt => Stage::Rcpt,
         Verb::Data => Stage::Data,
@@ -254,6 +279,8 @@ fn stage_of(verb: Verb) -> Stage {
         | Verb::Help
         | Verb::StartTls
         | Verb::Auth
+        | Verb::Xclient
+        | Verb::Xforward
         | Verb::NotImplemented => Stage::Other,
     }
 }
@@ -335,8 +362,15 @@ impl Session {
     /// stage and argument are of interest (or effects are in force).
     fn dispatch_policy(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
         let stage = stage_of(row.verb);
+        if stage == Stage::EndOfData
+            && self.lmtp.is_some()
+            && self.asks(cx) & stage.bit() != 0
+            && self.fx.as_ref().is_none_or(|f| !f.refused)
+        {
+            return self.end_lmtp(s, row, cmd, cx);
+        }
         let arg: &[u8] = match cmd {
-            Command::Helo(name) | Command::Ehlo(name) => name,
+            Command::Helo(name) | Command::Ehlo(name) | Command::Lhlo(name) => name,
             Command::Mail(m) => m.path,
             Command::Rcpt(r) => r.path,
             _ => &[],
@@ -399,7 +433,7 @@ impl Session {
                 stage,
                 arg,
                 sender,
-                peer: self.peer,
+                peer: self.query_peer(),
                 transaction: self.transactions
                     + self.refused_mails
                     + u32::from(stage == Stage::Mail),
@@ -441,6 +475,170 @@ impl Session {
         if let Some(out) = out {
             self.answer_ruled(s, verb, out, cx);
         }
+    }
+
+    /// The end of an LMTP message where a policy asks about it: asked once
+    /// per recipient (its path is the query's argument), so rules can
+    /// answer recipients apart (RFC 2033 4.2: mixed 250/452/550). The
+    /// longest delay asked for holds all the replies; a close closes; if
+    /// every recipient was refused, nothing is kept.
+    #[cold]
+    #[inline(never)]
+    fn end_lmtp(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
+        let Some(mut lmtp) = self.lmtp.take() else {
+            return;
+        };
+        lmtp.replies.clear();
+        let (stage, interest) = (Stage::EndOfData, cx.interest);
+        let mut delay = None;
+        let mut delivers = false;
+        let mut close = false;
+        for i in 0..self.tx.recipients as usize {
+            let arg = lmtp.path(i);
+            let d = match cx.policy.as_deref_mut() {
+                Some(p) if interest.is_none_or(|n| n.wants(stage, arg, self.live)) => {
+                    p.decide(&Query {
+                        id: self.id,
+                        handle: self.handle,
+                        stage,
+                        arg,
+                        sender: &self.sender,
+                        peer: self.query_peer(),
+                        transaction: self.transactions + self.refused_mails,
+                        now: cx.now,
+                    })
+                }
+                _ => Decision::PROCEED,
+            };
+            delay = delay.max(d.delay);
+            let reply = match d.act {
+                Act::Reply(r) => Some(r),
+                Act::Close => {
+                    close = true;
+                    None
+                }
+                Act::Drop => {
+                    self.tx.drop = true;
+                    None
+                }
+                _ => None,
+            };
+            delivers |= reply.is_none_or(|r| !r.refuses());
+            lmtp.replies.push(reply);
+        }
+        self.lmtp = Some(lmtp);
+        if delay.is_some() {
+            self.fx().delay = delay;
+        }
+        let verb = row.verb;
+        if close {
+            return self.answer_ruled(s, verb, Out::Hangup, cx);
+        }
+        let out = if delivers {
+            (row.proceed)(self, s, cmd, cx)
+        } else {
+            cx.sink.abort(self.id);
+            self.enter(State::Command, cx);
+            Some(self.finish(Verdict::Rejected(ReplyId::LocalError)))
+        };
+        if let Some(out) = out {
+            self.answer_ruled(s, verb, out, cx);
+        }
+    }
+
+    /// HELO and EHLO are SMTP's, LHLO is LMTP's (RFC 2033 4.1): the other
+    /// protocol's greeting is an unknown command.
+    fn check_hello(&self, _: &Settings, cmd: &Command<'_>) -> Result<(), ReplyId> {
+        if matches!(cmd, Command::Lhlo(_)) == self.lmtp.is_some() {
+            Ok(())
+        } else {
+            Err(ReplyId::Unrecognized)
+        }
+    }
+
+    /// XCLIENT and XFORWARD: offered (`--xclient`, `--xforward`), then
+    /// with attributes, then from a `--trusted` address (Postfix's order).
+    fn check_forward(&self, s: &Settings, cmd: &Command<'_>) -> Result<(), ReplyId> {
+        let (offered, args, syntax) = match cmd {
+            Command::Xclient(a) => (s.xclient, a, ReplyId::SyntaxXclient),
+            Command::Xforward(a) => (s.xforward, a, ReplyId::SyntaxXforward),
+            _ => return Err(ReplyId::NotImplemented),
+        };
+        if !offered {
+            Err(ReplyId::NotImplemented)
+        } else if args.is_empty() {
+            Err(syntax)
+        } else if !self.trusted {
+            Err(ReplyId::NotAuthorized)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// XCLIENT: the client is who the attributes say (those not given keep
+    /// their values); the session starts over as a new connection from it,
+    /// greeting included (Postfix's `XCLIENT_README`): rules and limits
+    /// see the new address from here on.
+    fn proceed_xclient(
+        &mut self,
+        s: &Settings,
+        cmd: &Command<'_>,
+        cx: &mut Ctx<'_>,
+    ) -> Option<Out> {
+        let Command::Xclient(args) = cmd else {
+            return None;
+        };
+        let said = match forward::parse(Kind::Xclient, args) {
+            Ok(c) => c,
+            Err(r) => return Some(Out::Reply(r)),
+        };
+        self.reset_tx(cx);
+        let told = self.told.get_or_insert_with(Box::default);
+        let client = told.xclient.get_or_insert_with(Client::default);
+        client.update(said);
+        let (peer, login) = (client.socket_addr(), client.login.is_some());
+        if let Some(peer) = peer {
+            self.peer = peer;
+        }
+        self.greeted = super::Greeted::No;
+        self.authenticated = login;
+        self.login_user = None;
+        if let Some(p) = cx.policy.as_deref_mut() {
+            if self.handle != u32::MAX {
+                p.closed(self.handle);
+            }
+            self.handle = u32::MAX;
+            // The new client may match other rules.
+            self.asks_gen = u32::MAX;
+        }
+        self.greet(s, cx);
+        if let Some(c) = self.told.as_deref().and_then(|t| t.xclient.as_ref()) {
+            cx.sink.client(self.id, c, false);
+        }
+        None
+    }
+
+    /// XFORWARD: what the attributes say holds for the next transaction,
+    /// until it ends or RSET (Postfix's `XFORWARD_README`); several
+    /// XFORWARD commands add up.
+    fn proceed_xforward(
+        &mut self,
+        _: &Settings,
+        cmd: &Command<'_>,
+        _: &mut Ctx<'_>,
+    ) -> Option<Out> {
+        let Command::Xforward(args) = cmd else {
+            return None;
+        };
+        let said = match forward::parse(Kind::Xforward, args) {
+            Ok(c) => c,
+            Err(r) => return Some(Out::Reply(r)),
+        };
+        let told = self.told.get_or_insert_with(Box::default);
+        told.forward
+            .get_or_insert_with(Client::default)
+            .update(said);
+        Some(Out::Reply(ReplyId::Ok))
     }
 
     /// A rule's 4xx/5xx instead of running the command.
@@ -614,20 +812,31 @@ impl Session {
     fn proceed_hello(&mut self, _: &Settings, cmd: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
         // A new greeting resets the transaction (RFC 5321 4.1.4).
         self.reset_tx(cx);
-        if let Command::Ehlo(name) | Command::Helo(name) = cmd {
-            let with = super::With::of(matches!(cmd, Command::Ehlo(_)), self.secure);
+        if let Command::Ehlo(name) | Command::Helo(name) | Command::Lhlo(name) = cmd {
+            let mut with = super::With::of(!matches!(cmd, Command::Helo(_)), self.secure);
+            if self.lmtp.is_some() {
+                with = with.lmtp();
+            }
+            if self.authenticated {
+                // XCLIENT's LOGIN.
+                with = with.authenticated();
+            }
+            // Behind XCLIENT, the name the real client gave.
+            let told = self.told.as_deref().and_then(|t| t.xclient.as_ref());
+            let name = told.and_then(|c| c.helo.as_deref()).unwrap_or(name);
             cx.sink.hello(self.id, name, with);
         }
-        if matches!(cmd, Command::Ehlo(_)) {
-            self.greeted = super::Greeted::Ehlo;
-            Some(Out::Reply(if self.secure {
-                ReplyId::EhloSecure
-            } else {
-                ReplyId::Ehlo
-            }))
-        } else {
+        if matches!(cmd, Command::Helo(_)) {
             self.greeted = super::Greeted::Helo;
             Some(Out::Reply(ReplyId::Helo))
+        } else {
+            self.greeted = super::Greeted::Ehlo;
+            Some(Out::Reply(match (self.secure, self.trusted) {
+                (false, false) => ReplyId::Ehlo,
+                (true, false) => ReplyId::EhloSecure,
+                (false, true) => ReplyId::EhloTrusted,
+                (true, true) => ReplyId::EhloSecureTrusted,
+            }))
         }
     }
 
@@ -661,6 +870,13 @@ impl Session {
         };
         self.counts.transactions += 1;
         cx.sink.mail(self.id, m.path);
+        if let Some(c) = self.told.as_deref().and_then(|t| t.forward.as_ref()) {
+            cx.sink.client(self.id, c, true);
+        }
+        if let Some(l) = self.lmtp.as_deref_mut() {
+            l.paths.clear();
+            l.ends.clear();
+        }
         Some(Out::Reply(ReplyId::SenderOk))
     }
 
@@ -679,6 +895,14 @@ impl Session {
         self.tx.recipients += 1;
         self.counts.recipients += 1;
         cx.sink.rcpt(self.id, r.path);
+        if let Some(l) = self
+            .lmtp
+            .as_deref_mut()
+            .filter(|_| cx.asks & Stage::EndOfData.bit() != 0)
+        {
+            l.paths.extend_from_slice(r.path);
+            l.ends.push(l.paths.len());
+        }
         Some(Out::Reply(ReplyId::RecipientOk))
     }
 
