@@ -75,6 +75,8 @@ pub struct Options {
     /// Speak as a proxy: each connection starts with a PROXY protocol
     /// header naming a client address drawn from `.1`.
     pub proxy: Option<(proxy::Version, IpNet)>,
+    /// Name a client drawn from this network with XCLIENT, per connection.
+    pub xclient: Option<IpNet>,
 }
 
 /// How far in the past `--start-at` may be and still start at once: clocks
@@ -134,6 +136,8 @@ struct Conn {
     tls: Tls,
     /// A TLS handshake under way: the start of its `tls` phase.
     tls_since: Option<Instant>,
+    /// The client XCLIENT names, if any.
+    xclient: Option<IpAddr>,
     /// Listed in `touched` for this turn.
     touched: bool,
     /// Messages it carries before it is replaced (0: no limit).
@@ -149,6 +153,8 @@ const KEEP: Keep = Keep {
 };
 
 const SCRATCH: usize = 64 * 1024;
+/// XCLIENT draws its addresses apart from a PROXY header's.
+const XCLIENT_SALT: u64 = 0x0058_434c_4945_4e54;
 /// Connections opened per loop turn at the start: few enough that the
 /// events of the first ones are seen promptly.
 const OPEN_BATCH: usize = 8;
@@ -388,10 +394,14 @@ impl Driver<'_> {
                 {
                     return;
                 }
+                let xclient = self
+                    .opts
+                    .xclient
+                    .map(|net| proxy_client(&net, self.opts.seed ^ XCLIENT_SALT, k).ip());
                 let session = established.map(|at| {
                     self.ever_connected = true;
                     self.rec.connected(at - since, at);
-                    ClientSession::with_tls(at, tls)
+                    ClientSession::with_tls(at, tls).xclient_as(xclient)
                 });
                 let tls_since = established.filter(|_| tls == Tls::Implicit);
                 entry.insert(Conn {
@@ -400,6 +410,7 @@ impl Driver<'_> {
                     connecting_since: since,
                     tls,
                     tls_since,
+                    xclient,
                     touched: false,
                     limit: connection_limit(&self.opts.per_connection, self.opts.seed, k),
                     target,
@@ -721,7 +732,8 @@ impl Driver<'_> {
                 Ok(None) if t.peer_addr().is_ok() => {
                     self.ever_connected = true;
                     self.rec.connected(now - conn.connecting_since, now);
-                    conn.session = Some(ClientSession::with_tls(now, conn.tls));
+                    conn.session =
+                        Some(ClientSession::with_tls(now, conn.tls).xclient_as(conn.xclient));
                     if conn.tls == Tls::Implicit {
                         conn.tls_since = Some(now);
                     }

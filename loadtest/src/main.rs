@@ -129,6 +129,17 @@ struct Cli {
     #[arg(long, value_name = "CIDR", requires = "proxy")]
     source_cidr: Option<ipnet::IpNet>,
 
+    /// Speak LMTP (RFC 2033): LHLO, and one final reply per accepted
+    /// recipient (a message counts as delivered if one accepted it).
+    #[arg(long, conflicts_with = "use_helo")]
+    lmtp: bool,
+
+    /// After EHLO, name a client drawn from CIDR per connection with
+    /// Postfix's XCLIENT (the server must trust us), then greet again.
+    #[allow(clippy::doc_markdown)]
+    #[arg(long, value_name = "CIDR")]
+    xclient: Option<ipnet::IpNet>,
+
     /// Lock-step: wait for every reply even when the server offers PIPELINING.
     #[arg(long)]
     no_pipelining: bool,
@@ -486,12 +497,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             bdat: cli.bdat,
             window: cli.window as usize,
             auth: credentials(&cli)?,
+            lmtp: cli.lmtp,
         },
         progress: !cli.quiet,
         tls: tls_options(&cli)?,
         start_at: cli.start_at,
         bind: cli.bind.clone(),
         proxy,
+        xclient: cli.xclient,
     };
     check_bind(&opts)?;
     if let Some(at) = opts.start_at {

@@ -30,6 +30,7 @@
 //! the wait for that message's final reply.
 
 use super::reply::{self, Parsed};
+use core::net::IpAddr;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use std::collections::VecDeque;
@@ -54,6 +55,8 @@ pub trait MessageSource {
 }
 
 /// How the client behaves; fixed for a run.
+// Independent switches, one per option.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
     /// The HELO/EHLO argument.
@@ -68,6 +71,9 @@ pub struct ClientSettings {
     pub window: usize,
     /// Log in with these before the first message.
     pub auth: Option<Credentials>,
+    /// Speak LMTP (RFC 2033): LHLO, and one final reply per accepted
+    /// recipient.
+    pub lmtp: bool,
 }
 
 /// AUTH credentials and mechanism.
@@ -125,6 +131,8 @@ pub enum Stage {
     Tls,
     /// AUTH (refused, or not offered).
     Auth,
+    /// XCLIENT (refused, or not offered).
+    Xclient,
     /// MAIL FROM.
     Mail,
     /// RCPT TO.
@@ -157,6 +165,7 @@ impl Stage {
             Stage::StartTls => "starttls",
             Stage::Tls => "tls",
             Stage::Auth => "auth",
+            Stage::Xclient => "xclient",
             Stage::Mail => "mail",
             Stage::Rcpt => "rcpt",
             Stage::Data => "data",
@@ -214,6 +223,8 @@ enum Step {
     StartTls,
     /// An AUTH command or one of its responses.
     Auth,
+    /// XCLIENT.
+    Xclient,
     /// MAIL FROM.
     Mail,
     Rcpt(u32),
@@ -253,6 +264,9 @@ struct InFlight {
     mail_ok: bool,
     rcpt_ok: u32,
     failed: bool,
+    /// LMTP: final replies received so far, and whether one accepted.
+    finals: u32,
+    final_ok: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +282,8 @@ enum Conn {
     Securing,
     /// An AUTH exchange: what was last sent.
     Auth(AuthSent),
+    /// XCLIENT sent, its 220 awaited.
+    Xclient,
     Ready,
     Quitting,
     Closed,
@@ -324,6 +340,8 @@ pub struct ClientSession {
     auth_time: Duration,
     /// It got ready once (it may have closed since).
     was_ready: bool,
+    /// XCLIENT names this client after the first EHLO.
+    xclient: Option<IpAddr>,
 }
 
 impl ClientSession {
@@ -356,7 +374,17 @@ impl ClientSession {
             starttls_sent: now,
             auth_time: Duration::ZERO,
             was_ready: false,
+            xclient: None,
         }
+    }
+
+    /// After its first EHLO the session sends `XCLIENT ADDR=addr` (a
+    /// trusted client speaking for another, Postfix's `XCLIENT_README`)
+    /// and greets again after the server's 220.
+    #[must_use]
+    pub fn xclient_as(mut self, addr: Option<IpAddr>) -> Self {
+        self.xclient = addr;
+        self
     }
 
     /// Whether the session ever got ready for mail (greeted, secured and
@@ -484,6 +512,8 @@ impl ClientSession {
             mail_ok: false,
             rcpt_ok: 0,
             failed: false,
+            finals: 0,
+            final_ok: false,
         });
         self.started += 1;
         self.pump(src, now, out);
@@ -575,6 +605,7 @@ impl ClientSession {
             Conn::Hello => self.on_hello(s, code, text, now, out, events),
             Conn::StartTls => self.on_starttls(code, now, events),
             Conn::Auth(sent) => self.on_auth(s, sent, code, now, out, events),
+            Conn::Xclient => self.on_xclient(s, code, now, out, events),
             Conn::Ready | Conn::Quitting => self.on_answer(s, src, code, now, events),
             Conn::Closed | Conn::Handshake | Conn::Securing => {}
         }
@@ -601,9 +632,13 @@ impl ClientSession {
         }
     }
 
-    /// Writes EHLO (or HELO) and awaits its reply.
+    /// Writes EHLO (or HELO, or LMTP's LHLO) and awaits its reply.
     fn hello(&mut self, s: &ClientSettings, now: Instant, out: &mut Vec<u8>) {
-        out.extend_from_slice(if s.ehlo { b"EHLO " } else { b"HELO " });
+        out.extend_from_slice(match (s.lmtp, s.ehlo) {
+            (true, _) => b"LHLO ",
+            (false, true) => b"EHLO ",
+            (false, false) => b"HELO ",
+        });
         out.extend_from_slice(s.helo_name.as_bytes());
         out.extend_from_slice(b"\r\n");
         self.expect(Step::Hello, now);
@@ -651,8 +686,19 @@ impl ClientSession {
             auth |= kw.eq_ignore_ascii_case(b"AUTH")
                 && s.auth.as_ref().is_some_and(|c| offers(line, c));
         }
-        if !s.ehlo {
+        if !s.ehlo && !s.lmtp {
             self.pipelining = false;
+        }
+        if let Some(addr) = self.xclient.take() {
+            out.extend_from_slice(b"XCLIENT ADDR=");
+            if addr.is_ipv6() {
+                out.extend_from_slice(b"IPV6:");
+            }
+            out.extend_from_slice(addr.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            self.expect(Step::Xclient, now);
+            self.conn = Conn::Xclient;
+            return;
         }
         if self.tls == Tls::StartTls && !self.secure {
             if !starttls {
@@ -700,6 +746,28 @@ impl ClientSession {
         events.push(Event::Ready {
             pipelining: self.pipelining,
         });
+    }
+
+    /// The reply to XCLIENT: 220, and the session greets again as the
+    /// client it named.
+    fn on_xclient(
+        &mut self,
+        s: &ClientSettings,
+        code: u16,
+        now: Instant,
+        out: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) {
+        self.expects.pop_front();
+        if code == 220 {
+            self.hello(s, now, out);
+        } else {
+            events.push(Event::Error {
+                stage: Stage::Xclient,
+                code,
+            });
+            self.closed(None, now, events);
+        }
     }
 
     /// The reply to STARTTLS: 220, and the driver secures the transport.
@@ -796,6 +864,11 @@ impl ClientSession {
         let Some(idx) = self.inflight.iter().position(|m| m.seq == e.seq) else {
             return;
         };
+        if s.lmtp && self.lmtp_more(src, e, code, idx, events) {
+            // More final replies of this message are due.
+            self.expects.push_front(e);
+            return;
+        }
         let After {
             finished_ok,
             drop_rest,
@@ -819,6 +892,39 @@ impl ClientSession {
                 events.push(m.done(finished_ok && !m.failed, now));
             }
         }
+    }
+
+    /// LMTP: one final reply per accepted recipient (RFC 2033 4.2), in
+    /// order. Counts this one if it is a final reply; true while more are
+    /// due (the last goes on to `judge`). A refusal is an error of its own.
+    fn lmtp_more(
+        &mut self,
+        src: &dyn MessageSource,
+        e: Expect,
+        code: u16,
+        idx: usize,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let last_chunk = src.chunks().saturating_sub(1);
+        if !matches!(e.step, Step::Body) && e.step != Step::Bdat(last_chunk) {
+            return false;
+        }
+        let Some(m) = self.inflight.get_mut(idx) else {
+            return false;
+        };
+        m.finals += 1;
+        if m.finals >= m.rcpt_ok.max(1) {
+            return false;
+        }
+        if (200..300).contains(&code) {
+            m.final_ok = true;
+        } else {
+            events.push(Event::Error {
+                stage: Stage::EndOfData,
+                code,
+            });
+        }
+        true
     }
 
     /// What the reply `code` to step `e` of message `idx` means for it.
@@ -886,11 +992,17 @@ impl ClientSession {
             }
             Step::Body => {
                 events.push(Event::Latency(Phase::Data, now - e.sent));
-                if ok {
-                    // Accepted for nobody is not delivered.
+                if ok || m.final_ok {
+                    // Accepted for nobody is not delivered; in LMTP,
+                    // delivered to one recipient is delivered.
                     after.finished_ok = !m.failed && m.rcpt_ok > 0;
-                } else {
-                    refused(m, events, Stage::EndOfData);
+                }
+                if !ok {
+                    events.push(Event::Error {
+                        stage: Stage::EndOfData,
+                        code,
+                    });
+                    m.failed |= !m.final_ok;
                 }
             }
             Step::Bdat(i) => {
@@ -898,7 +1010,14 @@ impl ClientSession {
                 if last {
                     events.push(Event::Latency(Phase::Data, now - e.sent));
                 }
-                if !ok && !m.failed {
+                if last && !ok && m.final_ok {
+                    // LMTP: refused for this recipient, delivered to another.
+                    events.push(Event::Error {
+                        stage: Stage::EndOfData,
+                        code,
+                    });
+                    after.finished_ok = !m.failed && m.rcpt_ok > 0;
+                } else if !ok && !m.failed {
                     refused(m, events, if last { Stage::EndOfData } else { Stage::Bdat });
                     after.drop_rest = lockstep;
                 } else if !ok {
@@ -910,7 +1029,12 @@ impl ClientSession {
                     after.finished_ok = !m.failed && m.rcpt_ok > 0;
                 }
             }
-            Step::Hello | Step::StartTls | Step::Auth | Step::Rset | Step::Quit => {}
+            Step::Hello
+            | Step::StartTls
+            | Step::Auth
+            | Step::Xclient
+            | Step::Rset
+            | Step::Quit => {}
         }
         after
     }
@@ -971,7 +1095,7 @@ impl ClientSession {
                 }
                 Step::Rset => out.extend_from_slice(b"RSET\r\n"),
                 // Written as the dialogue goes, never queued.
-                Step::Hello | Step::StartTls | Step::Auth => {}
+                Step::Hello | Step::StartTls | Step::Auth | Step::Xclient => {}
                 Step::Quit => out.extend_from_slice(b"QUIT\r\n"),
             }
             if self.expects.is_empty() {
@@ -1019,6 +1143,7 @@ fn stage_of(step: Step) -> Stage {
         Step::Hello => Stage::Ehlo,
         Step::StartTls => Stage::StartTls,
         Step::Auth => Stage::Auth,
+        Step::Xclient => Stage::Xclient,
         Step::Quit => Stage::Quit,
     }
 }

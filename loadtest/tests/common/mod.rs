@@ -67,12 +67,14 @@ pub fn options(target: SocketAddr) -> Options {
             bdat: false,
             window: 1,
             auth: None,
+            lmtp: false,
         },
         progress: false,
         tls: None,
         start_at: None,
         bind: Vec::new(),
         proxy: None,
+        xclient: None,
     }
 }
 

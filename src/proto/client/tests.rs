@@ -57,6 +57,7 @@ fn settings(ehlo: bool, pipelining: bool, bdat: bool, window: usize) -> ClientSe
         bdat,
         window,
         auth: None,
+        lmtp: false,
     }
 }
 
@@ -71,8 +72,21 @@ struct Run {
 fn run(cs: &ClientSettings, src: &Fixed, n: u64) -> Run {
     let ss = Settings::new("server.test", 1 << 20, 100, 512);
     let t = Instant::now();
-    let mut server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
-    let mut client = ClientSession::new(t);
+    let server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
+    run_on(cs, src, n, &ss, server, ClientSession::new(t))
+}
+
+/// As `run`, with this server session and client session.
+fn run_on(
+    cs: &ClientSettings,
+    src: &Fixed,
+    n: u64,
+    ss: &Settings,
+    mut server: Session,
+    mut client: ClientSession,
+) -> Run {
+    let ss = ss.clone();
+    let t = Instant::now();
     let (mut sink, mut stats) = (Discard::default(), Stats::new());
     let (mut to_client, mut to_server) = (Vec::new(), Vec::new());
     let mut events = Vec::new();
@@ -587,4 +601,110 @@ fn bytes_after_the_starttls_reply_are_not_replies() {
     );
     assert!(c.wants_tls());
     assert!(!c.is_ready());
+}
+
+fn lmtp(mut cs: ClientSettings) -> ClientSettings {
+    cs.lmtp = true;
+    cs
+}
+
+#[test]
+fn lmtp_in_every_mode_delivers_every_message() {
+    let src = Fixed::new(3, 7);
+    let ss = Settings::new("server.test", 1 << 20, 100, 512);
+    for (name, cs) in [
+        ("lock-step", lmtp(settings(true, false, false, 1))),
+        ("pipelined data", lmtp(settings(true, true, false, 1))),
+        ("bdat window 4", lmtp(settings(true, true, true, 4))),
+    ] {
+        let t = Instant::now();
+        let mut server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
+        server.speak_lmtp();
+        let r = run_on(&cs, &src, 10, &ss, server, ClientSession::new(t));
+        assert_eq!(done(&r.events), (10, 0), "{name}: {:?}", r.events);
+        assert_eq!(errors(&r.events), [], "{name}");
+        assert_eq!(r.sink.messages, 10, "{name}");
+        assert_eq!(r.sink.recipients, 30, "{name}");
+        assert_eq!(latencies(&r.events, Phase::Data).len(), 10, "{name}");
+    }
+}
+
+#[test]
+fn lmtp_final_replies_are_counted_per_recipient() {
+    let src = Fixed::new(3, 100);
+    let cs = lmtp(settings(true, false, false, 1));
+    // One recipient refused at RCPT: two final replies, one refused.
+    let (out, ev) = scripted(
+        &cs,
+        &src,
+        &[
+            "220 hi\r\n",
+            "250-hi\r\n250 PIPELINING\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "550 no\r\n",
+            "250 ok\r\n",
+            "354 go\r\n",
+            "452 4.2.2 full\r\n",
+            "250 ok\r\n",
+            "250 stray\r\n",
+        ],
+    );
+    assert!(out.starts_with("LHLO client.test\r\nMAIL FROM:<s0@x.test>\r\n"), "{out}");
+    assert_eq!(
+        errors(&ev),
+        [
+            (Stage::Rcpt, 550),
+            (Stage::EndOfData, 452),
+            (Stage::Protocol, 250)
+        ],
+        "the third final reply is one too many"
+    );
+    assert_eq!(done(&ev), (1, 0), "delivered to one recipient");
+    // Every final reply refused: the message failed.
+    let (_, ev) = scripted(
+        &cs,
+        &src,
+        &[
+            "220 hi\r\n",
+            "250 hi\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "354 go\r\n",
+            "550 a\r\n550 b\r\n",
+            "451 c\r\n",
+        ],
+    );
+    assert_eq!(
+        errors(&ev),
+        [
+            (Stage::EndOfData, 550),
+            (Stage::EndOfData, 550),
+            (Stage::EndOfData, 451)
+        ]
+    );
+    assert_eq!(done(&ev), (0, 1));
+}
+
+#[test]
+fn xclient_names_the_client_then_greets_again() {
+    let src = Fixed::new(1, 100);
+    let cs = settings(true, true, false, 1);
+    let mut ss = Settings::new("server.test", 1 << 20, 100, 512);
+    ss.set_forwarding(true, false);
+    let t = Instant::now();
+    let mut server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
+    server.trust();
+    let client = ClientSession::new(t).xclient_as(Some("2001:db8::7".parse().unwrap()));
+    let r = run_on(&cs, &src, 2, &ss, server, client);
+    assert_eq!(done(&r.events), (2, 0), "{:?}", r.events);
+    assert_eq!(latencies(&r.events, Phase::Ehlo).len(), 2, "EHLO, then again");
+    // Refused: an error at its own stage, and the connection ends.
+    let t = Instant::now();
+    let server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
+    let client = ClientSession::new(t).xclient_as(Some("10.0.0.1".parse().unwrap()));
+    let r = run_on(&cs, &src, 0, &ss, server, client);
+    assert_eq!(errors(&r.events), [(Stage::Xclient, 550)]);
 }
