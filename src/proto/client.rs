@@ -30,9 +30,9 @@
 //! the wait for that message's final reply.
 
 use super::reply::{self, Parsed};
-use core::net::IpAddr;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use core::net::IpAddr;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -1029,12 +1029,8 @@ impl ClientSession {
                     after.finished_ok = !m.failed && m.rcpt_ok > 0;
                 }
             }
-            Step::Hello
-            | Step::StartTls
-            | Step::Auth
-            | Step::Xclient
-            | Step::Rset
-            | Step::Quit => {}
+            Step::Hello | Step::StartTls | Step::Auth | Step::Xclient | Step::Rset | Step::Quit => {
+            }
         }
         after
     }

@@ -650,7 +650,10 @@ fn lmtp_final_replies_are_counted_per_recipient() {
             "250 stray\r\n",
         ],
     );
-    assert!(out.starts_with("LHLO client.test\r\nMAIL FROM:<s0@x.test>\r\n"), "{out}");
+    assert!(
+        out.starts_with("LHLO client.test\r\nMAIL FROM:<s0@x.test>\r\n"),
+        "{out}"
+    );
     assert_eq!(
         errors(&ev),
         [
@@ -700,7 +703,11 @@ fn xclient_names_the_client_then_greets_again() {
     let client = ClientSession::new(t).xclient_as(Some("2001:db8::7".parse().unwrap()));
     let r = run_on(&cs, &src, 2, &ss, server, client);
     assert_eq!(done(&r.events), (2, 0), "{:?}", r.events);
-    assert_eq!(latencies(&r.events, Phase::Ehlo).len(), 2, "EHLO, then again");
+    assert_eq!(
+        latencies(&r.events, Phase::Ehlo).len(),
+        2,
+        "EHLO, then again"
+    );
     // Refused: an error at its own stage, and the connection ends.
     let t = Instant::now();
     let server = Session::new(1, "127.0.0.1:1".parse().unwrap(), t);
