@@ -146,6 +146,8 @@ struct Tx {
     /// (this transaction's): the trace header names that client.
     xclient: Option<Client>,
     forward: Option<Client>,
+    /// XFORWARD's, for the `mail` that comes next.
+    forward_next: Option<Client>,
     with: With,
     from: Vec<u8>,
     rcpts: Vec<Vec<u8>>,
@@ -617,7 +619,7 @@ impl Sink for Maildir {
     fn client(&mut self, id: SessionId, client: &Client, transaction: bool) {
         let tx = self.sessions.entry(id).or_default();
         let slot = if transaction {
-            &mut tx.forward
+            &mut tx.forward_next
         } else {
             &mut tx.xclient
         };
@@ -626,7 +628,7 @@ impl Sink for Maildir {
 
     fn mail(&mut self, id: SessionId, reverse_path: &[u8]) {
         let tx = self.sessions.entry(id).or_default();
-        tx.forward = None;
+        tx.forward = tx.forward_next.take();
         tx.from.clear();
         tx.from.extend_from_slice(reverse_path);
         tx.rcpts.clear();

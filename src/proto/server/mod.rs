@@ -89,8 +89,8 @@ pub trait Sink {
     fn closed(&mut self, _id: SessionId) {}
     /// A trusted proxy said who the real client is: XCLIENT for the rest of
     /// the session (`transaction` false; a new `connected` came first when
-    /// it named an address), XFORWARD for the transaction whose `mail` just
-    /// came (`transaction` true). What trace headers name.
+    /// it named an address), XFORWARD for the transaction whose `mail`
+    /// comes next (`transaction` true). What trace headers name.
     fn client(&mut self, _id: SessionId, _client: &Client, _transaction: bool) {}
     /// True while the sink cannot take more content (its queue to the disk
     /// is full): the loop then reads from no connection, and the sink wakes
@@ -1598,6 +1598,14 @@ impl Session {
     /// XFORWARD's attributes last until the transaction ends (or RSET).
     #[inline]
     fn forget_forward(&mut self) {
+        if self.told.is_some() {
+            self.forget_told_forward();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn forget_told_forward(&mut self) {
         if let Some(t) = self.told.as_deref_mut() {
             t.forward = None;
         }

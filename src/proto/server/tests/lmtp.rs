@@ -312,8 +312,8 @@ XFORWARD HELO=orig PROTO=ESMTP\r\n{msg}{msg}"
         o.sink.events,
         [
             "hello filter SMTP",
-            "mail <a@b>",
             "client tx 10.1.1.1 orig.example orig",
+            "mail <a@b>",
             "rcpt <c@d>",
             "begin",
             "abort",
