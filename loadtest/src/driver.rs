@@ -20,12 +20,12 @@
 use crate::payload::Payload;
 use crate::report::{Recorder, Results};
 use ipnet::IpNet;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rand::RngExt;
 use rustls::pki_types::ServerName;
 use smtpsink::net::tls::rustls;
-use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Transport};
+use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Stream, Transport};
 use smtpsink::proto::client::{
     ClientSession, ClientSettings, Event, MessageSource, Phase, Stage, Tls,
 };
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The servers to load: connection k goes to the (k mod n)th.
-    pub targets: Vec<SocketAddr>,
+    pub targets: Vec<Target>,
     /// Connections kept open at once.
     pub connections: usize,
     /// Stop after this many messages (`None`: run for `duration`).
@@ -77,6 +77,30 @@ pub struct Options {
     pub proxy: Option<(proxy::Version, IpNet)>,
 }
 
+/// A server to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Over TCP.
+    Tcp(SocketAddr),
+    /// Over the UNIX stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for Target {
+    fn from(a: SocketAddr) -> Self {
+        Target::Tcp(a)
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(a) => write!(f, "{a}"),
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 /// How far in the past `--start-at` may be and still start at once: clocks
 /// of machines that start together differ a little, a late launch more.
 const START_LATE: Duration = Duration::from_secs(1);
@@ -99,7 +123,7 @@ pub struct TlsOptions {
 #[derive(Debug)]
 pub enum RunError {
     /// No connection could ever be established.
-    Unreachable(SocketAddr, io::Error),
+    Unreachable(Target, io::Error),
     /// The event loop itself failed.
     Io(io::Error),
     /// The start time had passed by this much.
@@ -122,7 +146,7 @@ fn plain(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".into(),
         io::ErrorKind::TimedOut => "timed out".into(),
-        _ => e.to_string(),
+        _ => smtpsink::net::plain_error(e),
     }
 }
 
@@ -138,8 +162,8 @@ struct Conn {
     touched: bool,
     /// Messages it carries before it is replaced (0: no limit).
     limit: u64,
-    /// The server it connects to.
-    target: SocketAddr,
+    /// The server it connects to (an index into the targets).
+    target: usize,
 }
 
 /// The client keeps its buffers: the same message sizes come again and again.
@@ -168,10 +192,10 @@ struct Driver<'a> {
     /// No new messages after this (duration runs, errors, the end).
     stop_starting: bool,
     ever_connected: bool,
-    last_connect_error: Option<(SocketAddr, io::Error)>,
-    /// Servers a connect to failed (a run gives up only when all have,
-    /// before any connect succeeded).
-    refused: Vec<SocketAddr>,
+    last_connect_error: Option<(usize, io::Error)>,
+    /// Servers (indexes) a connect to failed (a run gives up only when all
+    /// have, before any connect succeeded).
+    refused: Vec<usize>,
     connect_failures: u64,
     /// Connections to open again at these times.
     reconnects: Vec<Instant>,
@@ -342,9 +366,9 @@ impl Driver<'_> {
         // own connections, not over every nth of them.
         let n = self.opts.targets.len().max(1) as u64;
         let (nth, j) = (k % n, k / n);
-        let Some(&target) = usize::try_from(nth)
+        let Some((target, to)) = usize::try_from(nth)
             .ok()
-            .and_then(|i| self.opts.targets.get(i))
+            .and_then(|i| Some((i, self.opts.targets.get(i)?)))
         else {
             return;
         };
@@ -352,28 +376,31 @@ impl Driver<'_> {
         let bind = usize::try_from(j)
             .ok()
             .and_then(|j| self.opts.bind.get(j % self.opts.bind.len().max(1)));
-        let sock = match bind {
-            Some(&ip) => connect_from(ip, target),
-            None => TcpStream::connect(target),
+        // `--bind` and `--proxy` are refused for UNIX targets at start.
+        let sock = match (to, bind) {
+            (Target::Tcp(to), Some(&ip)) => connect_from(ip, *to).map(Stream::from),
+            (Target::Tcp(to), None) => TcpStream::connect(*to).map(Stream::from),
+            (Target::Unix(path), _) => UnixStream::connect(path).map(Stream::from),
         };
         match sock {
             Ok(sock) => {
-                // On loopback the handshake often completes inside the call:
-                // then the connection is established now, and its greeting
-                // is timed from here rather than from the next poll.
-                let established = sock.peer_addr().is_ok().then(Instant::now);
+                // On loopback the handshake often completes inside the call
+                // (on a UNIX socket always): then the connection is
+                // established now, and its greeting is timed from here
+                // rather than from the next poll.
+                let established = sock.connected().then(Instant::now);
                 // Only now for implicit TLS: making a client connection takes
                 // a cached session ticket, which a STARTTLS connection must
                 // find after its 220.
                 let implicit = (tls == Tls::Implicit).then(|| self.tls_conn()).flatten();
                 let transport = match implicit {
                     Some(c) => Transport::tls_client(sock, c),
-                    None => Transport::tcp(sock),
+                    None => Transport::Plain(sock),
                 };
                 let mut link = Link::new(transport, KEEP);
-                if let Some((version, net)) = &self.opts.proxy {
+                if let (Some((version, net)), Target::Tcp(to)) = (&self.opts.proxy, to) {
                     let from = proxy_client(net, self.opts.seed, k);
-                    let header = proxy::header(*version, from, target).unwrap_or_default();
+                    let header = proxy::header(*version, from, *to).unwrap_or_default();
                     if !link.transport_mut().send_first(&header) {
                         link.out_mut().extend_from_slice(&header);
                     }
@@ -409,7 +436,7 @@ impl Driver<'_> {
         }
     }
 
-    fn connect_failed(&mut self, target: SocketAddr, e: io::Error, now: Instant) {
+    fn connect_failed(&mut self, target: usize, e: io::Error, now: Instant) {
         self.connect_failures += 1;
         if !self.refused.contains(&target) {
             self.refused.push(target);
@@ -549,15 +576,13 @@ impl Driver<'_> {
                 && self.connect_failures >= self.opts.connections.max(1) as u64
                 && self.refused.len() >= self.opts.targets.len()
             {
-                let (target, e) = self.last_connect_error.take().unwrap_or_else(|| {
-                    let first = self.opts.targets.first().copied();
-                    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-                    (
-                        first.unwrap_or(unspecified),
-                        io::Error::from(io::ErrorKind::ConnectionRefused),
-                    )
-                });
-                return Err(RunError::Unreachable(target, e));
+                let (target, e) = self
+                    .last_connect_error
+                    .take()
+                    .unwrap_or_else(|| (0, io::Error::from(io::ErrorKind::ConnectionRefused)));
+                let target = self.opts.targets.get(target).cloned();
+                let unspecified = Target::Tcp(SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Err(RunError::Unreachable(target.unwrap_or(unspecified), e));
             }
             if now >= next_tick {
                 next_tick = now + Duration::from_secs(1);
@@ -718,7 +743,7 @@ impl Driver<'_> {
             // The connect finished, one way or the other.
             let t = conn.link.transport();
             match t.take_error() {
-                Ok(None) if t.peer_addr().is_ok() => {
+                Ok(None) if t.connected() => {
                     self.ever_connected = true;
                     self.rec.connected(now - conn.connecting_since, now);
                     conn.session = Some(ClientSession::with_tls(now, conn.tls));

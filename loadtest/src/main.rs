@@ -2,7 +2,7 @@
 //! the driver, print the report. Usage errors exit 2, failed runs 1.
 
 use clap::{ArgGroup, Parser, Subcommand};
-use smtpload::driver::{self, Options, TlsOptions};
+use smtpload::driver::{self, Options, Target, TlsOptions};
 use smtpload::merge;
 use smtpload::payload::{Payload, PayloadSpec};
 use smtpsink::net::tls::{self, Trust};
@@ -73,9 +73,10 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
 
-    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [`::1`]:2525); with
-    /// several, connections go to each in turn.
-    #[arg(value_name = "HOST:PORT", required = true, num_args = 1..)]
+    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [`::1`]:2525) or
+    /// unix:PATH (a UNIX socket); with several, connections go to each in
+    /// turn.
+    #[arg(value_name = "HOST:PORT|unix:PATH", required = true, num_args = 1..)]
     targets: Vec<String>,
 
     /// Concurrent connections.
@@ -286,7 +287,16 @@ fn raise_fd_limit(connections: usize) -> Result<(), String> {
 /// `--bind` addresses: of the servers' family, and this host's.
 fn check_bind(opts: &Options) -> Result<(), String> {
     for target in &opts.targets {
-        if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
+        let to = match target {
+            Target::Tcp(to) => to,
+            Target::Unix(_) if !opts.bind.is_empty() => {
+                return Err(format!(
+                    "--bind: {target} is a UNIX socket, not reached from an IP address"
+                ));
+            }
+            Target::Unix(_) => continue,
+        };
+        if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != to.is_ipv4()) {
             return Err(format!("--bind {ip}: not the address family of {target}"));
         }
     }
@@ -309,7 +319,18 @@ fn proxy_version(v: &str) -> Result<proxy::Version, String> {
 }
 
 /// The `--source-cidr` network, of the servers' address family.
-fn source_net(cli: &Cli, targets: &[SocketAddr]) -> Result<ipnet::IpNet, String> {
+fn source_net(cli: &Cli, targets: &[Target]) -> Result<ipnet::IpNet, String> {
+    let mut tcp = Vec::new();
+    for t in targets {
+        match t {
+            Target::Tcp(a) => tcp.push(*a),
+            // A header names an IP destination; a UNIX socket has none.
+            Target::Unix(_) => {
+                return Err(format!("--proxy: {t} is a UNIX socket, not an IP server"))
+            }
+        }
+    }
+    let targets = tcp.as_slice();
     let v4 = targets.first().is_none_or(SocketAddr::is_ipv4);
     if targets.iter().any(|t| t.is_ipv4() != v4) {
         return Err("--proxy: the servers are of two address families; a header names one".into());
@@ -366,12 +387,20 @@ fn start_time(v: &str) -> Result<std::time::SystemTime, String> {
     Ok(at)
 }
 
-fn resolve(target: &str) -> Result<SocketAddr, String> {
+/// `unix:PATH`, or `HOST:PORT` resolved to its first address.
+fn resolve(target: &str) -> Result<Target, String> {
+    if let Some(path) = target.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(format!("bad target '{target}': unix: needs a socket path"));
+        }
+        return Ok(Target::Unix(path.into()));
+    }
     target
         .to_socket_addrs()
         .map_err(|e| format!("bad target '{target}': {e} (expected HOST:PORT)"))?
         .next()
         .ok_or_else(|| format!("bad target '{target}': no address"))
+        .map(Target::Tcp)
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -412,6 +441,9 @@ fn tls_options(cli: &Cli) -> Result<Option<TlsOptions>, String> {
         n.clone()
     } else {
         let t = cli.targets.first().map_or("", String::as_str);
+        if t.starts_with("unix:") {
+            return Err(format!("{t}: say which name to ask for with --tls-name"));
+        }
         // HOST of HOST:PORT, without the brackets of an IPv6 literal.
         let host = t.rsplit_once(':').map_or(t, |(h, _)| h);
         host.trim_start_matches('[')
