@@ -24,6 +24,7 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rand::RngExt;
 use rustls::pki_types::ServerName;
+use smtpsink::histlog::HistLog;
 use smtpsink::net::tls::rustls;
 use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Stream, Transport};
 use smtpsink::proto::client::{
@@ -34,7 +35,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// What to run.
@@ -75,6 +77,40 @@ pub struct Options {
     /// Speak as a proxy: each connection starts with a PROXY protocol
     /// header naming a client address drawn from `.1`.
     pub proxy: Option<(proxy::Version, IpNet)>,
+    /// This loop's share of a run split over threads.
+    pub lane: Lane,
+}
+
+/// One of `count` independent loops (threads) that share a run, nothing
+/// else: the loop takes the message sequence numbers `index`, `index +
+/// count`, ..., so the lanes' messages are exactly the run's (`--messages`
+/// and the open loop's schedule `k/rate` are the same as for one loop), and
+/// the numbers stay unique for `--summary` and the sink's `--verify`.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    /// This loop's place, from 0.
+    pub index: u64,
+    /// Loops in the run.
+    pub count: u64,
+    /// Errors counted by all of them, for `max_errors`.
+    pub errors: Arc<AtomicU64>,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Self {
+            index: 0,
+            count: 1,
+            errors: Arc::default(),
+        }
+    }
+}
+
+impl Lane {
+    /// Of the sequence numbers below `n`, how many are this lane's.
+    pub fn share(&self, n: u64) -> u64 {
+        n.saturating_sub(self.index).div_ceil(self.count.max(1))
+    }
 }
 
 /// A server to load.
@@ -212,6 +248,8 @@ struct Driver<'a> {
     any_ready: bool,
     /// Connections that ended before they were ready.
     unready_ends: u64,
+    /// Errors already added to the lanes' shared count.
+    errors_shared: u64,
 }
 
 /// Runs the load; returns what was measured. With `hist_log`, interval
@@ -220,6 +258,30 @@ pub fn run(
     opts: &Options,
     payload: &Payload,
     hist_log: Option<PathBuf>,
+) -> Result<Results, RunError> {
+    let log = hist_log
+        .map(|p| new_hist_log(&p).map(|l| Arc::new(Mutex::new(l))))
+        .transpose()
+        .map_err(RunError::Io)?;
+    run_lane(opts, payload, log)
+}
+
+/// A `--hist-log` for the loops of one run to share.
+pub fn new_hist_log(path: &std::path::Path) -> io::Result<HistLog> {
+    HistLog::create(
+        path,
+        "smtpload latency log, values in microseconds",
+        SystemTime::now(),
+    )
+}
+
+/// Runs `opts.lane`'s share of the load, writing its intervals to `log`
+/// (which other lanes may share: each adds its own interval lines, and
+/// readers add them up).
+pub fn run_lane(
+    opts: &Options,
+    payload: &Payload,
+    log: Option<Arc<Mutex<HistLog>>>,
 ) -> Result<Results, RunError> {
     if opts.targets.is_empty() {
         return Err(RunError::Io(io::Error::new(
@@ -233,8 +295,8 @@ pub fn run(
     let poll = Poll::new().map_err(RunError::Io)?;
     let mut rec = Recorder::new(opts);
     rec.set_message_len(payload.message_len());
-    if let Some(path) = hist_log {
-        rec.log_to(&path).map_err(RunError::Io)?;
+    if let Some(log) = log {
+        rec.log_to(log);
     }
     // The schedule starts once everything is set up.
     let t0 = Instant::now();
@@ -247,7 +309,7 @@ pub fn run(
         rec,
         events: Vec::new(),
         scratch: vec![0; SCRATCH],
-        next_seq: 0,
+        next_seq: opts.lane.index,
         t0,
         stop_starting: false,
         ever_connected: false,
@@ -262,6 +324,7 @@ pub fn run(
         opened: 0,
         any_ready: false,
         unready_ends: 0,
+        errors_shared: 0,
     };
     d.run_loop()?;
     let now = Instant::now();
@@ -365,7 +428,12 @@ impl Driver<'_> {
         // the TLS share and the local addresses spread over each server's
         // own connections, not over every nth of them.
         let n = self.opts.targets.len().max(1) as u64;
-        let (nth, j) = (k % n, k / n);
+        // Lanes start at different servers, so each server gets its share
+        // of every lane's connections; draws (limits, proxy clients) take
+        // the run-wide connection number, unique across lanes.
+        let lane = &self.opts.lane;
+        let (nth, j) = ((k + lane.index) % n, k / n);
+        let k = k * lane.count + lane.index;
         let Some((target, to)) = usize::try_from(nth)
             .ok()
             .and_then(|i| Some((i, self.opts.targets.get(i)?)))
@@ -493,7 +561,8 @@ impl Driver<'_> {
         while n > 0 && !due_by(n - 1) {
             n -= 1;
         }
-        Some(self.opts.messages.map_or(n, |m| n.min(m)))
+        let n = self.opts.messages.map_or(n, |m| n.min(m));
+        Some(self.opts.lane.share(n))
     }
 
     /// Open loop: messages due now and not started, and how late the oldest is.
@@ -501,7 +570,8 @@ impl Driver<'_> {
         self.opts.rate?;
         let due = self.due(now).filter(|d| *d <= now)?;
         let scheduled = self.scheduled(now).unwrap_or(0);
-        Some((scheduled.saturating_sub(self.next_seq).max(1), now - due))
+        let started = self.opts.lane.share(self.next_seq);
+        Some((scheduled.saturating_sub(started).max(1), now - due))
     }
 
     fn run_loop(&mut self) -> Result<(), RunError> {
@@ -561,11 +631,11 @@ impl Driver<'_> {
             if deadline.is_some_and(|d| now >= d) {
                 self.stop_starting = true;
             }
-            if self
-                .opts
-                .max_errors
-                .is_some_and(|m| self.rec.error_count() > m)
-            {
+            // Every lane stops once the run's errors exceed the limit.
+            let new = self.rec.error_count() - self.errors_shared;
+            self.errors_shared += new;
+            let errors = self.opts.lane.errors.fetch_add(new, Ordering::Relaxed) + new;
+            if self.opts.max_errors.is_some_and(|m| errors > m) {
                 self.stop_starting = true;
                 self.rec.aborted = Some("too many errors".into());
                 self.close_all(now);
@@ -587,7 +657,8 @@ impl Driver<'_> {
             if now >= next_tick {
                 next_tick = now + Duration::from_secs(1);
                 self.check_timeouts(now);
-                if self.opts.progress {
+                // One lane speaks for the run (its own share of it).
+                if self.opts.progress && self.opts.lane.index == 0 {
                     eprintln!("{}", self.rec.progress_line(now, self.behind(now)));
                 }
                 self.rec.interval(now);
@@ -697,7 +768,7 @@ impl Driver<'_> {
         let due = self.opts.rate.map(|_| due);
         session.start(s, self.src, self.next_seq, due, now, conn.link.out_mut());
         self.rec.started(due, now);
-        self.next_seq += 1;
+        self.next_seq += self.opts.lane.count;
         true
     }
 

@@ -2,15 +2,16 @@
 //! the driver, print the report. Usage errors exit 2, failed runs 1.
 
 use clap::{ArgGroup, Parser, Subcommand};
-use smtpload::driver::{self, Options, Target, TlsOptions};
+use smtpload::driver::{self, Lane, Options, Target, TlsOptions};
 use smtpload::merge;
 use smtpload::payload::{Payload, PayloadSpec};
+use smtpload::report::{Results, RunInfo};
 use smtpsink::net::tls::{self, Trust};
 use smtpsink::proto::client::{ClientSettings, Credentials};
 use smtpsink::proto::proxy;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,8 +30,10 @@ Examples:
   smtpsink -l 127.0.0.1:2626 --run-summary run.sum --json sink.json &
   smtpload -c 20 -d 60 --rate 500 --summary run.sum 127.0.0.1:25
       through the MTA on port 25 to smtpsink: transit latency, lost/duplicated/corrupted
-  smtpload merge host1.hlog host2.hlog
-      one report from the histogram logs of several generator hosts
+  smtpload -c 20000 -d 60 --threads 4 --bind 127.0.0.2,127.0.0.3 127.0.0.1:2525
+      four event loops (threads), 5000 connections each, one report
+  smtpload merge --json all.json host1.json host2.json
+      one report from the --json reports (or --hist-log logs) of several generators
   smtpload -c 20 -m 20000 --starttls --insecure --auth user:pw 127.0.0.1:2525
       STARTTLS (any certificate), AUTH PLAIN, then the messages
   smtpload -c 50 -m 20000 --per-connection 1 --tls --insecure --no-resumption 127.0.0.1:4650
@@ -82,6 +85,11 @@ struct Cli {
     /// Concurrent connections.
     #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     connections: u32,
+
+    /// Independent event loops, each with its share of the connections,
+    /// messages and rate; one report.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
 
     /// Messages to send in all; the run ends when they are answered.
     #[arg(short = 'm', long)]
@@ -248,16 +256,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Merge `HdrHistogram` interval logs (from --hist-log) into one report.
+    /// One report from several generators' --json reports (the full
+    /// report) or --hist-log interval logs (latency per tag).
     Merge {
         #[arg(required = true, value_name = "FILE")]
-        logs: Vec<PathBuf>,
+        files: Vec<PathBuf>,
+        /// Write the merged report as JSON to FILE (from JSON reports).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("smtpload: {msg}");
@@ -269,10 +281,11 @@ fn main() -> ExitCode {
 /// Each connection is a file descriptor: the soft open-files limit is
 /// raised towards the hard one for `connections`, and a run that could not
 /// hold them all does not start (its figures would be for fewer).
-fn raise_fd_limit(connections: usize) -> Result<(), String> {
+fn raise_fd_limit(connections: usize, threads: u32) -> Result<(), String> {
     // A replacement opens while the connection it replaces is closing, one
-    // at a time; the poller, the logs and stdio need a few more.
-    let want = u64::try_from(connections).unwrap_or(u64::MAX) + 64;
+    // at a time; the poller, the logs and stdio need a few more; each
+    // further thread, its own poller and replacement.
+    let want = u64::try_from(connections).unwrap_or(u64::MAX) + 64 + 2 * u64::from(threads - 1);
     match rlimit::increase_nofile_limit(want) {
         Ok(got) if got < want => Err(format!(
             "-c {connections} needs {want} open files; the limit is {got} (ulimit -Hn)"
@@ -458,14 +471,106 @@ fn tls_options(cli: &Cli) -> Result<Option<TlsOptions>, String> {
     }))
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
-    if let Some(Cmd::Merge { logs }) = cli.command {
-        let mut data = Vec::new();
-        for p in &logs {
-            data.push(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?);
+/// `smtpload merge`: JSON reports into the full report, or interval logs
+/// into the latency table; one kind at a time.
+fn merge_files(files: &[PathBuf], json: Option<&Path>) -> Result<(), String> {
+    let mut reports = Vec::new();
+    let mut logs = merge::Logs::default();
+    for p in files {
+        let cannot = |e: String| format!("cannot read {}: {e}", p.display());
+        let data = std::fs::read(p).map_err(|e| cannot(e.to_string()))?;
+        if merge::is_json(&data) {
+            reports.push(merge::report(&data).map_err(cannot)?);
+        } else {
+            logs.add(&data).map_err(cannot)?;
         }
-        print!("{}", merge::text(&merge::merge(&data)?));
+        if !reports.is_empty() && logs.files > 0 {
+            return Err(cannot(
+                "JSON reports and interval logs: merge one kind at a time".into(),
+            ));
+        }
+    }
+    if logs.files > 0 {
+        if json.is_some() {
+            return Err("--json: only from JSON reports (interval logs hold latency only)".into());
+        }
+        print!("{}", logs.text());
+        return Ok(());
+    }
+    let merged = Results::merge(reports)?;
+    print!("{}", merged.text());
+    if let Some(path) = json {
+        write_json(&merged, path)?;
+    }
+    Ok(())
+}
+
+fn write_json(results: &Results, path: &Path) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(&results.json()).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Runs `threads` independent loops, each with its share of the
+/// connections (exactly: the first `c mod threads` take one more), and
+/// merges what they measured into one run.
+fn run_threads(
+    opts: &Options,
+    payload: &Payload,
+    threads: u32,
+    hist_log: Option<&Path>,
+) -> Result<Results, String> {
+    let log = hist_log
+        .map(|p| driver::new_hist_log(p).map_err(|e| format!("cannot write {}: {e}", p.display())))
+        .transpose()?
+        .map(|l| std::sync::Arc::new(std::sync::Mutex::new(l)));
+    let n = threads as usize;
+    let errors = std::sync::Arc::default();
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let mut o = opts.clone();
+                o.connections = opts.connections / n + usize::from(i < opts.connections % n);
+                o.lane = Lane {
+                    index: i as u64,
+                    count: n as u64,
+                    errors: std::sync::Arc::clone(&errors),
+                };
+                let log = log.clone();
+                s.spawn(move || driver::run_lane(&o, payload, log))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| "a thread panicked".to_string()))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let parts = parts
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if n == 1 {
+        return parts.into_iter().next().ok_or_else(|| "no results".into());
+    }
+    let mut merged = Results::merge(parts)?;
+    // The run as asked (the lanes' shares of the rate need not add up to
+    // it exactly in floating point).
+    merged.info = RunInfo {
+        message_len: merged.info.message_len,
+        ..RunInfo::new(opts)
+    };
+    Ok(merged)
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, String> {
+    if let Some(Cmd::Merge { files, json }) = &cli.command {
+        merge_files(files, json.as_deref())?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if cli.threads > cli.connections {
+        return Err(format!(
+            "--threads {}: more threads than connections (-c {})",
+            cli.threads, cli.connections
+        ));
     }
     let targets = cli
         .targets
@@ -497,7 +602,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     }
     let proxy = match cli.proxy {
-        Some(v) => Some((v, source_net(&cli, &targets)?)),
+        Some(v) => Some((v, source_net(cli, &targets)?)),
         None => None,
     };
     let opts = Options {
@@ -517,13 +622,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             pipelining: !cli.no_pipelining,
             bdat: cli.bdat,
             window: cli.window as usize,
-            auth: credentials(&cli)?,
+            auth: credentials(cli)?,
         },
         progress: !cli.quiet,
-        tls: tls_options(&cli)?,
+        tls: tls_options(cli)?,
         start_at: cli.start_at,
         bind: cli.bind.clone(),
         proxy,
+        lane: Lane::default(),
     };
     check_bind(&opts)?;
     if let Some(at) = opts.start_at {
@@ -531,13 +637,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             eprintln!("smtpload: starting in {:.1} s", ahead.as_secs_f64());
         }
     }
-    raise_fd_limit(opts.connections)?;
-    let results = driver::run(&opts, &payload, cli.hist_log.clone()).map_err(|e| e.to_string())?;
+    raise_fd_limit(opts.connections, cli.threads)?;
+    let results = run_threads(&opts, &payload, cli.threads, cli.hist_log.as_deref())?;
     print!("{}", results.text());
     if let Some(path) = &cli.json {
-        let text = serde_json::to_string_pretty(&results.json()).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_json(&results, path)?;
     }
     if let Some(path) = &cli.summary {
         // Whole or not at all: the sink may be polling for this file.

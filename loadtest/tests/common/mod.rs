@@ -73,6 +73,7 @@ pub fn options(target: SocketAddr) -> Options {
         start_at: None,
         bind: Vec::new(),
         proxy: None,
+        lane: smtpload::driver::Lane::default(),
     }
 }
 
