@@ -20,12 +20,13 @@
 use crate::payload::Payload;
 use crate::report::{Recorder, Results};
 use ipnet::IpNet;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rand::RngExt;
 use rustls::pki_types::ServerName;
+use smtpsink::histlog::HistLog;
 use smtpsink::net::tls::rustls;
-use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Transport};
+use smtpsink::net::{Consumed, Flush, IoCounts, Keep, Link, ReadEnd, Stream, Transport};
 use smtpsink::proto::client::{
     ClientSession, ClientSettings, Event, MessageSource, Phase, Stage, Tls,
 };
@@ -34,14 +35,15 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The servers to load: connection k goes to the (k mod n)th.
-    pub targets: Vec<SocketAddr>,
+    pub targets: Vec<Target>,
     /// Connections kept open at once.
     pub connections: usize,
     /// Stop after this many messages (`None`: run for `duration`).
@@ -77,6 +79,64 @@ pub struct Options {
     pub proxy: Option<(proxy::Version, IpNet)>,
     /// Name a client drawn from this network with XCLIENT, per connection.
     pub xclient: Option<IpNet>,
+    /// This loop's share of a run split over threads.
+    pub lane: Lane,
+}
+
+/// One of `count` independent loops (threads) that share a run, nothing
+/// else: the loop takes the message sequence numbers `index`, `index +
+/// count`, ..., so the lanes' messages are exactly the run's (`--messages`
+/// and the open loop's schedule `k/rate` are the same as for one loop), and
+/// the numbers stay unique for `--summary` and the sink's `--verify`.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    /// This loop's place, from 0.
+    pub index: u64,
+    /// Loops in the run.
+    pub count: u64,
+    /// Errors counted by all of them, for `max_errors`.
+    pub errors: Arc<AtomicU64>,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Self {
+            index: 0,
+            count: 1,
+            errors: Arc::default(),
+        }
+    }
+}
+
+impl Lane {
+    /// Of the sequence numbers below `n`, how many are this lane's.
+    pub fn share(&self, n: u64) -> u64 {
+        n.saturating_sub(self.index).div_ceil(self.count.max(1))
+    }
+}
+
+/// A server to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Over TCP.
+    Tcp(SocketAddr),
+    /// Over the UNIX stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for Target {
+    fn from(a: SocketAddr) -> Self {
+        Target::Tcp(a)
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(a) => write!(f, "{a}"),
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// How far in the past `--start-at` may be and still start at once: clocks
@@ -101,7 +161,7 @@ pub struct TlsOptions {
 #[derive(Debug)]
 pub enum RunError {
     /// No connection could ever be established.
-    Unreachable(SocketAddr, io::Error),
+    Unreachable(Target, io::Error),
     /// The event loop itself failed.
     Io(io::Error),
     /// The start time had passed by this much.
@@ -124,7 +184,7 @@ fn plain(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".into(),
         io::ErrorKind::TimedOut => "timed out".into(),
-        _ => e.to_string(),
+        _ => smtpsink::net::plain_error(e),
     }
 }
 
@@ -142,8 +202,8 @@ struct Conn {
     touched: bool,
     /// Messages it carries before it is replaced (0: no limit).
     limit: u64,
-    /// The server it connects to.
-    target: SocketAddr,
+    /// The server it connects to (an index into the targets).
+    target: usize,
 }
 
 /// The client keeps its buffers: the same message sizes come again and again.
@@ -174,10 +234,10 @@ struct Driver<'a> {
     /// No new messages after this (duration runs, errors, the end).
     stop_starting: bool,
     ever_connected: bool,
-    last_connect_error: Option<(SocketAddr, io::Error)>,
-    /// Servers a connect to failed (a run gives up only when all have,
-    /// before any connect succeeded).
-    refused: Vec<SocketAddr>,
+    last_connect_error: Option<(usize, io::Error)>,
+    /// Servers (indexes) a connect to failed (a run gives up only when all
+    /// have, before any connect succeeded).
+    refused: Vec<usize>,
     connect_failures: u64,
     /// Connections to open again at these times.
     reconnects: Vec<Instant>,
@@ -194,6 +254,8 @@ struct Driver<'a> {
     any_ready: bool,
     /// Connections that ended before they were ready.
     unready_ends: u64,
+    /// Errors already added to the lanes' shared count.
+    errors_shared: u64,
 }
 
 /// Runs the load; returns what was measured. With `hist_log`, interval
@@ -202,6 +264,30 @@ pub fn run(
     opts: &Options,
     payload: &Payload,
     hist_log: Option<PathBuf>,
+) -> Result<Results, RunError> {
+    let log = hist_log
+        .map(|p| new_hist_log(&p).map(|l| Arc::new(Mutex::new(l))))
+        .transpose()
+        .map_err(RunError::Io)?;
+    run_lane(opts, payload, log)
+}
+
+/// A `--hist-log` for the loops of one run to share.
+pub fn new_hist_log(path: &std::path::Path) -> io::Result<HistLog> {
+    HistLog::create(
+        path,
+        "smtpload latency log, values in microseconds",
+        SystemTime::now(),
+    )
+}
+
+/// Runs `opts.lane`'s share of the load, writing its intervals to `log`
+/// (which other lanes may share: each adds its own interval lines, and
+/// readers add them up).
+pub fn run_lane(
+    opts: &Options,
+    payload: &Payload,
+    log: Option<Arc<Mutex<HistLog>>>,
 ) -> Result<Results, RunError> {
     if opts.targets.is_empty() {
         return Err(RunError::Io(io::Error::new(
@@ -215,8 +301,8 @@ pub fn run(
     let poll = Poll::new().map_err(RunError::Io)?;
     let mut rec = Recorder::new(opts);
     rec.set_message_len(payload.message_len());
-    if let Some(path) = hist_log {
-        rec.log_to(&path).map_err(RunError::Io)?;
+    if let Some(log) = log {
+        rec.log_to(log);
     }
     // The schedule starts once everything is set up.
     let t0 = Instant::now();
@@ -229,7 +315,7 @@ pub fn run(
         rec,
         events: Vec::new(),
         scratch: vec![0; SCRATCH],
-        next_seq: 0,
+        next_seq: opts.lane.index,
         t0,
         stop_starting: false,
         ever_connected: false,
@@ -244,6 +330,7 @@ pub fn run(
         opened: 0,
         any_ready: false,
         unready_ends: 0,
+        errors_shared: 0,
     };
     d.run_loop()?;
     let now = Instant::now();
@@ -347,10 +434,15 @@ impl Driver<'_> {
         // the TLS share and the local addresses spread over each server's
         // own connections, not over every nth of them.
         let n = self.opts.targets.len().max(1) as u64;
-        let (nth, j) = (k % n, k / n);
-        let Some(&target) = usize::try_from(nth)
+        // Lanes start at different servers, so each server gets its share
+        // of every lane's connections; draws (limits, proxy clients) take
+        // the run-wide connection number, unique across lanes.
+        let lane = &self.opts.lane;
+        let (nth, j) = ((k + lane.index) % n, k / n);
+        let k = k * lane.count + lane.index;
+        let Some((target, to)) = usize::try_from(nth)
             .ok()
-            .and_then(|i| self.opts.targets.get(i))
+            .and_then(|i| Some((i, self.opts.targets.get(i)?)))
         else {
             return;
         };
@@ -358,28 +450,31 @@ impl Driver<'_> {
         let bind = usize::try_from(j)
             .ok()
             .and_then(|j| self.opts.bind.get(j % self.opts.bind.len().max(1)));
-        let sock = match bind {
-            Some(&ip) => connect_from(ip, target),
-            None => TcpStream::connect(target),
+        // `--bind` and `--proxy` are refused for UNIX targets at start.
+        let sock = match (to, bind) {
+            (Target::Tcp(to), Some(&ip)) => connect_from(ip, *to).map(Stream::from),
+            (Target::Tcp(to), None) => TcpStream::connect(*to).map(Stream::from),
+            (Target::Unix(path), _) => UnixStream::connect(path).map(Stream::from),
         };
         match sock {
             Ok(sock) => {
-                // On loopback the handshake often completes inside the call:
-                // then the connection is established now, and its greeting
-                // is timed from here rather than from the next poll.
-                let established = sock.peer_addr().is_ok().then(Instant::now);
+                // On loopback the handshake often completes inside the call
+                // (on a UNIX socket always): then the connection is
+                // established now, and its greeting is timed from here
+                // rather than from the next poll.
+                let established = sock.connected().then(Instant::now);
                 // Only now for implicit TLS: making a client connection takes
                 // a cached session ticket, which a STARTTLS connection must
                 // find after its 220.
                 let implicit = (tls == Tls::Implicit).then(|| self.tls_conn()).flatten();
                 let transport = match implicit {
                     Some(c) => Transport::tls_client(sock, c),
-                    None => Transport::tcp(sock),
+                    None => Transport::Plain(sock),
                 };
                 let mut link = Link::new(transport, KEEP);
-                if let Some((version, net)) = &self.opts.proxy {
+                if let (Some((version, net)), Target::Tcp(to)) = (&self.opts.proxy, to) {
                     let from = proxy_client(net, self.opts.seed, k);
-                    let header = proxy::header(*version, from, target).unwrap_or_default();
+                    let header = proxy::header(*version, from, *to).unwrap_or_default();
                     if !link.transport_mut().send_first(&header) {
                         link.out_mut().extend_from_slice(&header);
                     }
@@ -420,7 +515,7 @@ impl Driver<'_> {
         }
     }
 
-    fn connect_failed(&mut self, target: SocketAddr, e: io::Error, now: Instant) {
+    fn connect_failed(&mut self, target: usize, e: io::Error, now: Instant) {
         self.connect_failures += 1;
         if !self.refused.contains(&target) {
             self.refused.push(target);
@@ -477,7 +572,8 @@ impl Driver<'_> {
         while n > 0 && !due_by(n - 1) {
             n -= 1;
         }
-        Some(self.opts.messages.map_or(n, |m| n.min(m)))
+        let n = self.opts.messages.map_or(n, |m| n.min(m));
+        Some(self.opts.lane.share(n))
     }
 
     /// Open loop: messages due now and not started, and how late the oldest is.
@@ -485,7 +581,8 @@ impl Driver<'_> {
         self.opts.rate?;
         let due = self.due(now).filter(|d| *d <= now)?;
         let scheduled = self.scheduled(now).unwrap_or(0);
-        Some((scheduled.saturating_sub(self.next_seq).max(1), now - due))
+        let started = self.opts.lane.share(self.next_seq);
+        Some((scheduled.saturating_sub(started).max(1), now - due))
     }
 
     fn run_loop(&mut self) -> Result<(), RunError> {
@@ -545,11 +642,11 @@ impl Driver<'_> {
             if deadline.is_some_and(|d| now >= d) {
                 self.stop_starting = true;
             }
-            if self
-                .opts
-                .max_errors
-                .is_some_and(|m| self.rec.error_count() > m)
-            {
+            // Every lane stops once the run's errors exceed the limit.
+            let new = self.rec.error_count() - self.errors_shared;
+            self.errors_shared += new;
+            let errors = self.opts.lane.errors.fetch_add(new, Ordering::Relaxed) + new;
+            if self.opts.max_errors.is_some_and(|m| errors > m) {
                 self.stop_starting = true;
                 self.rec.aborted = Some("too many errors".into());
                 self.close_all(now);
@@ -560,20 +657,19 @@ impl Driver<'_> {
                 && self.connect_failures >= self.opts.connections.max(1) as u64
                 && self.refused.len() >= self.opts.targets.len()
             {
-                let (target, e) = self.last_connect_error.take().unwrap_or_else(|| {
-                    let first = self.opts.targets.first().copied();
-                    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-                    (
-                        first.unwrap_or(unspecified),
-                        io::Error::from(io::ErrorKind::ConnectionRefused),
-                    )
-                });
-                return Err(RunError::Unreachable(target, e));
+                let (target, e) = self
+                    .last_connect_error
+                    .take()
+                    .unwrap_or_else(|| (0, io::Error::from(io::ErrorKind::ConnectionRefused)));
+                let target = self.opts.targets.get(target).cloned();
+                let unspecified = Target::Tcp(SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Err(RunError::Unreachable(target.unwrap_or(unspecified), e));
             }
             if now >= next_tick {
                 next_tick = now + Duration::from_secs(1);
                 self.check_timeouts(now);
-                if self.opts.progress {
+                // One lane speaks for the run (its own share of it).
+                if self.opts.progress && self.opts.lane.index == 0 {
                     eprintln!("{}", self.rec.progress_line(now, self.behind(now)));
                 }
                 self.rec.interval(now);
@@ -683,7 +779,7 @@ impl Driver<'_> {
         let due = self.opts.rate.map(|_| due);
         session.start(s, self.src, self.next_seq, due, now, conn.link.out_mut());
         self.rec.started(due, now);
-        self.next_seq += 1;
+        self.next_seq += self.opts.lane.count;
         true
     }
 
@@ -729,7 +825,7 @@ impl Driver<'_> {
             // The connect finished, one way or the other.
             let t = conn.link.transport();
             match t.take_error() {
-                Ok(None) if t.peer_addr().is_ok() => {
+                Ok(None) if t.connected() => {
                     self.ever_connected = true;
                     self.rec.connected(now - conn.connecting_since, now);
                     conn.session =

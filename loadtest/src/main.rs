@@ -2,15 +2,16 @@
 //! the driver, print the report. Usage errors exit 2, failed runs 1.
 
 use clap::{ArgGroup, Parser, Subcommand};
-use smtpload::driver::{self, Options, TlsOptions};
+use smtpload::driver::{self, Lane, Options, Target, TlsOptions};
 use smtpload::merge;
 use smtpload::payload::{Payload, PayloadSpec};
+use smtpload::report::{Results, RunInfo};
 use smtpsink::net::tls::{self, Trust};
 use smtpsink::proto::client::{ClientSettings, Credentials};
 use smtpsink::proto::proxy;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,8 +30,10 @@ Examples:
   smtpsink -l 127.0.0.1:2626 --run-summary run.sum --json sink.json &
   smtpload -c 20 -d 60 --rate 500 --summary run.sum 127.0.0.1:25
       through the MTA on port 25 to smtpsink: transit latency, lost/duplicated/corrupted
-  smtpload merge host1.hlog host2.hlog
-      one report from the histogram logs of several generator hosts
+  smtpload -c 20000 -d 60 --threads 4 --bind 127.0.0.2,127.0.0.3 127.0.0.1:2525
+      four event loops (threads), 5000 connections each, one report
+  smtpload merge --json all.json host1.json host2.json
+      one report from the --json reports (or --hist-log logs) of several generators
   smtpload -c 20 -m 20000 --starttls --insecure --auth user:pw 127.0.0.1:2525
       STARTTLS (any certificate), AUTH PLAIN, then the messages
   smtpload -c 50 -m 20000 --per-connection 1 --tls --insecure --no-resumption 127.0.0.1:4650
@@ -73,14 +76,20 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
 
-    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [`::1`]:2525); with
-    /// several, connections go to each in turn.
-    #[arg(value_name = "HOST:PORT", required = true, num_args = 1..)]
+    /// The server, HOST:PORT (e.g. 127.0.0.1:2525 or [`::1`]:2525) or
+    /// unix:PATH (a UNIX socket); with several, connections go to each in
+    /// turn.
+    #[arg(value_name = "HOST:PORT|unix:PATH", required = true, num_args = 1..)]
     targets: Vec<String>,
 
     /// Concurrent connections.
     #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     connections: u32,
+
+    /// Independent event loops, each with its share of the connections,
+    /// messages and rate; one report.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
 
     /// Messages to send in all; the run ends when they are answered.
     #[arg(short = 'm', long)]
@@ -258,16 +267,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Merge `HdrHistogram` interval logs (from --hist-log) into one report.
+    /// One report from several generators' --json reports (the full
+    /// report) or --hist-log interval logs (latency per tag).
     Merge {
         #[arg(required = true, value_name = "FILE")]
-        logs: Vec<PathBuf>,
+        files: Vec<PathBuf>,
+        /// Write the merged report as JSON to FILE (from JSON reports).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("smtpload: {msg}");
@@ -279,10 +292,11 @@ fn main() -> ExitCode {
 /// Each connection is a file descriptor: the soft open-files limit is
 /// raised towards the hard one for `connections`, and a run that could not
 /// hold them all does not start (its figures would be for fewer).
-fn raise_fd_limit(connections: usize) -> Result<(), String> {
+fn raise_fd_limit(connections: usize, threads: u32) -> Result<(), String> {
     // A replacement opens while the connection it replaces is closing, one
-    // at a time; the poller, the logs and stdio need a few more.
-    let want = u64::try_from(connections).unwrap_or(u64::MAX) + 64;
+    // at a time; the poller, the logs and stdio need a few more; each
+    // further thread, its own poller and replacement.
+    let want = u64::try_from(connections).unwrap_or(u64::MAX) + 64 + 2 * u64::from(threads - 1);
     match rlimit::increase_nofile_limit(want) {
         Ok(got) if got < want => Err(format!(
             "-c {connections} needs {want} open files; the limit is {got} (ulimit -Hn)"
@@ -297,7 +311,16 @@ fn raise_fd_limit(connections: usize) -> Result<(), String> {
 /// `--bind` addresses: of the servers' family, and this host's.
 fn check_bind(opts: &Options) -> Result<(), String> {
     for target in &opts.targets {
-        if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
+        let to = match target {
+            Target::Tcp(to) => to,
+            Target::Unix(_) if !opts.bind.is_empty() => {
+                return Err(format!(
+                    "--bind: {target} is a UNIX socket, not reached from an IP address"
+                ));
+            }
+            Target::Unix(_) => continue,
+        };
+        if let Some(ip) = opts.bind.iter().find(|ip| ip.is_ipv4() != to.is_ipv4()) {
             return Err(format!("--bind {ip}: not the address family of {target}"));
         }
     }
@@ -320,7 +343,18 @@ fn proxy_version(v: &str) -> Result<proxy::Version, String> {
 }
 
 /// The `--source-cidr` network, of the servers' address family.
-fn source_net(cli: &Cli, targets: &[SocketAddr]) -> Result<ipnet::IpNet, String> {
+fn source_net(cli: &Cli, targets: &[Target]) -> Result<ipnet::IpNet, String> {
+    let mut tcp = Vec::new();
+    for t in targets {
+        match t {
+            Target::Tcp(a) => tcp.push(*a),
+            // A header names an IP destination; a UNIX socket has none.
+            Target::Unix(_) => {
+                return Err(format!("--proxy: {t} is a UNIX socket, not an IP server"))
+            }
+        }
+    }
+    let targets = tcp.as_slice();
     let v4 = targets.first().is_none_or(SocketAddr::is_ipv4);
     if targets.iter().any(|t| t.is_ipv4() != v4) {
         return Err("--proxy: the servers are of two address families; a header names one".into());
@@ -377,12 +411,20 @@ fn start_time(v: &str) -> Result<std::time::SystemTime, String> {
     Ok(at)
 }
 
-fn resolve(target: &str) -> Result<SocketAddr, String> {
+/// `unix:PATH`, or `HOST:PORT` resolved to its first address.
+fn resolve(target: &str) -> Result<Target, String> {
+    if let Some(path) = target.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(format!("bad target '{target}': unix: needs a socket path"));
+        }
+        return Ok(Target::Unix(path.into()));
+    }
     target
         .to_socket_addrs()
         .map_err(|e| format!("bad target '{target}': {e} (expected HOST:PORT)"))?
         .next()
         .ok_or_else(|| format!("bad target '{target}': no address"))
+        .map(Target::Tcp)
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -423,6 +465,9 @@ fn tls_options(cli: &Cli) -> Result<Option<TlsOptions>, String> {
         n.clone()
     } else {
         let t = cli.targets.first().map_or("", String::as_str);
+        if t.starts_with("unix:") {
+            return Err(format!("{t}: say which name to ask for with --tls-name"));
+        }
         // HOST of HOST:PORT, without the brackets of an IPv6 literal.
         let host = t.rsplit_once(':').map_or(t, |(h, _)| h);
         host.trim_start_matches('[')
@@ -437,14 +482,106 @@ fn tls_options(cli: &Cli) -> Result<Option<TlsOptions>, String> {
     }))
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
-    if let Some(Cmd::Merge { logs }) = cli.command {
-        let mut data = Vec::new();
-        for p in &logs {
-            data.push(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?);
+/// `smtpload merge`: JSON reports into the full report, or interval logs
+/// into the latency table; one kind at a time.
+fn merge_files(files: &[PathBuf], json: Option<&Path>) -> Result<(), String> {
+    let mut reports = Vec::new();
+    let mut logs = merge::Logs::default();
+    for p in files {
+        let cannot = |e: String| format!("cannot read {}: {e}", p.display());
+        let data = std::fs::read(p).map_err(|e| cannot(e.to_string()))?;
+        if merge::is_json(&data) {
+            reports.push(merge::report(&data).map_err(cannot)?);
+        } else {
+            logs.add(&data).map_err(cannot)?;
         }
-        print!("{}", merge::text(&merge::merge(&data)?));
+        if !reports.is_empty() && logs.files > 0 {
+            return Err(cannot(
+                "JSON reports and interval logs: merge one kind at a time".into(),
+            ));
+        }
+    }
+    if logs.files > 0 {
+        if json.is_some() {
+            return Err("--json: only from JSON reports (interval logs hold latency only)".into());
+        }
+        print!("{}", logs.text());
+        return Ok(());
+    }
+    let merged = Results::merge(reports)?;
+    print!("{}", merged.text());
+    if let Some(path) = json {
+        write_json(&merged, path)?;
+    }
+    Ok(())
+}
+
+fn write_json(results: &Results, path: &Path) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(&results.json()).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Runs `threads` independent loops, each with its share of the
+/// connections (exactly: the first `c mod threads` take one more), and
+/// merges what they measured into one run.
+fn run_threads(
+    opts: &Options,
+    payload: &Payload,
+    threads: u32,
+    hist_log: Option<&Path>,
+) -> Result<Results, String> {
+    let log = hist_log
+        .map(|p| driver::new_hist_log(p).map_err(|e| format!("cannot write {}: {e}", p.display())))
+        .transpose()?
+        .map(|l| std::sync::Arc::new(std::sync::Mutex::new(l)));
+    let n = threads as usize;
+    let errors = std::sync::Arc::default();
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let mut o = opts.clone();
+                o.connections = opts.connections / n + usize::from(i < opts.connections % n);
+                o.lane = Lane {
+                    index: i as u64,
+                    count: n as u64,
+                    errors: std::sync::Arc::clone(&errors),
+                };
+                let log = log.clone();
+                s.spawn(move || driver::run_lane(&o, payload, log))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| "a thread panicked".to_string()))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let parts = parts
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if n == 1 {
+        return parts.into_iter().next().ok_or_else(|| "no results".into());
+    }
+    let mut merged = Results::merge(parts)?;
+    // The run as asked (the lanes' shares of the rate need not add up to
+    // it exactly in floating point).
+    merged.info = RunInfo {
+        message_len: merged.info.message_len,
+        ..RunInfo::new(opts)
+    };
+    Ok(merged)
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, String> {
+    if let Some(Cmd::Merge { files, json }) = &cli.command {
+        merge_files(files, json.as_deref())?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if cli.threads > cli.connections {
+        return Err(format!(
+            "--threads {}: more threads than connections (-c {})",
+            cli.threads, cli.connections
+        ));
     }
     let targets = cli
         .targets
@@ -476,7 +613,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     }
     let proxy = match cli.proxy {
-        Some(v) => Some((v, source_net(&cli, &targets)?)),
+        Some(v) => Some((v, source_net(cli, &targets)?)),
         None => None,
     };
     let opts = Options {
@@ -496,15 +633,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             pipelining: !cli.no_pipelining,
             bdat: cli.bdat,
             window: cli.window as usize,
-            auth: credentials(&cli)?,
+            auth: credentials(cli)?,
             lmtp: cli.lmtp,
         },
         progress: !cli.quiet,
-        tls: tls_options(&cli)?,
+        tls: tls_options(cli)?,
         start_at: cli.start_at,
         bind: cli.bind.clone(),
         proxy,
         xclient: cli.xclient,
+        lane: Lane::default(),
     };
     check_bind(&opts)?;
     if let Some(at) = opts.start_at {
@@ -512,13 +650,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             eprintln!("smtpload: starting in {:.1} s", ahead.as_secs_f64());
         }
     }
-    raise_fd_limit(opts.connections)?;
-    let results = driver::run(&opts, &payload, cli.hist_log.clone()).map_err(|e| e.to_string())?;
+    raise_fd_limit(opts.connections, cli.threads)?;
+    let results = run_threads(&opts, &payload, cli.threads, cli.hist_log.as_deref())?;
     print!("{}", results.text());
     if let Some(path) = &cli.json {
-        let text = serde_json::to_string_pretty(&results.json()).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_json(&results, path)?;
     }
     if let Some(path) = &cli.summary {
         // Whole or not at all: the sink may be polling for this file.

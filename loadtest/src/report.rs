@@ -11,7 +11,10 @@
 //! than from when it was due).
 
 use crate::driver::Options;
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 use hdrhistogram::Histogram;
+use serde_json::Value;
 use smtpsink::histlog::HistLog;
 use smtpsink::net::{IoCounts, TlsFailure, TlsInfo};
 use smtpsink::proto::client::{Event, Phase, Stage};
@@ -19,7 +22,7 @@ use smtpsink::run_summary::{self, RunSummary};
 use smtpsink::stats::{fmt_us, histogram, histogram_json, micros, spread, TlsStats};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The measured phases, in report order, with their log tags.
@@ -33,6 +36,26 @@ pub const PHASES: [&str; 9] = [
     "data",
     "message",
     "message-uncorrected",
+];
+
+/// Every error stage, to read a `--json` report's error table back.
+const STAGES: [Stage; 16] = [
+    Stage::Connect,
+    Stage::Greeting,
+    Stage::Ehlo,
+    Stage::StartTls,
+    Stage::Tls,
+    Stage::Auth,
+    Stage::Mail,
+    Stage::Rcpt,
+    Stage::Data,
+    Stage::Bdat,
+    Stage::EndOfData,
+    Stage::Rset,
+    Stage::Quit,
+    Stage::Protocol,
+    Stage::Disconnect,
+    Stage::Timeout,
 ];
 
 const CONNECT: usize = 0;
@@ -77,7 +100,9 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    fn new(o: &Options) -> Self {
+    /// What `o` asks of its lane (with one lane, the whole run): its
+    /// connections, its share of the messages and of the rate.
+    pub fn new(o: &Options) -> Self {
         let c = &o.client;
         let mode = match (c.bdat, c.pipelining && c.ehlo) {
             (true, true) => format!("pipelined BDAT, window {}", c.window),
@@ -86,10 +111,11 @@ impl RunInfo {
             (false, false) => "lock-step DATA".into(),
         };
         Self {
-            rate: o.rate,
+            #[allow(clippy::cast_precision_loss)]
+            rate: o.rate.map(|r| r / o.lane.count.max(1) as f64),
             mode,
             connections: o.connections,
-            messages: o.messages,
+            messages: o.messages.map(|m| o.lane.share(m)),
             duration: o.duration,
             message_len: 0,
         }
@@ -102,6 +128,78 @@ impl RunInfo {
             "closed"
         }
     }
+
+    /// Another generator's part of one run: connections, messages and
+    /// rates add, the longest duration stands. Runs of different kinds
+    /// (loop, mode, message size) are not one run.
+    fn add(&mut self, o: &RunInfo) -> Result<(), String> {
+        if (self.loop_kind(), &self.mode, self.message_len)
+            != (o.loop_kind(), &o.mode, o.message_len)
+        {
+            return Err(format!(
+                "not parts of one run: {} loop, {}, {} bytes vs {} loop, {}, {} bytes",
+                self.loop_kind(),
+                self.mode,
+                self.message_len,
+                o.loop_kind(),
+                o.mode,
+                o.message_len
+            ));
+        }
+        let sum = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        self.connections += o.connections;
+        self.messages = sum(self.messages, o.messages);
+        self.rate = self.rate.zip(o.rate).map(|(a, b)| a + b);
+        self.duration = self.duration.max(o.duration);
+        Ok(())
+    }
+}
+
+/// `h` as `HdrHistogram`'s V2 compressed encoding in base64, as interval
+/// logs carry it: the whole histogram, so reports merge exactly.
+pub fn hdr_encode(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    // Serializing into a Vec cannot fail for a histogram we made.
+    let _ = V2DeflateSerializer::new().serialize(h, &mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The histogram [`hdr_encode`] (or an interval log line) encoded.
+pub fn hdr_decode(s: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("bad base64: {e}"))?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("bad histogram: {e:?}"))?;
+    // Into our bounds, so that parts add (a histogram of any range may come
+    // from elsewhere).
+    let mut ours = histogram();
+    ours.add(&h)
+        .map_err(|e| format!("histogram out of range: {e:?}"))?;
+    Ok(ours)
+}
+
+fn add_tls(into: &mut TlsStats, o: &TlsStats) {
+    into.handshakes += o.handshakes;
+    into.resumed += o.resumed;
+    for (into, o) in [
+        (&mut into.versions, &o.versions),
+        (&mut into.ciphers, &o.ciphers),
+        (&mut into.failures, &o.failures),
+    ] {
+        for (k, n) in o {
+            *into.entry(k).or_insert(0) += n;
+        }
+    }
+    let _ = into.latency.add(&o.latency);
+    into.latency_sum_us += o.latency_sum_us;
+}
+
+/// Whether an open loop kept up: at least [`KEEP_UP`] of the requested
+/// rate started, and the p99 start lag within [`LATE`].
+fn kept_up(requested: f64, achieved: f64, lag: &Histogram<u64>) -> bool {
+    achieved >= KEEP_UP * requested && lag.value_at_quantile(0.99) <= micros(LATE)
 }
 
 /// Collects events during a run.
@@ -128,7 +226,9 @@ pub struct Recorder {
     errors: BTreeMap<(Stage, u16), u64>,
     error_total: u64,
     last_progress: (Instant, u64),
-    hist_log: Option<HistLog>,
+    hist_log: Option<Arc<Mutex<HistLog>>>,
+    /// `Some((index, count))` for one of several lanes, for the progress line.
+    lane: Option<(u64, u64)>,
     tls: TlsStats,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
@@ -161,6 +261,7 @@ impl Recorder {
             error_total: 0,
             last_progress: (now, 0),
             hist_log: None,
+            lane: (o.lane.count > 1).then_some((o.lane.index, o.lane.count)),
             tls: TlsStats::new(),
             aborted: None,
         }
@@ -190,14 +291,9 @@ impl Recorder {
         self.info.message_len = n as u64;
     }
 
-    /// Writes interval histograms to `path` as the run goes.
-    pub fn log_to(&mut self, path: &Path) -> std::io::Result<()> {
-        self.hist_log = Some(HistLog::create(
-            path,
-            "smtpload latency log, values in microseconds",
-            SystemTime::now(),
-        )?);
-        Ok(())
+    /// Writes interval histograms to `log` as the run goes.
+    pub fn log_to(&mut self, log: Arc<Mutex<HistLog>>) {
+        self.hist_log = Some(log);
     }
 
     fn measuring(&self, at: Instant) -> bool {
@@ -311,6 +407,9 @@ impl Recorder {
             self.error_total,
             fmt_us(p99),
         );
+        if let Some((i, n)) = self.lane {
+            let _ = write!(line, " (thread {} of {n})", i + 1);
+        }
         if let Some((n, late)) = behind {
             let _ = write!(line, " behind={n} ({} late)", fmt_us(micros(late)));
             if late > LATE {
@@ -324,14 +423,20 @@ impl Recorder {
     pub fn interval(&mut self, now: Instant) {
         let start = self.interval_start;
         self.interval_start = now;
-        if let Some(log) = &mut self.hist_log {
+        if let Some(log) = &self.hist_log {
             let offset = start.saturating_duration_since(self.t0);
             let length = now.saturating_duration_since(start);
+            // Another lane panicking with the lock cannot leave a torn log:
+            // lines are whole when the lock is released.
+            let mut log = log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let written = PHASES
                 .iter()
                 .zip(&self.interval)
                 .try_for_each(|(name, h)| log.write(name, offset, length, h))
                 .and_then(|()| log.flush());
+            drop(log);
             if let Err(e) = written {
                 eprintln!("smtpload: cannot write the histogram log: {e}");
                 self.hist_log = None;
@@ -362,8 +467,7 @@ impl Recorder {
                     achieved_rate: achieved,
                     scheduled,
                     never_started: never,
-                    kept_up: achieved >= KEEP_UP * rate
-                        && self.start_lag.value_at_quantile(0.99) <= micros(LATE),
+                    kept_up: kept_up(rate, achieved, &self.start_lag),
                     start_lag: self.start_lag,
                 })
             }
@@ -464,6 +568,159 @@ fn unix_secs(t: SystemTime) -> f64 {
 }
 
 impl Results {
+    /// Several generators' results (threads, or processes' `--json`
+    /// reports) as one run: counts add, histograms add (so percentiles are
+    /// those of all the samples), the measured time runs from the earliest
+    /// start of measuring to the latest end.
+    pub fn merge(parts: Vec<Results>) -> Result<Results, String> {
+        let mut parts = parts.into_iter();
+        let mut m = parts.next().ok_or("nothing to merge")?;
+        let measure_start = |r: &Results| r.wall.1.checked_sub(r.measured).unwrap_or(r.wall.1);
+        let mut from = measure_start(&m);
+        for r in parts {
+            m.info.add(&r.info)?;
+            from = from.min(measure_start(&r));
+            m.wall = (m.wall.0.min(r.wall.0), m.wall.1.max(r.wall.1));
+            m.started += r.started;
+            m.ok += r.ok;
+            m.failed += r.failed;
+            m.warmup_ok += r.warmup_ok;
+            m.acked.extend(r.acked);
+            m.bytes += r.bytes;
+            m.sent += r.sent;
+            m.connections += r.connections;
+            m.pipelined += r.pipelined;
+            m.lockstep += r.lockstep;
+            m.schedule = match (m.schedule.take(), r.schedule) {
+                (Some(mut a), Some(b)) => {
+                    a.requested_rate += b.requested_rate;
+                    a.achieved_rate += b.achieved_rate;
+                    a.scheduled += b.scheduled;
+                    a.never_started += b.never_started;
+                    let _ = a.start_lag.add(&b.start_lag);
+                    a.kept_up = kept_up(a.requested_rate, a.achieved_rate, &a.start_lag);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+            for (name, h) in r.phases {
+                match m.phases.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, total)) => total.add(&h).map_err(|e| format!("{name}: {e:?}"))?,
+                    None => m.phases.push((name, h)),
+                }
+            }
+            for (k, n) in r.errors {
+                *m.errors.entry(k).or_insert(0) += n;
+            }
+            m.aborted = m.aborted.or(r.aborted);
+            add_tls(&mut m.tls, &r.tls);
+        }
+        m.measured = m.wall.1.duration_since(from).unwrap_or_default();
+        // Each part's ranges are sorted; the union is coalesced once.
+        m.acked.sort_unstable();
+        let mut acked: Vec<(u64, u64)> = Vec::with_capacity(m.acked.len());
+        for (a, b) in m.acked.drain(..) {
+            match acked.last_mut() {
+                Some((_, last)) if a <= *last + 1 => *last = (*last).max(b),
+                _ => acked.push((a, b)),
+            }
+        }
+        m.acked = acked;
+        Ok(m)
+    }
+
+    /// Reads back a report [`Results::json`] wrote (for `smtpload merge`):
+    /// everything the text report shows, histograms whole. The acknowledged
+    /// sequence numbers are not in it.
+    pub fn from_json(v: &Value) -> Result<Results, String> {
+        let field = |path: &str| {
+            path.split('.')
+                .try_fold(v, |v, k| v.get(k))
+                .ok_or_else(|| format!("no {path}"))
+        };
+        let num = |path: &str| {
+            field(path)?
+                .as_u64()
+                .ok_or_else(|| format!("{path}: not a count"))
+        };
+        let real = |path: &str| {
+            field(path)?
+                .as_f64()
+                .ok_or_else(|| format!("{path}: not a number"))
+        };
+        let opt = |path: &str| field(path).ok().filter(|v| !v.is_null());
+        let time = |path: &str| {
+            let secs = real(path)?;
+            Duration::try_from_secs_f64(secs)
+                .map(|d| SystemTime::UNIX_EPOCH + d)
+                .map_err(|_| format!("{path}: not a time"))
+        };
+        let hdr = |v: &Value, what: &str| {
+            let s = v.get("hdr").and_then(Value::as_str);
+            hdr_decode(
+                s.ok_or_else(|| format!("{what}: no hdr (a report from an older smtpload?)"))?,
+            )
+            .map_err(|e| format!("{what}: {e}"))
+        };
+        let mode = field("run.mode")?.as_str().ok_or("run.mode: not text")?;
+        // The mode as asked, without the lock-step remark `mode()` adds.
+        let mode = mode.split(" (").next().unwrap_or(mode).to_string();
+        let info = RunInfo {
+            rate: opt("run.requested_rate").and_then(Value::as_f64),
+            mode,
+            connections: usize::try_from(num("run.connections")?).unwrap_or(usize::MAX),
+            messages: opt("run.messages_requested").and_then(Value::as_u64),
+            duration: opt("run.duration_s")
+                .and_then(Value::as_f64)
+                .and_then(|d| Duration::try_from_secs_f64(d).ok()),
+            message_len: num("run.message_bytes")?,
+        };
+        let mut phases = Vec::new();
+        for (name, h) in field("latency")?
+            .as_object()
+            .ok_or("latency: not an object")?
+        {
+            let name = PHASES
+                .iter()
+                .find(|p| **p == name)
+                .ok_or_else(|| format!("latency: unknown phase {name}"))?;
+            phases.push((*name, hdr(h, name)?));
+        }
+        let errors = errors_from_json(field("errors")?)?;
+        let schedule = opt("schedule").map(schedule_from_json).transpose()?;
+        let tls = tls_from_json(v);
+        let ok = num("messages.accepted")?;
+        Ok(Results {
+            measured: Duration::try_from_secs_f64(real("measured_s")?)
+                .map_err(|_| "measured_s: not a duration")?,
+            started: num("messages.started")?,
+            ok,
+            failed: num("messages.failed")?,
+            warmup_ok: num("messages.warmup")?,
+            acked: Vec::new(),
+            bytes: ok * info.message_len,
+            sent: IoCounts {
+                bytes_out: num("sent.bytes")?,
+                writes: num("sent.writes")?,
+                ..IoCounts::default()
+            },
+            connections: num("connections")?,
+            pipelined: opt("run.pipelined_connections")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            lockstep: opt("run.lockstep_connections")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            info,
+            schedule,
+            phases,
+            errors,
+            aborted: opt("aborted").and_then(Value::as_str).map(String::from),
+            wall: (time("run.started_unix")?, time("run.ended_unix")?),
+            tls,
+        })
+    }
+
     /// All errors.
     pub fn error_total(&self) -> u64 {
         self.errors.values().sum()
@@ -611,7 +868,7 @@ impl Results {
         let phases: serde_json::Map<String, serde_json::Value> = self
             .phases
             .iter()
-            .map(|(name, h)| ((*name).to_string(), histogram_json(h)))
+            .map(|(name, h)| ((*name).to_string(), with_hdr(h)))
             .collect();
         let errors: Vec<serde_json::Value> = self
             .errors
@@ -625,7 +882,7 @@ impl Results {
                 "scheduled": sc.scheduled,
                 "never_started": sc.never_started,
                 "kept_up": sc.kept_up,
-                "start_lag": histogram_json(&sc.start_lag),
+                "start_lag": with_hdr(&sc.start_lag),
             })
         });
         serde_json::json!({
@@ -641,6 +898,8 @@ impl Results {
                 "message_bytes": i.message_len,
                 "started_unix": unix_secs(self.wall.0),
                 "ended_unix": unix_secs(self.wall.1),
+                "pipelined_connections": self.pipelined,
+                "lockstep_connections": self.lockstep,
             },
             "measured_s": self.measured.as_secs_f64(),
             "messages": {"accepted": self.ok, "failed": self.failed, "started": self.started, "warmup": self.warmup_ok},
@@ -659,6 +918,72 @@ impl Results {
             },
         })
     }
+}
+
+/// A `--json` report's error table.
+fn errors_from_json(v: &Value) -> Result<BTreeMap<(Stage, u16), u64>, String> {
+    let mut errors = BTreeMap::new();
+    for e in v.as_array().ok_or("errors: not a list")? {
+        let stage = e.get("stage").and_then(Value::as_str).unwrap_or_default();
+        let stage = STAGES
+            .into_iter()
+            .find(|s| s.name() == stage)
+            .ok_or_else(|| format!("errors: unknown stage {stage:?}"))?;
+        let code = e.get("code").and_then(Value::as_u64).unwrap_or(0);
+        let n = e.get("count").and_then(Value::as_u64).unwrap_or(0);
+        *errors
+            .entry((stage, u16::try_from(code).unwrap_or(0)))
+            .or_insert(0) += n;
+    }
+    Ok(errors)
+}
+
+/// A `--json` report's open-loop schedule.
+fn schedule_from_json(sc: &Value) -> Result<Schedule, String> {
+    let f = |k: &str| sc.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let n = |k: &str| sc.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let lag = sc
+        .get("start_lag")
+        .and_then(|l| l.get("hdr"))
+        .and_then(Value::as_str)
+        .ok_or("start_lag: no hdr")?;
+    let lag = hdr_decode(lag).map_err(|e| format!("start_lag: {e}"))?;
+    Ok(Schedule {
+        requested_rate: f("requested_rate"),
+        achieved_rate: f("achieved_rate"),
+        scheduled: n("scheduled"),
+        never_started: n("never_started"),
+        kept_up: kept_up(f("requested_rate"), f("achieved_rate"), &lag),
+        start_lag: lag,
+    })
+}
+
+/// A `--json` report's TLS counts (handshake latency is not in it).
+fn tls_from_json(v: &Value) -> TlsStats {
+    let mut tls = TlsStats::new();
+    let t = &v["tls"];
+    tls.handshakes = t["handshakes"].as_u64().unwrap_or(0);
+    tls.resumed = t["resumed"].as_u64().unwrap_or(0);
+    for (into, key) in [
+        (&mut tls.versions, "versions"),
+        (&mut tls.failures, "failures"),
+    ] {
+        for (k, n) in t[key].as_object().into_iter().flatten() {
+            // The keys are few and fixed; merge runs once per process.
+            let k: &'static str = Box::leak(k.clone().into_boxed_str());
+            *into.entry(k).or_insert(0) += n.as_u64().unwrap_or(0);
+        }
+    }
+    tls
+}
+
+/// A histogram's figures and, as `hdr`, the whole of it (for `smtpload merge`).
+fn with_hdr(h: &Histogram<u64>) -> Value {
+    let mut v = histogram_json(h);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("hdr".into(), hdr_encode(h).into());
+    }
+    v
 }
 
 /// Column titles matching [`histogram_row`].

@@ -105,7 +105,7 @@ fn several_targets_take_the_connections_in_turn() {
     let (a, seen_a) = recording_server();
     let (b, seen_b) = recording_server();
     let mut opts = options(a);
-    opts.targets = vec![a, b];
+    opts.targets = vec![a.into(), b.into()];
     opts.connections = 1;
     opts.per_connection = 1..=1;
     opts.messages = Some(7);
@@ -203,7 +203,7 @@ fn a_dead_server_among_live_ones_costs_connect_errors_not_the_run() {
     };
     let (live, seen) = recording_server();
     let mut opts = options(dead);
-    opts.targets = vec![dead, live];
+    opts.targets = vec![dead.into(), live.into()];
     opts.connections = 1;
     opts.messages = Some(4);
     let r = run(&opts, &Payload::new(&spec()));
@@ -220,7 +220,7 @@ fn local_addresses_spread_over_each_servers_own_connections() {
     let (a, seen_a) = recording_server();
     let (b, seen_b) = recording_server();
     let mut opts = options(a);
-    opts.targets = vec![a, b];
+    opts.targets = vec![a.into(), b.into()];
     opts.bind = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
     opts.connections = 1;
     opts.per_connection = 1..=1;
@@ -262,5 +262,60 @@ fn smtpload_as_a_proxy_into_smtpsink_with_proxy_protocol() {
         assert_eq!(report.stats.counters.messages, 60);
         assert_eq!(report.stats.counters.proxy_refused, 0);
         assert_eq!(report.stats.counters.connections_refused, 0);
+    }
+}
+
+#[test]
+fn a_unix_socket_target_takes_its_turn_beside_a_tcp_one_with_exact_transcripts() {
+    use smtpload::driver::Target;
+    let dir = std::env::temp_dir().join(format!("smtpload-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fake.sock");
+    let _ = std::fs::remove_file(&path);
+    let transcripts = common::Fake::default().start_unix(&path);
+    let (addr, seen) = recording_server();
+    let mut opts = options(addr);
+    opts.targets = vec![Target::Unix(path.clone()), addr.into()];
+    // One connection at a time, one message each: connections 0, 2, 4 go
+    // to the socket file with messages 0, 2, 4; 1 and 3 over TCP.
+    opts.connections = 1;
+    opts.per_connection = 1..=1;
+    opts.messages = Some(5);
+    let payload = Payload::new(&spec());
+    let r = run(&opts, &payload);
+    assert_eq!((r.ok, r.failed, r.connections), (5, 0, 5));
+    assert_eq!(r.error_total(), 0, "{:?}", r.errors);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    let transcripts = transcripts.lock().unwrap();
+    assert_eq!(transcripts.len(), 3);
+    let now = std::time::Instant::now();
+    for (t, seq) in transcripts.iter().zip([0u64, 2, 4]) {
+        let mut wire = Vec::new();
+        smtpsink::proto::dot::stuff(&payload.message(seq, payload.stamp(now)), &mut wire);
+        let want = [
+            "EHLO load.test\r\n".to_string(),
+            format!("MAIL FROM:<load{seq}@example.test>\r\n"),
+            "RCPT TO:<sink0@example.test>\r\n".into(),
+            "RCPT TO:<sink1@example.test>\r\n".into(),
+            "DATA\r\n".into(),
+            format!("<{} bytes>", wire.len()),
+            "QUIT\r\n".into(),
+        ];
+        assert_eq!(*t.lock().unwrap(), want);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_unix_socket_that_is_not_there_is_named() {
+    use smtpload::driver::Target;
+    let mut opts = options("127.0.0.1:9".parse().unwrap());
+    opts.targets = vec![Target::Unix("/nonexistent/smtpload.sock".into())];
+    match driver::run(&opts, &Payload::new(&spec()), None) {
+        Err(e @ RunError::Unreachable(..)) => assert_eq!(
+            e.to_string(),
+            "cannot connect to unix:/nonexistent/smtpload.sock: no such file or directory"
+        ),
+        other => panic!("{other:?}"),
     }
 }

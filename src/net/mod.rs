@@ -1,8 +1,8 @@
 //! The I/O layer shared by the server's reactor and smtpload's driver.
 //!
-//! Owns: the byte stream under a connection ([`Transport`]: plain TCP, or
-//! TLS over it, with the configurations in [`tls`]) and the per-connection buffers and loops
-//! around it ([`Link`]): carried-over input offered again before the next
+//! Owns: the byte stream under a connection ([`Transport`]: plain, or TLS
+//! over it, with the configurations in [`tls`], on a TCP or UNIX socket,
+//! [`Stream`]) and the per-connection buffers and loops around it ([`Link`]): carried-over input offered again before the next
 //! read into a shared scratch buffer, pending output written with a partial
 //! write offset, readiness interest toggled only when it changes, and the
 //! drain-before-close dance. Knows nothing about SMTP: the protocol is a
@@ -11,10 +11,12 @@
 use std::io;
 
 mod link;
+mod stream;
 pub mod tls;
 mod transport;
 
 pub use link::{Consumed, Drain, Flush, Keep, Link, ReadEnd};
+pub use stream::Stream;
 pub use transport::{Offer, Tls, TlsConn, TlsFailure, TlsInfo, Transport};
 
 /// Syscalls and bytes, counted where they happen.

@@ -1,4 +1,5 @@
-//! The byte stream under a connection: plain TCP, or TLS over it.
+//! The byte stream under a connection: plain, or TLS over it, on a TCP or
+//! UNIX socket ([`Stream`]).
 //!
 //! Both variants read and write plaintext through the same calls, so neither
 //! the buffers ([`super::Link`]) nor the protocol above change when a
@@ -22,9 +23,9 @@
 //!
 //! Retries EINTR; every other error goes to the caller.
 
-use super::ReadEnd;
+use super::{ReadEnd, Stream};
 use mio::event::Source;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -33,14 +34,13 @@ use rustls::unbuffered::{
     WriteTraffic,
 };
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 
 /// A connection's byte stream.
 #[derive(Debug)]
 pub enum Transport {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
+    /// Plain.
+    Plain(Stream),
+    /// TLS over the socket.
     Tls(Box<Tls>),
     /// No stream: only while a plain one is being switched to TLS.
     Detached,
@@ -77,7 +77,7 @@ impl TlsConn {
 
 /// A TLS connection and its socket.
 pub struct Tls {
-    sock: TcpStream,
+    sock: Stream,
     conn: TlsConn,
     st: TlsState,
 }
@@ -225,23 +225,25 @@ impl Transport {
     /// A TCP stream; small writes leave at once (Nagle would hold replies
     /// and pipelined commands).
     pub fn tcp(sock: TcpStream) -> Self {
-        let _ = sock.set_nodelay(true);
-        Transport::Plain(sock)
+        Transport::Plain(sock.into())
+    }
+
+    /// A UNIX stream socket.
+    pub fn unix(sock: UnixStream) -> Self {
+        Transport::Plain(Stream::Unix(sock))
     }
 
     /// A TCP stream that speaks TLS as a server from its first byte.
     pub fn tls_server(sock: TcpStream, conn: UnbufferedServerConnection) -> Self {
-        let _ = sock.set_nodelay(true);
-        Self::secure(sock, conn.into())
+        Self::secure(sock.into(), conn.into())
     }
 
-    /// A TCP stream that speaks TLS as a client from its first byte.
-    pub fn tls_client(sock: TcpStream, conn: UnbufferedClientConnection) -> Self {
-        let _ = sock.set_nodelay(true);
-        Self::secure(sock, conn.into())
+    /// A stream that speaks TLS as a client from its first byte.
+    pub fn tls_client(sock: impl Into<Stream>, conn: UnbufferedClientConnection) -> Self {
+        Self::secure(sock.into(), conn.into())
     }
 
-    fn secure(sock: TcpStream, conn: TlsConn) -> Self {
+    fn secure(sock: Stream, conn: TlsConn) -> Self {
         Transport::Tls(Box::new(Tls {
             sock,
             conn,
@@ -411,7 +413,7 @@ impl Transport {
         }
     }
 
-    fn sock(&self) -> io::Result<&TcpStream> {
+    fn sock(&self) -> io::Result<&Stream> {
         match self {
             Transport::Plain(s) => Ok(s),
             Transport::Tls(t) => Ok(&t.sock),
@@ -419,7 +421,7 @@ impl Transport {
         }
     }
 
-    fn sock_mut(&mut self) -> io::Result<&mut TcpStream> {
+    fn sock_mut(&mut self) -> io::Result<&mut Stream> {
         match self {
             Transport::Plain(s) => Ok(s),
             Transport::Tls(t) => Ok(&mut t.sock),
@@ -427,9 +429,9 @@ impl Transport {
         }
     }
 
-    /// The peer's address; an error while a connect is still in progress.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.sock()?.peer_addr()
+    /// Whether the connect has completed.
+    pub fn connected(&self) -> bool {
+        self.sock().is_ok_and(Stream::connected)
     }
 
     /// The pending socket error (how a non-blocking connect failed).

@@ -50,7 +50,7 @@ pub fn spec() -> PayloadSpec {
 
 pub fn options(target: SocketAddr) -> Options {
     Options {
-        targets: vec![target],
+        targets: vec![target.into()],
         connections: 4,
         messages: Some(200),
         duration: None,
@@ -75,6 +75,7 @@ pub fn options(target: SocketAddr) -> Options {
         bind: Vec::new(),
         proxy: None,
         xclient: None,
+        lane: smtpload::driver::Lane::default(),
     }
 }
 
@@ -197,17 +198,52 @@ impl Fake {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 std::thread::spawn(move || {
-                    let _ = self.serve(conn, born);
+                    let _ = self.serve_tcp(conn, born, None);
                 });
             }
         });
         addr
     }
 
+    /// Starts the server on a UNIX socket at `path`; each connection's
+    /// transcript (command lines as sent, and `<N bytes>` for each DATA
+    /// content with its final dot) is recorded.
+    pub fn start_unix(self, path: &std::path::Path) -> Transcripts {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let transcripts = Transcripts::default();
+        let record = std::sync::Arc::clone(&transcripts);
+        let born = std::time::Instant::now();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                record.lock().unwrap().push(std::sync::Arc::clone(&log));
+                std::thread::spawn(move || {
+                    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+                    let w = conn.try_clone()?;
+                    self.serve(BufReader::new(conn), w, born, Some(&log))
+                });
+            }
+        });
+        transcripts
+    }
+
+    fn serve_tcp(
+        self,
+        conn: TcpStream,
+        born: std::time::Instant,
+        log: Option<&std::sync::Mutex<Vec<String>>>,
+    ) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        conn.set_nodelay(true)?;
+        let w = conn.try_clone()?;
+        self.serve(BufReader::new(conn), w, born, log)
+    }
+
     /// Writes `reply`, after the freeze if one is on.
     fn reply(
         &self,
-        w: &mut TcpStream,
+        w: &mut impl Write,
         reply: &[u8],
         born: std::time::Instant,
     ) -> std::io::Result<()> {
@@ -221,24 +257,34 @@ impl Fake {
         w.write_all(reply)
     }
 
-    fn serve(self, conn: TcpStream, born: std::time::Instant) -> std::io::Result<()> {
+    fn serve(
+        self,
+        mut r: impl BufRead,
+        mut w: impl Write,
+        born: std::time::Instant,
+        log: Option<&std::sync::Mutex<Vec<String>>>,
+    ) -> std::io::Result<()> {
         use std::io::Read;
-        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-        conn.set_nodelay(true)?;
-        let mut w = conn.try_clone()?;
-        let mut r = BufReader::new(conn);
+        let note = |s: String| {
+            if let Some(log) = log {
+                log.lock().unwrap().push(s);
+            }
+        };
         std::thread::sleep(self.greeting_delay);
         self.reply(&mut w, b"220 fake ESMTP\r\n", born)?;
         let mut line = Vec::new();
         while let Some(verb) = next_verb(&mut r, &mut line)? {
+            note(String::from_utf8_lossy(&line).into_owned());
             let text = String::from_utf8_lossy(&line).to_ascii_uppercase();
             let reply: &[u8] = match verb.as_str() {
                 "EHLO" => b"250-fake\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
                 "DATA" => {
                     self.reply(&mut w, b"354 go\r\n", born)?;
-                    if !read_content(&mut r, &mut Vec::new())? {
+                    let mut wire = Vec::new();
+                    if !read_content(&mut r, &mut wire)? {
                         return Ok(());
                     }
+                    note(format!("<{} bytes>", wire.len()));
                     std::thread::sleep(self.eod_delay);
                     b"250 queued\r\n"
                 }
@@ -266,6 +312,10 @@ impl Fake {
     }
 }
 
+/// Per connection to [`Fake::start_unix`], in accept order, its transcript.
+pub type Transcripts =
+    std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>>>>;
+
 /// Who connected to a [`recording_server`], and when (wall clock).
 pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(SocketAddr, std::time::SystemTime)>>>;
 
@@ -287,7 +337,7 @@ pub fn recording_server() -> (SocketAddr, Seen) {
                     .push((peer, std::time::SystemTime::now()));
             }
             std::thread::spawn(move || {
-                let _ = Fake::default().serve(conn, born);
+                let _ = Fake::default().serve_tcp(conn, born, None);
             });
         }
     });
@@ -477,7 +527,7 @@ fn forward(to: SocketAddr, wire: &[u8]) -> std::io::Result<()> {
 
 /// Reads the next command line into `line`; its verb in upper case (the
 /// first four bytes), or `None` at the end of input.
-fn next_verb(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+fn next_verb(r: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<String>> {
     line.clear();
     if r.read_until(b'\n', line)? == 0 {
         return Ok(None);
@@ -488,7 +538,7 @@ fn next_verb(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> std::io::Resul
 
 /// Reads DATA content up to and including the final `.CRLF` line into
 /// `wire`, as sent (dot-stuffed); false if the input ended first.
-fn read_content(r: &mut BufReader<TcpStream>, wire: &mut Vec<u8>) -> std::io::Result<bool> {
+fn read_content(r: &mut impl BufRead, wire: &mut Vec<u8>) -> std::io::Result<bool> {
     loop {
         let start = wire.len();
         if r.read_until(b'\n', wire)? == 0 {
