@@ -68,9 +68,9 @@ fn start_limited(
         queue_limit,
     };
     Maildir::prepare(&opts).expect("prepare");
-    let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c))
-        .expect("bind")
-        .spawn();
+    let mut server = Server::from_config_with(&config, |c| Maildir::start(opts, &c)).expect("bind");
+    server.set_rules(config.engine(1).expect("rules"), 1);
+    let server = server.spawn();
     Store {
         dir,
         addr: server.addrs[0],
@@ -597,6 +597,87 @@ fn a_full_storage_queue_pauses_reading_and_loses_nothing() {
     assert!(
         st.stalls.load(Ordering::Relaxed) > 0,
         "the limit was reached"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// LMTP: rules refuse one recipient at the end of the data; the stored
+/// message names only the recipients it was delivered to, with LMTP.
+#[test]
+fn lmtp_keeps_only_the_recipients_it_answered_250() {
+    let rules = fresh("lmtp-rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let file = rules.join("rules.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nstage = \"end\"\naddress = \"gone@*\"\nreply = \"550 5.1.1 No such user\"\n",
+    )
+    .unwrap();
+    let s = start("lmtp", false, |c| {
+        c.lmtp = true;
+        c.rules = Some(file.clone());
+    });
+    let mut c = Client::connect(s.addr);
+    assert_eq!(c.replies(1), "220 sink.test LMTP smtpsink\r\n");
+    c.send(b"LHLO client.example\r\n");
+    c.replies(1);
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<ok@y.test>\r\nRCPT TO:<gone@y.test>\r\nRCPT TO:<ok2@y.test>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\n");
+    let r = c.replies(8);
+    assert!(
+        r.ends_with(
+            "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued\r\n\
+550 5.1.1 No such user\r\n250 2.0.0 Ok: queued\r\n"
+        ),
+        "{r}"
+    );
+    c.send(b"QUIT\r\n");
+    c.replies(1);
+    let (dir, _) = s.stop();
+    let files = stored(&dir);
+    assert_eq!(files.len(), 1);
+    let t = &files[0].0;
+    assert!(
+        t.starts_with("Return-Path: <a@x.test>\r\nX-Original-To: <ok@y.test>\r\nX-Original-To: <ok2@y.test>\r\nReceived: from client.example ([127.0.0.1])\r\n\tby sink.test (smtpsink) with LMTP id "),
+        "{t}"
+    );
+    assert_eq!(files[0].1, b"Subject: t\r\n\r\nhi\r\n");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&rules);
+}
+
+/// XFORWARD from a trusted client names the original client in the trace
+/// header of the next message only.
+#[test]
+fn xforward_names_the_original_client_of_the_next_message() {
+    let s = start("xforward", false, |c| c.xforward = true);
+    let mut c = Client::greeted(s.addr);
+    c.send(b"EHLO filter.example\r\n");
+    let ehlo = c.replies(1);
+    assert!(
+        ehlo.contains("250 XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n"),
+        "{ehlo}"
+    );
+    let msg = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nhi\r\n.\r\n";
+    c.send(b"XFORWARD NAME=mx.example ADDR=IPV6:2001:db8::9 HELO=orig.example\r\n");
+    assert_eq!(c.replies(1), "250 2.0.0 Ok\r\n");
+    c.send(msg);
+    c.replies(4);
+    c.send(msg);
+    c.replies(4);
+    c.send(b"QUIT\r\n");
+    c.replies(1);
+    let (dir, _) = s.stop();
+    let mut traces: Vec<String> = stored(&dir)
+        .into_iter()
+        .map(|(t, _)| t.lines().nth(2).unwrap().to_string())
+        .collect();
+    traces.sort();
+    assert_eq!(
+        traces,
+        [
+            "Received: from filter.example ([127.0.0.1])",
+            "Received: from orig.example (mx.example [IPv6:2001:db8::9])"
+        ]
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

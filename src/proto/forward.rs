@@ -7,6 +7,7 @@
 
 use super::reply::ReplyId;
 use core::net::{IpAddr, SocketAddr};
+use std::borrow::Cow;
 
 /// Longest attribute value kept, decoded (Postfix's own names and
 /// addresses are far shorter; a longer one is refused, not cut).
@@ -133,7 +134,7 @@ pub fn parse(kind: Kind, args: &[u8]) -> Result<Client, ReplyId> {
         }
         let unknown = value.eq_ignore_ascii_case(b"[UNAVAILABLE]")
             || value.eq_ignore_ascii_case(b"[TEMPUNAVAIL]");
-        let text = (!unknown).then(|| value.clone().into_boxed_slice());
+        let text = || (!unknown).then(|| Box::<[u8]>::from(&*value));
         match *known {
             "ADDR" => {
                 c.addr = if unknown {
@@ -152,8 +153,8 @@ pub fn parse(kind: Kind, args: &[u8]) -> Result<Client, ReplyId> {
                     Some(p.ok_or(kind.syntax())?)
                 }
             }
-            "NAME" => c.name = text,
-            "HELO" => c.helo = text,
+            "NAME" => c.name = text(),
+            "HELO" => c.helo = text(),
             "PROTO" => {
                 if kind == Kind::Xclient
                     && !unknown
@@ -162,9 +163,9 @@ pub fn parse(kind: Kind, args: &[u8]) -> Result<Client, ReplyId> {
                 {
                     return Err(kind.syntax());
                 }
-                c.proto = text;
+                c.proto = text();
             }
-            "LOGIN" => c.login = text,
+            "LOGIN" => c.login = text(),
             // Known, and accepted, but nothing here uses them.
             _ => {}
         }
@@ -188,8 +189,13 @@ fn address(v: &[u8]) -> Option<IpAddr> {
 }
 
 /// Decodes xtext (RFC 3461 4): `+XX` is the octet with hex value XX;
-/// other octets are printable ASCII but `+` and `=`.
-fn xtext(raw: &[u8]) -> Option<Vec<u8>> {
+/// other octets are printable ASCII but `+` and `=`. Borrowed when there
+/// is nothing to decode (the usual case: no allocation per attribute).
+fn xtext(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if !raw.contains(&b'+') {
+        let plain = raw.iter().all(|&b| (b'!'..=b'~').contains(&b) && b != b'=');
+        return plain.then_some(Cow::Borrowed(raw));
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while let Some(&b) = raw.get(i) {
@@ -208,7 +214,7 @@ fn xtext(raw: &[u8]) -> Option<Vec<u8>> {
             return None;
         }
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 #[cfg(test)]

@@ -626,6 +626,14 @@ impl Sink for Maildir {
         *slot = Some(client.clone());
     }
 
+    fn refused_rcpt(&mut self, id: SessionId, index: usize) {
+        if let Some(tx) = self.sessions.get_mut(&id) {
+            if index < tx.rcpts.len() {
+                tx.rcpts.remove(index);
+            }
+        }
+    }
+
     fn mail(&mut self, id: SessionId, reverse_path: &[u8]) {
         let tx = self.sessions.entry(id).or_default();
         tx.forward = tx.forward_next.take();

@@ -92,6 +92,10 @@ pub trait Sink {
     /// it named an address), XFORWARD for the transaction whose `mail`
     /// comes next (`transaction` true). What trace headers name.
     fn client(&mut self, _id: SessionId, _client: &Client, _transaction: bool) {}
+    /// LMTP: the recipient at `index` (in `rcpt` order, counting those
+    /// still listed) will be refused at the end of the data, as a rule
+    /// decided; comes before `begin`, so what is kept need not name it.
+    fn refused_rcpt(&mut self, _id: SessionId, _index: usize) {}
     /// True while the sink cannot take more content (its queue to the disk
     /// is full): the loop then reads from no connection, and the sink wakes
     /// it through its `Completer` once it can take more. Bounds what a disk
@@ -558,6 +562,11 @@ struct Lmtp {
     ends: Vec<usize>,
     /// Per recipient, a rule's reply at the end of data, if any.
     replies: Vec<Option<RuleReply>>,
+    /// `replies` were decided for this transaction (when its content
+    /// began), with the longest delay asked for and whether a rule closes.
+    decided: bool,
+    delay: Option<Duration>,
+    close: bool,
 }
 
 impl Lmtp {

@@ -71,6 +71,9 @@ impl Sink for Recorder {
     fn closed(&mut self, _: SessionId) {
         self.events.push("closed".into());
     }
+    fn refused_rcpt(&mut self, _: SessionId, index: usize) {
+        self.events.push(format!("refused rcpt {index}"));
+    }
 }
 
 fn settings() -> Settings {

@@ -477,22 +477,24 @@ impl Session {
         }
     }
 
-    /// The end of an LMTP message where a policy asks about it: asked once
-    /// per recipient (its path is the query's argument), so rules can
-    /// answer recipients apart (RFC 2033 4.2: mixed 250/452/550). The
-    /// longest delay asked for holds all the replies; a close closes; if
-    /// every recipient was refused, nothing is kept.
+    /// LMTP: what rules at the end of the data say about each recipient,
+    /// asked once per recipient (its path is the query's argument), so
+    /// rules can answer recipients apart (RFC 2033 4.2: mixed 250/452/550).
+    /// Asked when the content starts, before the sink's `begin`, so the
+    /// sink can leave refused recipients out of what it keeps; carried out
+    /// at the end by `end_lmtp`.
     #[cold]
     #[inline(never)]
-    fn end_lmtp(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
+    fn decide_lmtp(&mut self, cx: &mut Ctx<'_>) {
+        let stage = Stage::EndOfData;
+        if cx.asks & stage.bit() == 0 || self.asks(cx) & stage.bit() == 0 {
+            return;
+        }
         let Some(mut lmtp) = self.lmtp.take() else {
             return;
         };
         lmtp.replies.clear();
-        let (stage, interest) = (Stage::EndOfData, cx.interest);
-        let mut delay = None;
-        let mut delivers = false;
-        let mut close = false;
+        let interest = cx.interest;
         for i in 0..self.tx.recipients as usize {
             let arg = lmtp.path(i);
             let d = match cx.policy.as_deref_mut() {
@@ -510,11 +512,11 @@ impl Session {
                 }
                 _ => Decision::PROCEED,
             };
-            delay = delay.max(d.delay);
+            lmtp.delay = lmtp.delay.max(d.delay);
             let reply = match d.act {
                 Act::Reply(r) => Some(r),
                 Act::Close => {
-                    close = true;
+                    lmtp.close = true;
                     None
                 }
                 Act::Drop => {
@@ -523,10 +525,35 @@ impl Session {
                 }
                 _ => None,
             };
-            delivers |= reply.is_none_or(|r| !r.refuses());
             lmtp.replies.push(reply);
         }
+        lmtp.decided = true;
+        // Last first, so each index still names the recipient it did.
+        for (i, r) in lmtp.replies.iter().enumerate().rev() {
+            if r.is_some_and(RuleReply::refuses) {
+                cx.sink.refused_rcpt(self.id, i);
+            }
+        }
         self.lmtp = Some(lmtp);
+    }
+
+    /// The end of an LMTP message where a policy asks about it: the
+    /// recipients' answers as decided (now, if rules came in since the
+    /// content began). The longest delay asked for holds all the replies;
+    /// a close closes; if every recipient was refused, nothing is kept.
+    #[cold]
+    #[inline(never)]
+    fn end_lmtp(&mut self, s: &Settings, row: &Row, cmd: &Command<'_>, cx: &mut Ctx<'_>) {
+        if self.lmtp.as_deref().is_some_and(|l| !l.decided) {
+            self.decide_lmtp(cx);
+        }
+        let Some(lmtp) = self.lmtp.as_deref_mut() else {
+            return;
+        };
+        lmtp.decided = false;
+        let (delay, close) = (lmtp.delay.take(), std::mem::take(&mut lmtp.close));
+        let delivers = lmtp.replies.len() < self.tx.recipients as usize
+            || lmtp.replies.iter().any(|r| r.is_none_or(|r| !r.refuses()));
         if delay.is_some() {
             self.fx().delay = delay;
         }
@@ -917,6 +944,10 @@ impl Session {
         if let Some(l) = self.lmtp.as_deref_mut() {
             l.paths.clear();
             l.ends.clear();
+            l.replies.clear();
+            l.decided = false;
+            l.delay = None;
+            l.close = false;
         }
     }
 
@@ -987,6 +1018,23 @@ impl Session {
     }
 
     fn proceed_data(&mut self, _: &Settings, _: &Command<'_>, cx: &mut Ctx<'_>) -> Option<Out> {
+        if self.lmtp.is_some() {
+            // Apart, as MAIL's and RCPT's (see `proceed_mail`).
+            return self.proceed_data_lmtp(cx);
+        }
+        self.start_data(cx)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn proceed_data_lmtp(&mut self, cx: &mut Ctx<'_>) -> Option<Out> {
+        self.decide_lmtp(cx);
+        self.start_data(cx)
+    }
+
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn start_data(&mut self, cx: &mut Ctx<'_>) -> Option<Out> {
         cx.sink.begin(self.id);
         self.unstuffer = Unstuffer::new();
         self.enter(State::Data, cx);
@@ -1000,6 +1048,9 @@ impl Session {
         };
         if !self.tx.bdat {
             self.tx.bdat = true;
+            if self.lmtp.is_some() {
+                self.decide_lmtp(cx);
+            }
             cx.sink.begin(self.id);
         }
         self.read_chunk(size, last, None, cx);

@@ -122,6 +122,20 @@ DATA\r\nhi\r\n.\r\n",
     );
     assert_eq!(o.sink.bodies, [b"hi\r\n".to_vec()], "kept for ok@d");
     assert_eq!(o.stats.counters.messages, 1);
+    // Decided when the content began: the sink keeps ok@d alone.
+    assert_eq!(
+        o.sink.events,
+        [
+            "mail <a@b>",
+            "rcpt <full@d>",
+            "rcpt <ok@d>",
+            "rcpt <gone@d>",
+            "refused rcpt 2",
+            "refused rcpt 0",
+            "begin",
+            "end"
+        ]
+    );
 }
 
 #[test]
@@ -136,7 +150,18 @@ MAIL FROM:<a@b>\r\nRCPT TO:<ok@d>\r\nDATA\r\nagain\r\n.\r\n",
         ),
     );
     assert_eq!(o.sink.bodies, [b"again\r\n".to_vec()]);
-    assert!(o.sink.events.contains(&"abort".to_string()));
+    assert_eq!(
+        o.sink.events[..7],
+        [
+            "mail <a@b>",
+            "rcpt <gone@d>",
+            "rcpt <full@d>",
+            "refused rcpt 1",
+            "refused rcpt 0",
+            "begin",
+            "abort"
+        ]
+    );
     assert_eq!(o.stats.counters.messages, 1);
 }
 
