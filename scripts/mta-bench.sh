@@ -150,8 +150,12 @@ else
     NOTES+=("the binaries had no smtpload --summary / smtpsink --run-summary: each step waited for the MTA's queue to empty, then stopped the sink; no transit latency, drain time from 0.1 s queue polls, lost = acknowledged - delivered")
 fi
 
+# Only the benchmark plots: the scripts that source this file for its setup
+# need no venv (and no pip download on a fresh machine).
 PLOT_PY=
-if ensure_venv matplotlib; then
+if [[ -n ${MTA_BENCH_SOURCED:-} ]]; then
+    :
+elif ensure_venv matplotlib; then
     PLOT_PY=$VENV_PY
 else
     NOTES+=("matplotlib could not be installed (pip into $BENCH_VENV failed): no plot")
@@ -391,6 +395,9 @@ ns_greeting() {
 # sink's port; returns 1 when it does not greet within 30 s.
 # queue_count MTA: messages (files) in its queue.
 
+# postfix_start SINK_PORT: POSTFIX_MAIN_EXTRA and POSTFIX_MASTER_EXTRA, when
+# set, are appended to main.cf and master.cf (scripts/mta-forward-check.sh:
+# transport_maps, an lmtp service).
 postfix_start() {
     local d=${MTA_DIR[postfix]} port=${MTA_PORT[postfix]} sport=$1
     rm -rf -- "$d/spool" "$d/data"
@@ -427,6 +434,7 @@ biff = no
 append_dot_mydomain = no
 maillog_file = $d/maillog
 maillog_file_prefixes = $d
+${POSTFIX_MAIN_EXTRA:-}
 EOF
     # Debian's master.cf, minus chroot and the services this needs not.
     cat >"$d/conf/master.cf" <<EOF
@@ -451,6 +459,7 @@ discard    unix  - - n - - discard
 anvil      unix  - - n - 1 anvil
 scache     unix  - - n - 1 scache
 postlog    unix-dgram n - n - 1 postlogd
+${POSTFIX_MASTER_EXTRA:-}
 EOF
     # What `postfix start` checks first (it also makes the queue directories),
     # then the master in the foreground.
