@@ -15,7 +15,7 @@ pub mod tls;
 mod transport;
 
 pub use link::{Consumed, Drain, Flush, Keep, Link, ReadEnd};
-pub use transport::{Offer, Tls, TlsConn, TlsFailure, TlsInfo, Transport};
+pub use transport::{Offer, Stream, Tls, TlsConn, TlsFailure, TlsInfo, Transport};
 
 /// Syscalls and bytes, counted where they happen.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

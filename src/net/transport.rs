@@ -24,7 +24,7 @@
 
 use super::ReadEnd;
 use mio::event::Source;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -35,12 +35,93 @@ use rustls::unbuffered::{
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
+/// The socket under a transport: TCP, or a UNIX-domain stream
+/// (`--listen unix:PATH`), which carries SMTP and TLS alike.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A UNIX-domain stream socket.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// The peer's address; a UNIX peer has none that fits a `SocketAddr`.
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr(),
+            Stream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+        }
+    }
+}
+
+impl Read for Stream {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for Stream {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(r, t, i),
+            Stream::Unix(s) => s.register(r, t, i),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(r, t, i),
+            Stream::Unix(s) => s.reregister(r, t, i),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(r),
+            Stream::Unix(s) => s.deregister(r),
+        }
+    }
+}
+
 /// A connection's byte stream.
 #[derive(Debug)]
 pub enum Transport {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
+    /// Plain TCP or UNIX-domain stream.
+    Plain(Stream),
+    /// TLS over either.
     Tls(Box<Tls>),
     /// No stream: only while a plain one is being switched to TLS.
     Detached,
@@ -77,7 +158,7 @@ impl TlsConn {
 
 /// A TLS connection and its socket.
 pub struct Tls {
-    sock: TcpStream,
+    sock: Stream,
     conn: TlsConn,
     st: TlsState,
 }
@@ -226,22 +307,30 @@ impl Transport {
     /// and pipelined commands).
     pub fn tcp(sock: TcpStream) -> Self {
         let _ = sock.set_nodelay(true);
-        Transport::Plain(sock)
+        Transport::Plain(Stream::Tcp(sock))
+    }
+
+    /// A plain stream as a listener accepted it (UNIX ones have no Nagle).
+    pub fn plain(sock: Stream) -> Self {
+        match sock {
+            Stream::Tcp(s) => Self::tcp(s),
+            unix @ Stream::Unix(_) => Transport::Plain(unix),
+        }
     }
 
     /// A TCP stream that speaks TLS as a server from its first byte.
     pub fn tls_server(sock: TcpStream, conn: UnbufferedServerConnection) -> Self {
         let _ = sock.set_nodelay(true);
-        Self::secure(sock, conn.into())
+        Self::secure(Stream::Tcp(sock), conn.into())
     }
 
     /// A TCP stream that speaks TLS as a client from its first byte.
     pub fn tls_client(sock: TcpStream, conn: UnbufferedClientConnection) -> Self {
         let _ = sock.set_nodelay(true);
-        Self::secure(sock, conn.into())
+        Self::secure(Stream::Tcp(sock), conn.into())
     }
 
-    fn secure(sock: TcpStream, conn: TlsConn) -> Self {
+    fn secure(sock: Stream, conn: TlsConn) -> Self {
         Transport::Tls(Box::new(Tls {
             sock,
             conn,
@@ -411,7 +500,7 @@ impl Transport {
         }
     }
 
-    fn sock(&self) -> io::Result<&TcpStream> {
+    fn sock(&self) -> io::Result<&Stream> {
         match self {
             Transport::Plain(s) => Ok(s),
             Transport::Tls(t) => Ok(&t.sock),
@@ -419,7 +508,7 @@ impl Transport {
         }
     }
 
-    fn sock_mut(&mut self) -> io::Result<&mut TcpStream> {
+    fn sock_mut(&mut self) -> io::Result<&mut Stream> {
         match self {
             Transport::Plain(s) => Ok(s),
             Transport::Tls(t) => Ok(&mut t.sock),

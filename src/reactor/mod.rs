@@ -26,6 +26,7 @@ pub mod timer;
 use crate::completion::{Completer, Completions};
 use crate::config::Config;
 use crate::metrics::Exposition;
+use crate::net::Stream;
 use crate::net::Transport;
 use crate::proto::reply::ReplyId;
 use crate::proto::server::{Session, SessionId, Settings, Sink, Tally, EXTENSION_ALLOWANCE};
@@ -38,12 +39,13 @@ pub use conn::{OUTPUT_HIGH_WATER, READ_BUDGET};
 use control::ControlPort;
 use ipnet::IpNet;
 pub use listener::ListenError;
-use mio::net::TcpListener;
+use listener::Listener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +96,11 @@ impl<S> Background<S> {
             .unwrap_or_else(|_| Err(io::Error::other("server thread panicked")))
     }
 
+    /// Whether the loop has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Requests a graceful shutdown and waits for it.
     pub fn stop(self) -> io::Result<Report<S>> {
         self.handle.request();
@@ -129,6 +136,9 @@ pub struct Limits {
     /// Accept this many connections, then stop listening and stop once
     /// they have all closed.
     pub exit_after_connections: Option<u64>,
+    /// Other loops listen on the same addresses (`--threads`): bind with
+    /// `SO_REUSEPORT`.
+    pub reuse_port: bool,
 }
 
 impl From<&Config> for Limits {
@@ -140,6 +150,7 @@ impl From<&Config> for Limits {
             spin_polls: c.spin_polls,
             exit_after_messages: c.exit_after_messages,
             exit_after_connections: c.exit_after_connections,
+            reuse_port: c.threads > 1,
         }
     }
 }
@@ -217,7 +228,9 @@ struct ProxyWait {
 /// One event loop with its listeners, connections and sink.
 pub struct Server<S: Sink> {
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// TCP ones first, implicit-TLS ones next, UNIX-domain ones last (the
+    /// first two line up with `local_addrs`).
+    listeners: Vec<Listener>,
     local_addrs: Vec<SocketAddr>,
     conns: Slab<Conn>,
     settings: Settings,
@@ -260,7 +273,14 @@ pub struct Server<S: Sink> {
     implicit_tls: Vec<bool>,
     /// Every connection starts with a PROXY header, from these sources.
     proxy: Option<ProxyWait>,
+    /// Requests from the reporting side of a group of loops (`--threads`).
+    asks: Completions<Ask<S>>,
 }
+
+/// Work another thread asks a loop to do between events, with the loop's
+/// view (a snapshot of its figures, new rules, a reset): with several
+/// loops, the one way figures and control actions cross between them.
+pub type Ask<S> = Box<dyn FnOnce(&mut Controlled<'_, S>) + Send>;
 
 /// A sink's parts of `/metrics` and `/stats`.
 struct SinkReport<S> {
@@ -288,33 +308,34 @@ impl<S: Sink> Server<S> {
         limits: Limits,
         make_sink: impl FnOnce(Completer) -> S,
     ) -> Result<Self, ListenError> {
-        let setup_err = |source: io::Error| ListenError {
-            addr: addrs
-                .first()
-                .copied()
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            source,
+        let setup_err = |source: io::Error| {
+            ListenError::tcp(
+                addrs
+                    .first()
+                    .copied()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            )
         };
         let poll = Poll::new().map_err(setup_err)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup_err)?);
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
-            let mut l = listener::bind(*addr, backlog)?;
+            let mut l = listener::bind(*addr, backlog, limits.reuse_port)?;
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
-                .map_err(|source| ListenError {
-                    addr: *addr,
-                    source,
-                })?;
+                .map_err(|source| ListenError::tcp(*addr, source))?;
             local_addrs.push(l.local_addr().unwrap_or(*addr));
-            listeners.push(l);
+            listeners.push(Listener::Tcp(l));
         }
         // Room for the longest partial line we keep, plus a read.
         let scratch_len = SCRATCH.max(2 * (settings.max_line + EXTENSION_ALLOWANCE));
         let completions = Completions::new(Arc::clone(&waker));
         let sink = make_sink(completions.completer());
+        let asks = Completions::new(Arc::clone(&waker));
         Ok(Self {
+            asks,
             poll,
             listeners,
             local_addrs,
@@ -362,23 +383,60 @@ impl<S: Sink> Server<S> {
     ) -> Result<Vec<SocketAddr>, ListenError> {
         let mut bound = Vec::new();
         for addr in implicit {
-            let mut l = listener::bind(*addr, backlog)?;
+            let mut l = listener::bind(*addr, backlog, self.limits.reuse_port)?;
+            let i = self.listeners.len();
+            self.poll
+                .registry()
+                .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
+                .map_err(|source| ListenError::tcp(*addr, source))?;
+            let local = l.local_addr().unwrap_or(*addr);
+            self.local_addrs.push(local);
+            bound.push(local);
+            self.listeners.push(Listener::Tcp(l));
+            self.implicit_tls.push(true);
+        }
+        self.tls = Some(config);
+        Ok(bound)
+    }
+
+    /// Also listens on the UNIX-domain sockets at `paths` (plain SMTP,
+    /// STARTTLS allowed), with `mode` if given; after every TCP listener.
+    pub fn serve_unix(
+        &mut self,
+        paths: &[PathBuf],
+        backlog: i32,
+        mode: Option<u32>,
+    ) -> Result<(), ListenError> {
+        for path in paths {
+            let mut l = Listener::Unix(listener::bind_unix(path, backlog, mode)?);
             let i = self.listeners.len();
             self.poll
                 .registry()
                 .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
                 .map_err(|source| ListenError {
-                    addr: *addr,
+                    addr: crate::config::ListenOn::Unix(path.clone()),
                     source,
                 })?;
-            let local = l.local_addr().unwrap_or(*addr);
-            self.local_addrs.push(local);
-            bound.push(local);
             self.listeners.push(l);
-            self.implicit_tls.push(true);
+            self.implicit_tls.push(false);
         }
-        self.tls = Some(config);
-        Ok(bound)
+        Ok(())
+    }
+
+    /// The UNIX-domain paths listened on.
+    pub fn unix_paths(&self) -> Vec<&Path> {
+        self.listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Unix(u) => Some(u.path()),
+                Listener::Tcp(_) => None,
+            })
+            .collect()
+    }
+
+    /// A sender of [`Ask`]s to this loop, usable from any thread.
+    pub fn asker(&self) -> Completer<Ask<S>> {
+        self.asks.completer()
     }
 
     /// Runs `engine`'s rules; `seed` is what a set installed later by
@@ -432,7 +490,7 @@ impl<S: Sink> Server<S> {
         }
         let tls = config.tls()?;
         let mut server = Self::bind_with(
-            &config.listen,
+            &config.tcp_listen(),
             config.backlog,
             settings,
             Limits::from(config),
@@ -444,6 +502,9 @@ impl<S: Sink> Server<S> {
                 .serve_tls(tls, &config.listen_tls, config.backlog)
                 .map_err(|e| e.to_string())?;
         }
+        server
+            .serve_unix(&config.unix_listen(), config.backlog, config.unix_mode)
+            .map_err(|e| e.to_string())?;
         if config.proxy_protocol {
             server.expect_proxy(config.trusted.clone(), config.proxy_timeout);
         }
@@ -526,6 +587,7 @@ impl<S: Sink> Server<S> {
             self.resume_stalled();
             self.serve_still_ready(now);
             self.fire_completions(now);
+            self.answer_asks(now);
             self.fire_timers(now);
             self.fire_tick(now, started);
             if let Some(c) = self.control.as_mut() {
@@ -737,7 +799,7 @@ impl<S: Sink> Server<S> {
             if let Some(p) = &self.proxy {
                 // The header first, in plaintext whatever the listener.
                 let until = now + p.timeout;
-                let mut conn = Conn::new(Transport::tcp(sock), session);
+                let mut conn = Conn::new(Transport::plain(sock), session);
                 if conn.register(self.poll.registry(), Token(key)).is_err() {
                     continue;
                 }
@@ -749,8 +811,8 @@ impl<S: Sink> Server<S> {
                 });
                 continue;
             }
-            let mut conn = match (&self.tls, implicit) {
-                (Some(config), true) => {
+            let mut conn = match (&self.tls, implicit, sock) {
+                (Some(config), true, Stream::Tcp(sock)) => {
                     let Ok(tls) =
                         rustls::server::UnbufferedServerConnection::new(Arc::clone(config))
                     else {
@@ -758,7 +820,7 @@ impl<S: Sink> Server<S> {
                     };
                     Conn::new_tls(Transport::tls_server(sock, tls), session, now)
                 }
-                _ => Conn::new(Transport::tcp(sock), session),
+                (_, _, sock) => Conn::new(Transport::plain(sock), session),
             };
             if conn.register(self.poll.registry(), Token(key)).is_err() {
                 continue;
@@ -859,8 +921,8 @@ impl<S: Sink> Server<S> {
     }
 }
 
-/// The control endpoint's view of a loop.
-struct Controlled<'a, S> {
+/// The control endpoint's view of a loop (and an [`Ask`]'s).
+pub struct Controlled<'a, S> {
     tally: &'a mut Tally,
     stats: &'a mut Stats,
     rules: &'a mut Option<Engine>,
@@ -869,6 +931,75 @@ struct Controlled<'a, S> {
     report: Option<&'a SinkReport<S>>,
     seed: u64,
     uptime: Duration,
+}
+
+/// Builds a loop's [`Controlled`] view, field by field (so the control
+/// port can be borrowed beside it).
+macro_rules! controlled {
+    ($server:ident, $now:expr) => {{
+        $server.stats.replies_by_id = $server.tally;
+        Controlled {
+            tally: &mut $server.tally,
+            stats: &mut $server.stats,
+            rules: &mut $server.rules,
+            settings: &$server.settings,
+            sink: &$server.sink,
+            report: $server.report.as_ref(),
+            seed: $server.seed,
+            uptime: $now.saturating_duration_since($server.started),
+        }
+    }};
+}
+
+impl<'a, S> Controlled<'a, S> {
+    /// The view of figures merged from several loops: `POST /reset` and
+    /// `PUT /rules` on it change nothing there (the caller sends those to
+    /// every loop instead).
+    pub fn merged(
+        tally: &'a mut Tally,
+        stats: &'a mut Stats,
+        rules: &'a mut Option<Engine>,
+        settings: &'a Settings,
+        sink: &'a S,
+        uptime: Duration,
+    ) -> Self
+    where
+        S: Summary,
+    {
+        Self {
+            tally,
+            stats,
+            rules,
+            settings,
+            sink,
+            report: Some(&SinkReport {
+                metrics: <S as Summary>::metrics,
+                json: <S as Summary>::json,
+            }),
+            seed: 0,
+            uptime,
+        }
+    }
+
+    /// The loop's statistics (replies by id included).
+    pub fn statistics(&self) -> &Stats {
+        self.stats
+    }
+
+    /// The loop's sink.
+    pub fn sink(&self) -> &S {
+        self.sink
+    }
+
+    /// The loop's rules engine, if any.
+    pub fn rules(&self) -> Option<&Engine> {
+        self.rules.as_ref()
+    }
+
+    /// How long the loop has run.
+    pub fn uptime(&self) -> Duration {
+        self.uptime
+    }
 }
 
 impl<S> crate::control::Target for Controlled<'_, S> {
@@ -936,18 +1067,19 @@ impl<S: Sink> Server<S> {
         let Some(port) = self.control.as_mut() else {
             return;
         };
-        self.stats.replies_by_id = self.tally;
-        let mut target = Controlled {
-            tally: &mut self.tally,
-            stats: &mut self.stats,
-            rules: &mut self.rules,
-            settings: &self.settings,
-            sink: &self.sink,
-            report: self.report.as_ref(),
-            seed: self.seed,
-            uptime: now.saturating_duration_since(self.started),
-        };
+        let mut target = controlled!(self, now);
         port.event(token, self.poll.registry(), now, &mut target);
+    }
+
+    /// Runs what other threads asked of this loop.
+    fn answer_asks(&mut self, now: Instant) {
+        if !self.asks.pending() {
+            return;
+        }
+        let asks: Vec<Ask<S>> = self.asks.take().collect();
+        for ask in asks {
+            ask(&mut controlled!(self, now));
+        }
     }
 
     /// The control endpoint's address, if it serves one.
