@@ -632,6 +632,44 @@ mod tests {
     }
 
     #[test]
+    fn merged_loops_count_duplicates_between_them_and_deliveries_once() {
+        let body = b"b\r\n";
+        let good = crc32fast::hash(body);
+        let (mut a, mut b) = (Verify::default(), Verify::default());
+        // Loop a saw 0..=4 and 2 again; loop b saw 3..=6 and 200 (past the
+        // first bit word, so the sets differ in length).
+        for seq in [0, 1, 2, 3, 4, 2] {
+            deliver(&mut a, 1, &msg("5eed", seq, body, good), 64);
+        }
+        for seq in [3, 4, 5, 6, 200] {
+            deliver(&mut b, 1, &msg("5eed", seq, body, good), 64);
+        }
+        let t0 = SystemTime::now();
+        let summary = RunSummary {
+            run: 0x5eed,
+            started_unix: 0.0,
+            ended_unix: 0.0,
+            failed: 0,
+            acked: vec![(0, 7)],
+        };
+        b.expect(summary, t0);
+        let mut m = a.snapshot();
+        m.merge(b.snapshot());
+        // 2 twice in a; 3 and 4 once in each.
+        assert_eq!((m.intact, m.duplicated), (11, 3));
+        assert_eq!(m.transit.len(), 0, "no stamps");
+        // Delivered over the union: 0..=6 of 0..=7.
+        assert_eq!((m.in_flight(), m.unacknowledged()), (1, 1));
+        assert_eq!(m.run_state(t0, Duration::from_secs(5)), RunState::Waiting);
+        // A fresh copy takes what was decided on the earlier merge, and
+        // counts by its own arrivals (loop a alone: 5, 6, 7 missing).
+        m.finish(true);
+        let mut fresh = a.snapshot();
+        fresh.adopt(&m);
+        assert_eq!((fresh.lost(), fresh.in_flight()), (3, 0));
+    }
+
+    #[test]
     fn transit_is_measured_from_the_stamp() {
         let body = b"b\r\n";
         let mut v = Verify::default();
