@@ -9,6 +9,7 @@ use smtpsink::config::{Config, ListenOn};
 use smtpsink::group::{Group, GroupControl};
 use smtpsink::histlog::HistLog;
 use smtpsink::reactor::control::ControlPort;
+use smtpsink::reactor::listener;
 use smtpsink::reactor::{Report, Server, ShutdownHandle};
 use smtpsink::run_summary::RunSummary;
 use smtpsink::sink::maildir::MaildirOptions;
@@ -412,6 +413,9 @@ const GROUP_TICK: Duration = Duration::from_millis(100);
 
 /// The loops of `--threads N`, bound and ready.
 fn build_group<S: Sink>(config: &Config, make_sink: fn() -> S) -> Result<Vec<Server<S>>, String> {
+    for addr in config.tcp_listen().iter().chain(&config.listen_tls) {
+        listener::check_free(*addr).map_err(|e| e.to_string())?;
+    }
     let seed = seed(config);
     // Counted over all loops here, not per loop.
     let mut each = config.clone();

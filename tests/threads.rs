@@ -265,3 +265,23 @@ fn a_taken_port_is_one_clear_line_with_two_loops() {
         format!("smtpsink: cannot listen on {addr}: address already in use\n")
     );
 }
+
+#[test]
+fn a_second_server_cannot_join_the_loops_port_group() {
+    let first = Proc::start(&["--threads", "2", "-l", "127.0.0.1:0"]);
+    let addr = first.addr();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtpsink"))
+        .args(["--threads", "2", "--listen", &addr.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, out, err) = wait_exit(child);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        format!("smtpsink: cannot listen on {addr}: address already in use\n")
+    );
+    let (code, _, err) = first.terminate();
+    assert_eq!(code, 0, "{err}");
+}

@@ -73,6 +73,26 @@ pub fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> Result<TcpListe
     setup().map_err(|source| ListenError::tcp(addr, source))
 }
 
+/// Fails as a plain bind would if something listens on `addr` already.
+/// With `SO_REUSEPORT` on our sockets, another process of the same user
+/// that also sets it (a second `smtpsink --threads`) could otherwise
+/// join our group and take a share of the connections without an error;
+/// a probe without the option cannot. Port 0 is always free.
+pub fn check_free(addr: SocketAddr) -> Result<(), ListenError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = || -> io::Result<()> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&addr.into())
+    };
+    probe().map_err(|source| ListenError::tcp(addr, source))
+}
+
 /// A UNIX-domain listener; its socket file goes when it is dropped.
 #[derive(Debug)]
 pub struct UnixSocket {
