@@ -521,8 +521,19 @@ impl Config {
     /// The rules engine the configuration asks for (`None`: no rules, no
     /// limits, no magic); `seed` when neither --seed nor the file gives one.
     pub fn engine(&self, seed: u64) -> Result<Option<Engine>, String> {
+        self.loop_engine(seed, 0)
+    }
+
+    /// Event loop `index`'s engine (`--threads`): whichever seed is used,
+    /// given or drawn, moved on by `index`, so loops do not repeat each
+    /// other's draws and the same seed still gives the same decisions.
+    pub fn loop_engine(&self, seed: u64, index: u16) -> Result<Option<Engine>, String> {
+        let by = u64::from(index);
         self.rule_set()?
-            .map(|set| Engine::new(set, seed, &self.hostname))
+            .map(|mut set| {
+                set.seed = set.seed.map(|s| s.wrapping_add(by));
+                Engine::new(set, seed.wrapping_add(by), &self.hostname)
+            })
             .transpose()
     }
 
@@ -686,6 +697,12 @@ mod tests {
         let c =
             Config::try_parse_from(["smtpsink", "--threads", "2", "--maildir", "/tmp/m"]).unwrap();
         assert!(c.check().unwrap_err().contains("--maildir"));
+        // Loop i's rules draw from seed + i, given or not.
+        let c = Config::try_parse_from(["smtpsink", "--magic-addresses"]).unwrap();
+        let seed = |c: &Config, i| c.loop_engine(5, i).unwrap().unwrap().seed();
+        assert_eq!((seed(&c, 0), seed(&c, 3)), (5, 8));
+        let c = Config::try_parse_from(["smtpsink", "--magic-addresses", "--seed", "9"]).unwrap();
+        assert_eq!((seed(&c, 0), seed(&c, 1)), (9, 10));
         let t = Config::try_parse_from(["smtpsink"])
             .unwrap()
             .settings()

@@ -1,5 +1,7 @@
-//! The `smtpsink` binary: parse the configuration, bind, run the reactor,
-//! print the final statistics. Start-up errors are one line and exit code 1.
+//! The `smtpsink` binary: parse the configuration, bind, run the reactor
+//! (or, with `--threads N`, N of them and the reporting loop that merges
+//! their figures), print the final statistics. Start-up errors are one line
+//! and exit code 1.
 
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -282,8 +284,7 @@ fn seed(config: &Config) -> u64 {
     })
 }
 
-/// Loop `index` as `config` says, its rules seeded with `seed + index` (so
-/// loops do not repeat each other's draws; the same seed, the same draws).
+/// Loop `index` as `config` says, its rules seeded with `seed + index`.
 fn build<S: Sink>(
     config: &Config,
     make_sink: impl FnOnce(Completer) -> S,
@@ -291,8 +292,7 @@ fn build<S: Sink>(
     index: u16,
 ) -> Result<Server<S>, String> {
     let mut server = Server::from_config_with(config, make_sink)?;
-    let seed = seed.wrapping_add(u64::from(index));
-    let engine = config.engine(seed)?;
+    let engine = config.loop_engine(seed, index)?;
     if let (Some(engine), 0) = (&engine, index) {
         eprintln!(
             "smtpsink: {} rule(s){}{}, seed {}{}",
@@ -315,7 +315,7 @@ fn build<S: Sink>(
             }
         );
     }
-    server.set_rules(engine, seed);
+    server.set_rules(engine, seed.wrapping_add(u64::from(index)));
     Ok(server)
 }
 

@@ -16,6 +16,10 @@
 //! sleeps, so one fast client cannot starve the others. Protocol problems
 //! never reach this layer as errors; an I/O error closes that one connection.
 //! Only set-up errors are returned to `main`.
+//!
+//! Other threads reach a running loop only through its [`Ask`] queue
+//! (`--threads`: snapshots of its figures, new rules, a reset), answered
+//! between turns; a turn with none asked costs one atomic load.
 
 mod clients;
 mod conn;
