@@ -106,6 +106,8 @@ fn two_loops_count_exactly_and_both_take_connections() {
         "127.0.0.1:0",
         "--json",
         json.to_str().unwrap(),
+        "--stats-interval",
+        "1",
     ]);
     assert!(
         sink.said.last().unwrap().contains(", 2 event loops)"),
@@ -147,8 +149,17 @@ fn two_loops_count_exactly_and_both_take_connections() {
     // New rules reach both loops before the 200.
     deny_everywhere(addr, ctl);
 
+    // At least one interval line comes after the traffic.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
     let (code, out, err) = sink.terminate();
     assert_eq!(code, 0, "{err}");
+    let last = err.lines().rfind(|l| l.starts_with("smtpsink: t="));
+    let last = last.unwrap_or_else(|| panic!("no interval line in {err}"));
+    assert!(last.contains(" conns=0 msgs=201 "), "{last}");
+    assert!(
+        last.contains(" rcpts=201 ") && last.contains(" 4xx=0 5xx=40 "),
+        "{last}"
+    );
     let total = 2 * CONNS + 1;
     assert_eq!(report_field(&out, "connections"), total);
     assert_eq!(report_field(&out, "messages"), CONNS * PER + 1);
