@@ -21,11 +21,13 @@ use crate::sink::{Merge, Summary};
 use crate::stats::Stats;
 use std::io;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long the reporting side waits for a loop's answer; a loop that is
-/// gone (stopping) is left out instead.
+/// How long the reporting side waits for the loops' answers at most (a
+/// loop answers between two turns: at once, unless it is stuck).
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// While waiting, how often to look for loops that ended meanwhile.
+const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 /// Figures merged from every loop.
 pub struct Snapshot<S> {
@@ -45,7 +47,6 @@ pub struct Snapshot<S> {
 pub struct Group<S: Sink> {
     loops: Vec<Background<S>>,
     askers: Vec<Completer<Ask<S>>>,
-    stopped: bool,
 }
 
 /// One loop's figures: statistics, a sink copy, a rules copy, uptime.
@@ -58,7 +59,6 @@ impl<S: Sink + Merge + Send + 'static> Group<S> {
         Self {
             loops: servers.into_iter().map(Server::spawn).collect(),
             askers,
-            stopped: false,
         }
     }
 
@@ -74,19 +74,32 @@ impl<S: Sink + Merge + Send + 'static> Group<S> {
         f: impl Fn(&mut Controlled<'_, S>) -> T + Clone + Send + 'static,
     ) -> Vec<(usize, T)> {
         let (tx, rx) = mpsc::channel();
-        for (i, asker) in self.askers.iter().enumerate() {
+        let mut waiting = vec![false; self.askers.len()];
+        for (i, (asker, l)) in self.askers.iter().zip(&self.loops).enumerate() {
+            if l.is_finished() {
+                continue;
+            }
             let (tx, f) = (tx.clone(), f.clone());
             asker.send(Box::new(move |view| {
                 let _ = tx.send((i, f(view)));
             }));
+            waiting[i] = true;
         }
-        drop(tx);
+        let until = Instant::now() + ANSWER_WAIT;
         let mut got: Vec<(usize, T)> = Vec::with_capacity(self.askers.len());
-        // Ends early once every loop answered or dropped its ask (stopped).
-        while got.len() < self.askers.len() {
-            match rx.recv_timeout(ANSWER_WAIT) {
-                Ok(answer) => got.push(answer),
-                Err(_) => break,
+        while waiting.contains(&true) && Instant::now() < until {
+            match rx.recv_timeout(LOOK_AGAIN) {
+                Ok((i, answer)) => {
+                    waiting[i] = false;
+                    got.push((i, answer));
+                }
+                // A loop that ended meanwhile never answers: its ask stays
+                // in a queue nobody reads.
+                Err(_) => {
+                    for (w, l) in waiting.iter_mut().zip(&self.loops) {
+                        *w &= !l.is_finished();
+                    }
+                }
             }
         }
         got.sort_by_key(|(i, _)| *i);
@@ -119,13 +132,11 @@ impl<S: Sink + Merge + Send + 'static> Group<S> {
         })
     }
 
-    /// Asks every loop to stop gracefully (once: a second request would
-    /// stop them at once).
-    pub fn stop(&mut self) {
-        if !std::mem::replace(&mut self.stopped, true) {
-            for l in &self.loops {
-                l.handle.request();
-            }
+    /// Asks every loop that is not stopping yet to stop gracefully (a
+    /// signal may have asked some already: they keep their grace period).
+    pub fn stop(&self) {
+        for l in &self.loops {
+            l.handle.request_graceful();
         }
     }
 

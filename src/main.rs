@@ -466,7 +466,7 @@ where
     if let Some(s) = servers.first() {
         announce(s, config, what);
     }
-    let mut group = Group::spawn(servers);
+    let group = Group::spawn(servers);
     on_signals(group.handles())?;
 
     let started = Instant::now();

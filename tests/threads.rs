@@ -296,3 +296,34 @@ fn a_second_server_cannot_join_the_loops_port_group() {
     let (code, _, err) = first.terminate();
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn sigterm_lets_a_message_in_progress_finish_in_any_loop() {
+    let sink = Proc::start(&["--threads", "2", "-l", "127.0.0.1:0"]);
+    let mut c = tcp(sink.addr());
+    c.write_all(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nfirst half\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("354 ") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let pid = sink.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.unwrap().success());
+    // The idle loop ends at once; the busy one must keep its grace period
+    // (not be stopped outright when the reporting side sees the first end).
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    c.write_all(b"second half\r\n.\r\n").unwrap();
+    let mut rest = String::new();
+    c.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("250 2.0.0 Ok: queued\r\n"), "{rest}");
+    let Proc { child, .. } = sink;
+    let (code, out, err) = wait_exit(child);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report_field(&out, "messages"), 1);
+}

@@ -81,6 +81,18 @@ impl ShutdownHandle {
         // A failed wake means the loop is gone already; nothing left to stop.
         let _ = self.waker.wake();
     }
+
+    /// Asks for a graceful shutdown unless one was asked for already (so it
+    /// never turns a drain in progress into an immediate stop).
+    pub fn request_graceful(&self) {
+        if self
+            .requests
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 /// A server running on its own thread.
