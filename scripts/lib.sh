@@ -357,7 +357,15 @@ PY
 server_argv() {
     local name=$1 port=$2
     case $name in
-        smtpsink) SERVER_ARGV=("$SMTPSINK_BIN" --listen "127.0.0.1:$port") ;;
+        smtpsink)
+            SERVER_ARGV=("$SMTPSINK_BIN" --listen "127.0.0.1:$port")
+            # SMTPSINK_ARGS: more options, whitespace-separated (threads-bench.sh).
+            if [[ -n ${SMTPSINK_ARGS:-} ]]; then
+                local extra
+                read -r -a extra <<<"$SMTPSINK_ARGS"
+                SERVER_ARGV+=("${extra[@]}")
+            fi
+            ;;
         smtp-sink)
             SERVER_ARGV=("$SINK")
             ((EUID != 0)) || SERVER_ARGV+=(-u nobody)

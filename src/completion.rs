@@ -7,6 +7,9 @@
 //! ([`Completions::take`]), hands each verdict to its session and serves the
 //! connection again at once, since input it had already read is waiting.
 //! A verdict for a connection that is gone is dropped.
+//!
+//! The queue is generic: with `--threads N` the same mechanism carries the
+//! reporting side's requests (snapshots, `PUT /rules`) to each loop.
 
 use crate::proto::server::{SessionId, Verdict};
 use mio::Waker;
@@ -15,28 +18,47 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// The verdicts, and a flag the loop reads without taking the lock: most
 /// turns of a busy loop have none.
-#[derive(Default)]
-struct Shared {
-    verdicts: Mutex<Vec<(SessionId, Verdict)>>,
+struct Shared<T> {
+    verdicts: Mutex<Vec<T>>,
     any: AtomicBool,
 }
 
-type Queue = Arc<Shared>;
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Self {
+            verdicts: Mutex::new(Vec::new()),
+            any: AtomicBool::new(false),
+        }
+    }
+}
+
+type Queue<T> = Arc<Shared<T>>;
+
+/// What the sinks send: a session's verdict.
+type Done = (SessionId, Verdict);
 
 /// Sends verdicts to one event loop; cheap to clone, usable from any thread.
-#[derive(Clone)]
-pub struct Completer {
-    queue: Queue,
+pub struct Completer<T = Done> {
+    queue: Queue<T>,
     waker: Arc<Waker>,
 }
 
-impl std::fmt::Debug for Completer {
+impl<T> Clone for Completer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: Arc::clone(&self.queue),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Completer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Completer")
     }
 }
 
-impl Completer {
+impl<T> Completer<T> {
     /// Wakes the loop without a verdict: a sink that was under pressure can
     /// take input again.
     pub fn wake(&self) {
@@ -44,28 +66,35 @@ impl Completer {
         let _ = self.waker.wake();
     }
 
-    /// Delivers the verdict for the message `id` ended with.
-    pub fn complete(&self, id: SessionId, verdict: Verdict) {
+    /// Queues `item` for the loop and wakes it.
+    pub fn send(&self, item: T) {
         self.queue
             .verdicts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((id, verdict));
+            .push(item);
         self.queue.any.store(true, Ordering::Release);
         // A failed wake means the loop is gone; nothing is left to tell.
         let _ = self.waker.wake();
     }
 }
 
-/// The loop's end of the queue.
-pub struct Completions {
-    queue: Queue,
-    waker: Arc<Waker>,
-    /// Swapped with the shared queue, so the lock is held for a swap only.
-    taken: Vec<(SessionId, Verdict)>,
+impl Completer {
+    /// Delivers the verdict for the message `id` ended with.
+    pub fn complete(&self, id: SessionId, verdict: Verdict) {
+        self.send((id, verdict));
+    }
 }
 
-impl Completions {
+/// The loop's end of the queue.
+pub struct Completions<T = Done> {
+    queue: Queue<T>,
+    waker: Arc<Waker>,
+    /// Swapped with the shared queue, so the lock is held for a swap only.
+    taken: Vec<T>,
+}
+
+impl<T> Completions<T> {
     /// A queue that wakes the loop through `waker`.
     pub fn new(waker: Arc<Waker>) -> Self {
         Self {
@@ -76,7 +105,7 @@ impl Completions {
     }
 
     /// A sender for sinks and their threads.
-    pub fn completer(&self) -> Completer {
+    pub fn completer(&self) -> Completer<T> {
         Completer {
             queue: Arc::clone(&self.queue),
             waker: Arc::clone(&self.waker),
@@ -90,7 +119,7 @@ impl Completions {
     }
 
     /// Every verdict delivered since the last call, in arrival order.
-    pub fn take(&mut self) -> std::vec::Drain<'_, (SessionId, Verdict)> {
+    pub fn take(&mut self) -> std::vec::Drain<'_, T> {
         self.taken.clear();
         if self.queue.any.swap(false, Ordering::Acquire) {
             let mut q = self

@@ -46,15 +46,26 @@ pub enum BareLf {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "smtpsink", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Config {
-    /// Address to listen on, IP:PORT (repeat for several; IPv6 as `[::1]:2525`).
-    /// Never resolved through DNS.
+    /// Address to listen on, IP:PORT or unix:PATH (repeat for several; IPv6
+    /// as `[::1]:2525`). Never resolved through DNS.
     #[arg(
         long = "listen",
         short = 'l',
-        value_name = "IP:PORT",
+        value_name = "IP:PORT|unix:PATH",
         default_value = "127.0.0.1:2525"
     )]
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<ListenOn>,
+
+    /// Permissions of `--listen unix:` sockets, octal (e.g. 0660); without
+    /// it the umask decides.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub unix_mode: Option<u32>,
+
+    /// Event loops: N independent single-threaded loops, each with its own
+    /// listening sockets on the same addresses (`SO_REUSEPORT`); loop 0 also
+    /// owns the UNIX listeners.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
 
     /// Host name used in the greeting, HELO/EHLO and 421 replies.
     #[arg(long, default_value = "localhost")]
@@ -535,13 +546,71 @@ impl Config {
     /// The rules engine the configuration asks for (`None`: no rules, no
     /// limits, no magic); `seed` when neither --seed nor the file gives one.
     pub fn engine(&self, seed: u64) -> Result<Option<Engine>, String> {
+        self.loop_engine(seed, 0)
+    }
+
+    /// Event loop `index`'s engine (`--threads`): whichever seed is used,
+    /// given or drawn, moved on by `index`, so loops do not repeat each
+    /// other's draws and the same seed still gives the same decisions.
+    pub fn loop_engine(&self, seed: u64, index: u16) -> Result<Option<Engine>, String> {
+        let by = u64::from(index);
         self.rule_set()?
-            .map(|set| Engine::new(set, seed, &self.hostname))
+            .map(|mut set| {
+                set.seed = set.seed.map(|s| s.wrapping_add(by));
+                Engine::new(set, seed.wrapping_add(by), &self.hostname)
+            })
             .transpose()
     }
 
-    /// Checks what clap cannot: --control on loopback unless allowed.
+    /// The TCP addresses of `--listen`.
+    pub fn tcp_listen(&self) -> Vec<SocketAddr> {
+        self.listen
+            .iter()
+            .filter_map(|l| match l {
+                ListenOn::Tcp(a) => Some(*a),
+                ListenOn::Unix(_) => None,
+            })
+            .collect()
+    }
+
+    /// The UNIX-domain paths of `--listen`.
+    pub fn unix_listen(&self) -> Vec<PathBuf> {
+        self.listen
+            .iter()
+            .filter_map(|l| match l {
+                ListenOn::Unix(p) => Some(p.clone()),
+                ListenOn::Tcp(_) => None,
+            })
+            .collect()
+    }
+
+    /// Checks what clap cannot: --control on loopback unless allowed; what
+    /// UNIX listeners and several loops cannot do (yet).
     pub fn check(&self) -> Result<(), String> {
+        let unix = self.unix_listen();
+        if let (Some(p), true) = (unix.first(), self.proxy_protocol) {
+            return Err(format!(
+                "--proxy-protocol with --listen unix:{}: a UNIX peer has no address --trusted could vouch for",
+                p.display()
+            ));
+        }
+        if self.threads > 1 {
+            let no = |what: &str| {
+                Err(format!(
+                    "--threads {} with {what}: not supported; use one loop",
+                    self.threads
+                ))
+            };
+            if self.maildir.is_some() {
+                return no("--maildir (one storage queue per loop would race on file names and --max-stored)");
+            }
+            if self.transit_log.is_some() {
+                return no("--transit-log");
+            }
+            if self.exit_after_connections.is_some() {
+                return no("--exit-after-connections");
+            }
+        }
         if let Some(a) = self.control {
             if !a.ip().is_loopback() && !self.control_allow_remote {
                 return Err(format!(
@@ -555,9 +624,51 @@ impl Config {
     /// The defaults, for tests and embedding.
     pub fn default_for(listen: SocketAddr) -> Self {
         let mut c = Self::parse_from(["smtpsink"]);
-        c.listen = vec![listen];
+        c.listen = vec![ListenOn::Tcp(listen)];
         c
     }
+}
+
+/// Where to listen: `IP:PORT`, or `unix:PATH` for a UNIX-domain socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenOn {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A UNIX-domain stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenOn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path".into());
+            }
+            return Ok(ListenOn::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(ListenOn::Tcp)
+            .map_err(|_| format!("{s:?}: expected IP:PORT (no host names) or unix:PATH"))
+    }
+}
+
+impl std::fmt::Display for ListenOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenOn::Tcp(a) => write!(f, "{a}"),
+            ListenOn::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// File permissions in octal (`0660`, `660`).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0660"))
 }
 
 /// Seconds, decimals allowed (`0.5`), more than zero.
@@ -578,7 +689,10 @@ mod tests {
     #[test]
     fn defaults_and_validation() {
         let c = Config::try_parse_from(["smtpsink"]).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![ListenOn::Tcp("127.0.0.1:2525".parse().unwrap())]
+        );
         assert_eq!(c.settings().max_line, 512);
         assert!(Config::try_parse_from(["smtpsink", "--max-recipients", "99"]).is_err());
         assert!(Config::try_parse_from(["smtpsink", "--listen", "localhost:25"]).is_err());
@@ -594,6 +708,26 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.len(), 2);
         assert!(c.settings().reject_bare_lf);
+        let c = Config::try_parse_from(["smtpsink", "-l", "unix:/tmp/s", "--unix-mode", "0660"])
+            .unwrap();
+        assert_eq!(c.unix_listen(), [PathBuf::from("/tmp/s")]);
+        assert_eq!((c.tcp_listen().len(), c.unix_mode), (0, Some(0o660)));
+        for bad in ["unix:", "localhost:25"] {
+            assert!(
+                Config::try_parse_from(["smtpsink", "-l", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Config::try_parse_from(["smtpsink", "--unix-mode", "0999"]).is_err());
+        let c =
+            Config::try_parse_from(["smtpsink", "--threads", "2", "--maildir", "/tmp/m"]).unwrap();
+        assert!(c.check().unwrap_err().contains("--maildir"));
+        // Loop i's rules draw from seed + i, given or not.
+        let c = Config::try_parse_from(["smtpsink", "--magic-addresses"]).unwrap();
+        let seed = |c: &Config, i| c.loop_engine(5, i).unwrap().unwrap().seed();
+        assert_eq!((seed(&c, 0), seed(&c, 3)), (5, 8));
+        let c = Config::try_parse_from(["smtpsink", "--magic-addresses", "--seed", "9"]).unwrap();
+        assert_eq!((seed(&c, 0), seed(&c, 1)), (9, 10));
         let t = Config::try_parse_from(["smtpsink"])
             .unwrap()
             .settings()

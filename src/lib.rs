@@ -9,7 +9,9 @@
 //!   `reactor::conn` turns readiness into the session's events and acts on
 //!   its requests; `reactor::timer` keeps deadlines and reads the clock.
 //! - [`completion`] brings deferred sink verdicts back to the loop from any
-//!   thread (a queue and the loop's waker).
+//!   thread (a queue and the loop's waker); the same queue carries
+//!   requests to each loop of a [`group`] (`--threads N`: independent loops
+//!   on `SO_REUSEPORT` sockets, figures merged on the reporting side).
 //! - [`sink`] is where message data goes (discard, verify, maildir: storage
 //!   threads, group commit, back-pressure through `Sink::pressure`);
 //!   [`stats`] counts and keeps latency histograms (mergeable across loops);
@@ -34,6 +36,7 @@
 pub mod completion;
 pub mod config;
 pub mod control;
+pub mod group;
 pub mod histlog;
 pub mod metrics;
 pub mod net;

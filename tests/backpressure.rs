@@ -87,6 +87,7 @@ fn a_held_221_waits_for_the_replies_before_it() {
         spin_polls: 0,
         exit_after_messages: None,
         exit_after_connections: None,
+        reuse_port: false,
     };
     let server = Server::bind(
         &["127.0.0.1:0".parse().unwrap()],

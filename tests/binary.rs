@@ -1,31 +1,15 @@
 //! The `smtpsink` binary as a user meets it: start-up errors are one line and
 //! exit code 1; SIGTERM prints the final statistics and exits 0.
 
+mod common;
+
+use common::{report_field, wait_exit as wait};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtpsink");
-
-/// Waits for the child with a deadline; kills it (by its own PID) if late.
-fn wait(mut child: Child) -> (i32, String, String) {
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let mut out = String::new();
-            let mut err = String::new();
-            child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-            child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-            return (status.code().unwrap_or(-1), out, err);
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("smtpsink did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn port_in_use_is_one_clear_line() {
@@ -57,7 +41,7 @@ fn bad_address_is_a_usage_error() {
     let (code, _, err) = wait(child);
     assert_eq!(code, 2);
     assert!(
-        err.contains("invalid value 'localhost:2525' for '--listen <IP:PORT>'"),
+        err.contains("invalid value 'localhost:2525' for '--listen <IP:PORT|unix:PATH>'"),
         "{err}"
     );
 }
@@ -103,13 +87,7 @@ fn sigterm_prints_final_stats() {
         out.starts_with("smtpsink: final statistics after "),
         "{out}"
     );
-    let field = |name: &str| -> u64 {
-        out.lines()
-            .find_map(|l| l.trim_start().strip_prefix(name))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {out}"))
-    };
+    let field = |name: &str| report_field(&out, name);
     assert_eq!(field("connections"), 1);
     assert_eq!(field("messages"), 1);
     assert_eq!(field("recipients"), 1);

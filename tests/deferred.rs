@@ -58,6 +58,7 @@ fn limits() -> Limits {
         spin_polls: 0,
         exit_after_messages: None,
         exit_after_connections: None,
+        reuse_port: false,
     }
 }
 

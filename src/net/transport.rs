@@ -233,6 +233,11 @@ impl Transport {
         Transport::Plain(Stream::Unix(sock))
     }
 
+    /// A plain stream, TCP or UNIX, as a listener accepted it.
+    pub fn plain(sock: Stream) -> Self {
+        Transport::Plain(sock)
+    }
+
     /// A TCP stream that speaks TLS as a server from its first byte.
     pub fn tls_server(sock: TcpStream, conn: UnbufferedServerConnection) -> Self {
         Self::secure(sock.into(), conn.into())

@@ -48,10 +48,10 @@ pub struct ControlPort {
 impl ControlPort {
     /// Binds and registers the listener.
     pub fn bind(addr: SocketAddr, registry: &Registry) -> Result<Self, ListenError> {
-        let mut l = listener::bind(addr, 64)?;
+        let mut l = listener::bind(addr, 64, false)?;
         registry
             .register(&mut l, LISTENER, Interest::READABLE)
-            .map_err(|source| ListenError { addr, source })?;
+            .map_err(|source| ListenError::tcp(addr, source))?;
         let addr = l.local_addr().unwrap_or(addr);
         Ok(Self {
             listener: l,

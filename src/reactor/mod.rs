@@ -16,6 +16,10 @@
 //! sleeps, so one fast client cannot starve the others. Protocol problems
 //! never reach this layer as errors; an I/O error closes that one connection.
 //! Only set-up errors are returned to `main`.
+//!
+//! Other threads reach a running loop only through its [`Ask`] queue
+//! (`--threads`: snapshots of its figures, new rules, a reset), answered
+//! between turns; a turn with none asked costs one atomic load.
 
 mod clients;
 mod conn;
@@ -26,6 +30,7 @@ pub mod timer;
 use crate::completion::{Completer, Completions};
 use crate::config::Config;
 use crate::metrics::Exposition;
+use crate::net::Stream;
 use crate::net::Transport;
 use crate::proto::reply::ReplyId;
 use crate::proto::server::{Session, SessionId, Settings, Sink, Tally, EXTENSION_ALLOWANCE};
@@ -38,12 +43,13 @@ pub use conn::{OUTPUT_HIGH_WATER, READ_BUDGET};
 use control::ControlPort;
 use ipnet::IpNet;
 pub use listener::ListenError;
-use mio::net::TcpListener;
+use listener::Listener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +81,18 @@ impl ShutdownHandle {
         // A failed wake means the loop is gone already; nothing left to stop.
         let _ = self.waker.wake();
     }
+
+    /// Asks for a graceful shutdown unless one was asked for already (so it
+    /// never turns a drain in progress into an immediate stop).
+    pub fn request_graceful(&self) {
+        if self
+            .requests
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 /// A server running on its own thread.
@@ -92,6 +110,11 @@ impl<S> Background<S> {
         self.thread
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("server thread panicked")))
+    }
+
+    /// Whether the loop has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
     }
 
     /// Requests a graceful shutdown and waits for it.
@@ -129,6 +152,9 @@ pub struct Limits {
     /// Accept this many connections, then stop listening and stop once
     /// they have all closed.
     pub exit_after_connections: Option<u64>,
+    /// Other loops listen on the same addresses (`--threads`): bind with
+    /// `SO_REUSEPORT`.
+    pub reuse_port: bool,
 }
 
 impl From<&Config> for Limits {
@@ -140,6 +166,7 @@ impl From<&Config> for Limits {
             spin_polls: c.spin_polls,
             exit_after_messages: c.exit_after_messages,
             exit_after_connections: c.exit_after_connections,
+            reuse_port: c.threads > 1,
         }
     }
 }
@@ -217,7 +244,9 @@ struct ProxyWait {
 /// One event loop with its listeners, connections and sink.
 pub struct Server<S: Sink> {
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// TCP ones first, implicit-TLS ones next, UNIX-domain ones last (the
+    /// first two line up with `local_addrs`).
+    listeners: Vec<Listener>,
     local_addrs: Vec<SocketAddr>,
     conns: Slab<Conn>,
     settings: Settings,
@@ -265,7 +294,14 @@ pub struct Server<S: Sink> {
     forwarders: Vec<IpNet>,
     /// Every connection starts with a PROXY header, from these sources.
     proxy: Option<ProxyWait>,
+    /// Requests from the reporting side of a group of loops (`--threads`).
+    asks: Completions<Ask<S>>,
 }
+
+/// Work another thread asks a loop to do between events, with the loop's
+/// view (a snapshot of its figures, new rules, a reset): with several
+/// loops, the one way figures and control actions cross between them.
+pub type Ask<S> = Box<dyn FnOnce(&mut Controlled<'_, S>) + Send>;
 
 /// A sink's parts of `/metrics` and `/stats`.
 struct SinkReport<S> {
@@ -293,33 +329,34 @@ impl<S: Sink> Server<S> {
         limits: Limits,
         make_sink: impl FnOnce(Completer) -> S,
     ) -> Result<Self, ListenError> {
-        let setup_err = |source: io::Error| ListenError {
-            addr: addrs
-                .first()
-                .copied()
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            source,
+        let setup_err = |source: io::Error| {
+            ListenError::tcp(
+                addrs
+                    .first()
+                    .copied()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            )
         };
         let poll = Poll::new().map_err(setup_err)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup_err)?);
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
-            let mut l = listener::bind(*addr, backlog)?;
+            let mut l = listener::bind(*addr, backlog, limits.reuse_port)?;
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
-                .map_err(|source| ListenError {
-                    addr: *addr,
-                    source,
-                })?;
+                .map_err(|source| ListenError::tcp(*addr, source))?;
             local_addrs.push(l.local_addr().unwrap_or(*addr));
-            listeners.push(l);
+            listeners.push(Listener::Tcp(l));
         }
         // Room for the longest partial line we keep, plus a read.
         let scratch_len = SCRATCH.max(2 * (settings.max_line + EXTENSION_ALLOWANCE));
         let completions = Completions::new(Arc::clone(&waker));
         let sink = make_sink(completions.completer());
+        let asks = Completions::new(Arc::clone(&waker));
         Ok(Self {
+            asks,
             poll,
             listeners,
             local_addrs,
@@ -375,6 +412,47 @@ impl<S: Sink> Server<S> {
         Ok(bound)
     }
 
+    /// Also listens on the UNIX-domain sockets at `paths` (plain SMTP,
+    /// STARTTLS allowed), with `mode` if given; after every TCP listener.
+    pub fn serve_unix(
+        &mut self,
+        paths: &[PathBuf],
+        backlog: i32,
+        mode: Option<u32>,
+    ) -> Result<(), ListenError> {
+        for path in paths {
+            let mut l = Listener::Unix(listener::bind_unix(path, backlog, mode)?);
+            let i = self.listeners.len();
+            self.poll
+                .registry()
+                .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
+                .map_err(|source| ListenError {
+                    addr: crate::config::ListenOn::Unix(path.clone()),
+                    source,
+                })?;
+            self.listeners.push(l);
+            self.implicit_tls.push(false);
+            self.lmtp.push(false);
+        }
+        Ok(())
+    }
+
+    /// The UNIX-domain paths listened on.
+    pub fn unix_paths(&self) -> Vec<&Path> {
+        self.listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Unix(u) => Some(u.path()),
+                Listener::Tcp(_) => None,
+            })
+            .collect()
+    }
+
+    /// A sender of [`Ask`]s to this loop, usable from any thread.
+    pub fn asker(&self) -> Completer<Ask<S>> {
+        self.asks.completer()
+    }
+
     /// Also listens on `addrs` for LMTP (RFC 2033); returns them as bound.
     pub fn serve_lmtp(
         &mut self,
@@ -406,15 +484,15 @@ impl<S: Sink> Server<S> {
         tls: bool,
         lmtp: bool,
     ) -> Result<SocketAddr, ListenError> {
-        let mut l = listener::bind(addr, backlog)?;
+        let mut l = listener::bind(addr, backlog, self.limits.reuse_port)?;
         let i = self.listeners.len();
         self.poll
             .registry()
             .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)
-            .map_err(|source| ListenError { addr, source })?;
+            .map_err(|source| ListenError::tcp(addr, source))?;
         let local = l.local_addr().unwrap_or(addr);
         self.local_addrs.push(local);
-        self.listeners.push(l);
+        self.listeners.push(Listener::Tcp(l));
         self.implicit_tls.push(tls);
         self.lmtp.push(lmtp);
         Ok(local)
@@ -471,7 +549,7 @@ impl<S: Sink> Server<S> {
         }
         let tls = config.tls()?;
         let mut server = Self::bind_with(
-            &config.listen,
+            &config.tcp_listen(),
             config.backlog,
             settings,
             Limits::from(config),
@@ -483,12 +561,16 @@ impl<S: Sink> Server<S> {
                 .serve_tls(tls, &config.listen_tls, config.backlog)
                 .map_err(|e| e.to_string())?;
         }
-        if config.lmtp {
-            server.speak_lmtp();
-        }
         server
             .serve_lmtp(&config.listen_lmtp, config.backlog)
             .map_err(|e| e.to_string())?;
+        // UNIX listeners last: `local_addrs` lists the TCP ones, in order.
+        server
+            .serve_unix(&config.unix_listen(), config.backlog, config.unix_mode)
+            .map_err(|e| e.to_string())?;
+        if config.lmtp {
+            server.speak_lmtp();
+        }
         if config.proxy_protocol {
             server.expect_proxy(config.trusted.clone(), config.proxy_timeout);
         }
@@ -538,6 +620,17 @@ impl<S: Sink> Server<S> {
             .collect()
     }
 
+    /// The bound addresses of the `--listen-lmtp` listeners (a subset of
+    /// `local_addrs`; with `--lmtp` every listener speaks LMTP).
+    pub fn lmtp_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs
+            .iter()
+            .zip(&self.lmtp)
+            .filter(|(_, &lmtp)| lmtp)
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
     /// The bound addresses (with the real port when 0 was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
@@ -574,6 +667,7 @@ impl<S: Sink> Server<S> {
             self.resume_stalled();
             self.serve_still_ready(now);
             self.fire_completions(now);
+            self.answer_asks(now);
             self.fire_timers(now);
             self.fire_tick(now, started);
             if let Some(c) = self.control.as_mut() {
@@ -791,7 +885,7 @@ impl<S: Sink> Server<S> {
             if let Some(p) = &self.proxy {
                 // The header first, in plaintext whatever the listener.
                 let until = now + p.timeout;
-                let mut conn = Conn::new(Transport::tcp(sock), session);
+                let mut conn = Conn::new(Transport::plain(sock), session);
                 if conn.register(self.poll.registry(), Token(key)).is_err() {
                     continue;
                 }
@@ -803,8 +897,8 @@ impl<S: Sink> Server<S> {
                 });
                 continue;
             }
-            let mut conn = match (&self.tls, implicit) {
-                (Some(config), true) => {
+            let mut conn = match (&self.tls, implicit, sock) {
+                (Some(config), true, Stream::Tcp(sock)) => {
                     let Ok(tls) =
                         rustls::server::UnbufferedServerConnection::new(Arc::clone(config))
                     else {
@@ -812,7 +906,7 @@ impl<S: Sink> Server<S> {
                     };
                     Conn::new_tls(Transport::tls_server(sock, tls), session, now)
                 }
-                _ => Conn::new(Transport::tcp(sock), session),
+                (_, _, sock) => Conn::new(Transport::plain(sock), session),
             };
             if conn.register(self.poll.registry(), Token(key)).is_err() {
                 continue;
@@ -913,8 +1007,8 @@ impl<S: Sink> Server<S> {
     }
 }
 
-/// The control endpoint's view of a loop.
-struct Controlled<'a, S> {
+/// The control endpoint's view of a loop (and an [`Ask`]'s).
+pub struct Controlled<'a, S> {
     tally: &'a mut Tally,
     stats: &'a mut Stats,
     rules: &'a mut Option<Engine>,
@@ -923,6 +1017,75 @@ struct Controlled<'a, S> {
     report: Option<&'a SinkReport<S>>,
     seed: u64,
     uptime: Duration,
+}
+
+/// Builds a loop's [`Controlled`] view, field by field (so the control
+/// port can be borrowed beside it).
+macro_rules! controlled {
+    ($server:ident, $now:expr) => {{
+        $server.stats.replies_by_id = $server.tally;
+        Controlled {
+            tally: &mut $server.tally,
+            stats: &mut $server.stats,
+            rules: &mut $server.rules,
+            settings: &$server.settings,
+            sink: &$server.sink,
+            report: $server.report.as_ref(),
+            seed: $server.seed,
+            uptime: $now.saturating_duration_since($server.started),
+        }
+    }};
+}
+
+impl<'a, S> Controlled<'a, S> {
+    /// The view of figures merged from several loops: `POST /reset` and
+    /// `PUT /rules` on it change nothing there (the caller sends those to
+    /// every loop instead).
+    pub fn merged(
+        tally: &'a mut Tally,
+        stats: &'a mut Stats,
+        rules: &'a mut Option<Engine>,
+        settings: &'a Settings,
+        sink: &'a S,
+        uptime: Duration,
+    ) -> Self
+    where
+        S: Summary,
+    {
+        Self {
+            tally,
+            stats,
+            rules,
+            settings,
+            sink,
+            report: Some(&SinkReport {
+                metrics: <S as Summary>::metrics,
+                json: <S as Summary>::json,
+            }),
+            seed: 0,
+            uptime,
+        }
+    }
+
+    /// The loop's statistics (replies by id included).
+    pub fn statistics(&self) -> &Stats {
+        self.stats
+    }
+
+    /// The loop's sink.
+    pub fn sink(&self) -> &S {
+        self.sink
+    }
+
+    /// The loop's rules engine, if any.
+    pub fn rules(&self) -> Option<&Engine> {
+        self.rules.as_ref()
+    }
+
+    /// How long the loop has run.
+    pub fn uptime(&self) -> Duration {
+        self.uptime
+    }
 }
 
 impl<S> crate::control::Target for Controlled<'_, S> {
@@ -990,18 +1153,19 @@ impl<S: Sink> Server<S> {
         let Some(port) = self.control.as_mut() else {
             return;
         };
-        self.stats.replies_by_id = self.tally;
-        let mut target = Controlled {
-            tally: &mut self.tally,
-            stats: &mut self.stats,
-            rules: &mut self.rules,
-            settings: &self.settings,
-            sink: &self.sink,
-            report: self.report.as_ref(),
-            seed: self.seed,
-            uptime: now.saturating_duration_since(self.started),
-        };
+        let mut target = controlled!(self, now);
         port.event(token, self.poll.registry(), now, &mut target);
+    }
+
+    /// Runs what other threads asked of this loop.
+    fn answer_asks(&mut self, now: Instant) {
+        if !self.asks.pending() {
+            return;
+        }
+        let asks: Vec<Ask<S>> = self.asks.take().collect();
+        for ask in asks {
+            ask(&mut controlled!(self, now));
+        }
     }
 
     /// The control endpoint's address, if it serves one.

@@ -490,6 +490,35 @@ impl Engine {
         s
     }
 
+    /// A copy of the set and its counts, for figures merged across loops
+    /// (`--threads`): it decides nothing, and its tables start empty.
+    /// `None` only if the set could not be built again, which a set already
+    /// installed cannot fail.
+    pub fn snapshot(&self) -> Option<Engine> {
+        let mut e = Engine::new(self.set.clone(), self.seed, "").ok()?;
+        e.merge_counts(self);
+        Some(e)
+    }
+
+    /// Adds another loop's counts to these (rules are matched by name: a
+    /// `PUT /rules` may have reached the loops a moment apart).
+    pub fn merge_counts(&mut self, other: &Engine) {
+        for (rule, hits) in self.set.rules.iter().zip(self.hits.iter_mut()) {
+            if let Some((_, n)) = other.hits().find(|(name, _)| *name == rule.name) {
+                *hits += n;
+            }
+        }
+        let (a, b) = (&mut self.counts, other.counts);
+        for (ra, rb) in a.rate_limited.iter_mut().zip(b.rate_limited) {
+            for (x, y) in ra.iter_mut().zip(rb) {
+                *x += y;
+            }
+        }
+        a.greylisted += b.greylisted;
+        a.greylist_passed += b.greylist_passed;
+        a.magic += b.magic;
+    }
+
     /// Zeroes the counts (`POST /reset`); "first N" rules start over too.
     pub fn reset_counts(&mut self) {
         self.counts = EngineCounts::default();

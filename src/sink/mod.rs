@@ -35,3 +35,28 @@ pub trait Summary {
 }
 
 impl Summary for Discard {}
+
+/// A sink whose figures add up across event loops (`--threads`): each loop
+/// has its own, and the reporting side merges copies of them.
+pub trait Merge: Sized {
+    /// A copy of the figures reports show (not transactions in progress).
+    #[must_use]
+    fn snapshot(&self) -> Self;
+    /// Adds another loop's figures to these.
+    fn merge(&mut self, other: Self);
+    /// Takes what the reporting side decided on an earlier merged copy
+    /// (the expected run and whether its missing messages are lost).
+    fn adopt(&mut self, _earlier: &Self) {}
+}
+
+impl Merge for Discard {
+    fn snapshot(&self) -> Self {
+        *self
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.messages += other.messages;
+        self.recipients += other.recipients;
+        self.bytes += other.bytes;
+    }
+}

@@ -18,11 +18,12 @@
 //! highest number seen can be counted. Only the header block is copied (at
 //! most [`MAX_HEADER`] bytes); the body is hashed as it streams past.
 
-use super::{Discard, SessionId, Sink, Summary, Verdict};
+use super::{Discard, Merge, SessionId, Sink, Summary, Verdict};
 use crate::run_summary::RunSummary;
 use crate::stats::{histogram, histogram_json, micros, spread_line};
 use hdrhistogram::Histogram;
 use memchr::memmem;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -49,7 +50,7 @@ struct Msg {
 }
 
 /// Sequence numbers seen in one run.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Seen {
     bits: Vec<u64>,
     unique: u64,
@@ -84,12 +85,34 @@ impl Seen {
             .is_some_and(|w| w & (1 << (seq % 64)) != 0)
     }
 
+    /// Adds another loop's numbers; returns how many both had (those are
+    /// duplicates neither loop could see alone).
+    fn union(&mut self, other: &Seen) -> u64 {
+        if self.bits.len() < other.bits.len() {
+            self.bits.resize(other.bits.len(), 0);
+        }
+        let mut both = 0;
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            both += u64::from((*a & b).count_ones());
+            *a |= b;
+        }
+        self.unique += other.unique - both;
+        self.max = self.max.max(other.max);
+        self.first = match (self.first, other.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = self.last.max(other.last);
+        both
+    }
+
     fn gaps(&self) -> u64 {
         self.max.map_or(0, |m| m + 1 - self.unique)
     }
 }
 
 /// A run whose summary is known.
+#[derive(Clone)]
 struct Expected {
     summary: RunSummary,
     /// When the summary was read, since the epoch.
@@ -205,6 +228,10 @@ impl Verify {
     /// The run's summary is known (read at `now`): from now on its missing
     /// messages are counted exactly.
     pub fn expect(&mut self, summary: RunSummary, now: SystemTime) {
+        self.expect_since(summary, since_epoch(now));
+    }
+
+    fn expect_since(&mut self, summary: RunSummary, known_at: Duration) {
         let seen = self.runs.entry(summary.run).or_default();
         let delivered = summary
             .acked
@@ -213,7 +240,7 @@ impl Verify {
             .sum();
         self.expected = Some(Expected {
             summary,
-            known_at: since_epoch(now),
+            known_at,
             delivered,
         });
     }
@@ -408,6 +435,56 @@ impl Sink for Verify {
     }
 }
 
+impl Merge for Verify {
+    fn snapshot(&self) -> Self {
+        Self {
+            counts: self.counts,
+            intact: self.intact,
+            corrupted: self.corrupted,
+            duplicated: self.duplicated,
+            unverifiable: self.unverifiable,
+            transit: self.transit.clone(),
+            interval: histogram(),
+            skewed: self.skewed,
+            sessions: HashMap::new(),
+            runs: self.runs.clone(),
+            expected: self.expected.clone(),
+            missing_are_lost: self.missing_are_lost,
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.counts.merge(other.counts);
+        self.intact += other.intact;
+        self.corrupted += other.corrupted;
+        self.duplicated += other.duplicated;
+        self.unverifiable += other.unverifiable;
+        self.skewed += other.skewed;
+        // Same fixed bounds on both sides: adding cannot fail.
+        let _ = self.transit.add(&other.transit);
+        for (run, seen) in other.runs {
+            match self.runs.entry(run) {
+                Entry::Vacant(v) => {
+                    v.insert(seen);
+                }
+                Entry::Occupied(mut o) => self.duplicated += o.get_mut().union(&seen),
+            }
+        }
+        // Delivered counts again over the union.
+        if let Some(e) = self.expected.take().or(other.expected) {
+            self.expect_since(e.summary, e.known_at);
+        }
+        self.missing_are_lost |= other.missing_are_lost;
+    }
+
+    fn adopt(&mut self, earlier: &Self) {
+        if let (None, Some(e)) = (&self.expected, &earlier.expected) {
+            self.expect_since(e.summary.clone(), e.known_at);
+        }
+        self.missing_are_lost |= earlier.missing_are_lost;
+    }
+}
+
 impl Summary for Verify {
     fn json(&self) -> Option<(&'static str, serde_json::Value)> {
         Some(("verify", self.figures()))
@@ -552,6 +629,44 @@ mod tests {
         assert_eq!(j["lost"], 1);
         deliver(&mut v, 2, &msg("5eed", 9, body, good), 64);
         assert_eq!(v.run_state(later, linger), RunState::Complete);
+    }
+
+    #[test]
+    fn merged_loops_count_duplicates_between_them_and_deliveries_once() {
+        let body = b"b\r\n";
+        let good = crc32fast::hash(body);
+        let (mut a, mut b) = (Verify::default(), Verify::default());
+        // Loop a saw 0..=4 and 2 again; loop b saw 3..=6 and 200 (past the
+        // first bit word, so the sets differ in length).
+        for seq in [0, 1, 2, 3, 4, 2] {
+            deliver(&mut a, 1, &msg("5eed", seq, body, good), 64);
+        }
+        for seq in [3, 4, 5, 6, 200] {
+            deliver(&mut b, 1, &msg("5eed", seq, body, good), 64);
+        }
+        let t0 = SystemTime::now();
+        let summary = RunSummary {
+            run: 0x5eed,
+            started_unix: 0.0,
+            ended_unix: 0.0,
+            failed: 0,
+            acked: vec![(0, 7)],
+        };
+        b.expect(summary, t0);
+        let mut m = a.snapshot();
+        m.merge(b.snapshot());
+        // 2 twice in a; 3 and 4 once in each.
+        assert_eq!((m.intact, m.duplicated), (11, 3));
+        assert_eq!(m.transit.len(), 0, "no stamps");
+        // Delivered over the union: 0..=6 of 0..=7.
+        assert_eq!((m.in_flight(), m.unacknowledged()), (1, 1));
+        assert_eq!(m.run_state(t0, Duration::from_secs(5)), RunState::Waiting);
+        // A fresh copy takes what was decided on the earlier merge, and
+        // counts by its own arrivals (loop a alone: 5, 6, 7 missing).
+        m.finish(true);
+        let mut fresh = a.snapshot();
+        fresh.adopt(&m);
+        assert_eq!((fresh.lost(), fresh.in_flight()), (3, 0));
     }
 
     #[test]

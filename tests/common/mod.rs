@@ -3,6 +3,8 @@
 // Each test crate uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod metrics;
+
 use smtpsink::config::Config;
 use smtpsink::reactor::{Background, Report, Server, ShutdownHandle};
 use smtpsink::sink::Discard;
@@ -205,4 +207,106 @@ pub fn maildir_options(dir: &std::path::Path) -> smtpsink::sink::maildir::Maildi
         max_stored: None,
         queue_limit: smtpsink::sink::maildir::QUEUE_LIMIT,
     }
+}
+
+/// The `smtpsink` binary started by a test: its child (stopped only by its
+/// own PID) and the stderr lines it printed up to "listening on".
+pub struct Proc {
+    pub child: std::process::Child,
+    pub said: Vec<String>,
+    stderr: Option<std::io::BufReader<std::process::ChildStderr>>,
+}
+
+impl Proc {
+    /// Starts `smtpsink ARGS` (with `--hostname sink.test`) and reads its
+    /// stderr until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtpsink"))
+            .args(args)
+            .args(["--hostname", "sink.test"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn smtpsink");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut said = Vec::new();
+        loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                panic!("smtpsink exited before listening: {said:?}");
+            }
+            let done = line.starts_with("smtpsink: listening on ");
+            said.push(line);
+            if done {
+                break;
+            }
+        }
+        Self {
+            child,
+            said,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The first address of the "listening on" line.
+    pub fn addr(&self) -> SocketAddr {
+        let line = self.said.last().expect("a line");
+        line["smtpsink: listening on ".len()..]
+            .split([',', ' '])
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    /// The control endpoint's address, from its start-up line.
+    pub fn control(&self) -> SocketAddr {
+        self.said
+            .iter()
+            .find_map(|l| l.strip_prefix("smtpsink: control endpoint on http://"))
+            .and_then(|r| r.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no control endpoint in {:?}", self.said))
+    }
+
+    /// SIGTERM (by PID), then [`wait_exit`].
+    pub fn terminate(mut self) -> (i32, String, String) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.child.stderr = self.stderr.take().map(std::io::BufReader::into_inner);
+        wait_exit(self.child)
+    }
+}
+
+/// Waits for a child with a deadline (killing it, by its own PID, if late):
+/// exit code, stdout, stderr.
+pub fn wait_exit(mut child: std::process::Child) -> (i32, String, String) {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut out = String::new();
+            let mut err = String::new();
+            child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+            child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            return (status.code().unwrap_or(-1), out, err);
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("smtpsink did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The number after `name` on its line of a final report.
+pub fn report_field(out: &str, name: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(name))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
 }
