@@ -309,6 +309,12 @@ pub struct Config {
     #[arg(long, help_heading = "Proxies")]
     pub proxy_protocol: bool,
 
+    /// Also listen on IP:PORT for connections that start with a PROXY
+    /// header (as --proxy-protocol, for this listener only); repeat for
+    /// several.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Proxies")]
+    pub listen_proxy: Vec<SocketAddr>,
+
     /// Offer Postfix's XCLIENT to --trusted clients (a proxy or test
     /// harness naming the real client: ADDR, NAME, HELO, LOGIN...); the
     /// session then starts over as from that client. Others get 550 5.7.0.

@@ -418,6 +418,7 @@ fn build_group<S: Sink>(config: &Config, make_sink: fn() -> S) -> Result<Vec<Ser
         .iter()
         .chain(&config.listen_tls)
         .chain(&config.listen_lmtp)
+        .chain(&config.listen_proxy)
     {
         listener::check_free(*addr).map_err(|e| e.to_string())?;
     }
@@ -435,14 +436,21 @@ fn build_group<S: Sink>(config: &Config, make_sink: fn() -> S) -> Result<Vec<Ser
     } else {
         first.lmtp_addrs()
     };
+    // Likewise with --proxy-protocol every listener expects the header.
+    let proxied = if config.proxy_protocol {
+        Vec::new()
+    } else {
+        first.proxied_addrs()
+    };
     each.listen = first
         .local_addrs()
         .iter()
-        .filter(|a| !tls.contains(a) && !lmtp.contains(a))
+        .filter(|a| !tls.contains(a) && !lmtp.contains(a) && !proxied.contains(a))
         .map(|a| ListenOn::Tcp(*a))
         .collect();
     each.listen_tls = tls;
     each.listen_lmtp = lmtp;
+    each.listen_proxy = proxied;
     let mut servers = vec![first];
     for i in 1..config.threads {
         servers.push(build(&each, |_| make_sink(), seed, i)?);

@@ -23,7 +23,8 @@ fn a(s: &str) -> SocketAddr {
 }
 
 /// smtpsink with --proxy-protocol storing into a fresh Maildir; the plain
-/// and the implicit-TLS address, and the Maildir.
+/// and the implicit-TLS address (or, without one, the --listen-proxy one),
+/// and the Maildir.
 struct Sink {
     plain: SocketAddr,
     tls: SocketAddr,
@@ -42,7 +43,11 @@ fn start(name: &str, tune: impl FnOnce(&mut Config)) -> Sink {
     let opts = common::maildir_options(&dir);
     Maildir::prepare(&opts).unwrap();
     let server = Server::from_config_with(&config, |c| Maildir::start(opts, &c)).expect("bind");
-    let tls = server.tls_addrs()[0];
+    // The implicit-TLS listener, or else the --listen-proxy one.
+    let tls = match server.tls_addrs().first() {
+        Some(&t) => t,
+        None => server.proxied_addrs()[0],
+    };
     let server = server.spawn();
     Sink {
         plain: server.addrs[0],
@@ -260,4 +265,44 @@ fn a_header_before_implicit_tls_then_the_handshake() {
     let (report, received) = sink.stop();
     assert_eq!(received, ["Received: from tls ([198.51.100.4])"]);
     assert_eq!(report.stats.tls.handshakes, 1);
+}
+
+/// `--listen-proxy`: one listener expects the header, the others greet at
+/// once (a sink behind a load balancer and reachable directly).
+#[test]
+fn listen_proxy_expects_the_header_on_its_own_listener_only() {
+    let sink = start("per-listener", |c| {
+        c.proxy_protocol = false;
+        c.listen_tls.clear();
+        c.listen_proxy = vec![a("127.0.0.1:0")];
+    });
+    let proxied = sink.tls;
+    assert_ne!(proxied, sink.plain);
+    // The plain listener greets at once.
+    let mut c = Client::connect(sink.plain);
+    assert_eq!(c.replies(1), GREETING);
+    c.send_expect("HELO direct\r\n", "250 sink.test\r\n");
+    c.send_expect(
+        "MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n",
+        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+    );
+    c.send_expect(
+        "x\r\n.\r\nQUIT\r\n",
+        "250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n",
+    );
+    // The proxied one names its client.
+    proxied_message(
+        proxied,
+        &header(Version::V2, a("198.51.100.7:999"), proxied).unwrap(),
+        "behind",
+    );
+    let (report, received) = sink.stop();
+    assert_eq!(
+        received,
+        [
+            "Received: from behind ([198.51.100.7])",
+            "Received: from direct ([127.0.0.1])",
+        ]
+    );
+    assert_eq!(report.stats.counters.proxy_refused, 0);
 }

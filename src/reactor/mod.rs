@@ -235,6 +235,32 @@ struct Env<'a> {
     now: Instant,
 }
 
+/// What a listener's connections speak besides SMTP.
+#[derive(Debug, Clone, Copy)]
+struct Role {
+    tls: bool,
+    lmtp: bool,
+    proxied: bool,
+}
+
+impl Role {
+    const TLS: Role = Role {
+        tls: true,
+        lmtp: false,
+        proxied: false,
+    };
+    const LMTP: Role = Role {
+        tls: false,
+        lmtp: true,
+        proxied: false,
+    };
+    const PROXIED: Role = Role {
+        tls: false,
+        lmtp: false,
+        proxied: true,
+    };
+}
+
 /// Connections must start with a PROXY header (`--proxy-protocol`).
 struct ProxyWait {
     trusted: Vec<IpNet>,
@@ -289,6 +315,9 @@ pub struct Server<S: Sink> {
     implicit_tls: Vec<bool>,
     /// Per listener (as `listeners`): connections speak LMTP (RFC 2033).
     lmtp: Vec<bool>,
+    /// Per listener (as `listeners`): connections start with a PROXY
+    /// header (`--proxy-protocol`: all; `--listen-proxy`: those).
+    proxied: Vec<bool>,
     /// Clients whose XCLIENT and XFORWARD are obeyed (`--trusted`, where
     /// `--xclient` or `--xforward` is on).
     forwarders: Vec<IpNet>,
@@ -390,6 +419,7 @@ impl<S: Sink> Server<S> {
             tls: None,
             implicit_tls: vec![false; addrs.len()],
             lmtp: vec![false; addrs.len()],
+            proxied: vec![false; addrs.len()],
             forwarders: Vec::new(),
             proxy: None,
         })
@@ -406,7 +436,7 @@ impl<S: Sink> Server<S> {
     ) -> Result<Vec<SocketAddr>, ListenError> {
         let bound = implicit
             .iter()
-            .map(|addr| self.add_listener(*addr, backlog, true, false))
+            .map(|addr| self.add_listener(*addr, backlog, Role::TLS))
             .collect::<Result<_, _>>()?;
         self.tls = Some(config);
         Ok(bound)
@@ -433,6 +463,7 @@ impl<S: Sink> Server<S> {
             self.listeners.push(l);
             self.implicit_tls.push(false);
             self.lmtp.push(false);
+            self.proxied.push(false);
         }
         Ok(())
     }
@@ -461,7 +492,7 @@ impl<S: Sink> Server<S> {
     ) -> Result<Vec<SocketAddr>, ListenError> {
         addrs
             .iter()
-            .map(|addr| self.add_listener(*addr, backlog, false, true))
+            .map(|addr| self.add_listener(*addr, backlog, Role::LMTP))
             .collect()
     }
 
@@ -481,8 +512,7 @@ impl<S: Sink> Server<S> {
         &mut self,
         addr: SocketAddr,
         backlog: i32,
-        tls: bool,
-        lmtp: bool,
+        role: Role,
     ) -> Result<SocketAddr, ListenError> {
         let mut l = listener::bind(addr, backlog, self.limits.reuse_port)?;
         let i = self.listeners.len();
@@ -493,8 +523,9 @@ impl<S: Sink> Server<S> {
         let local = l.local_addr().unwrap_or(addr);
         self.local_addrs.push(local);
         self.listeners.push(Listener::Tcp(l));
-        self.implicit_tls.push(tls);
-        self.lmtp.push(lmtp);
+        self.implicit_tls.push(role.tls);
+        self.lmtp.push(role.lmtp);
+        self.proxied.push(role.proxied);
         Ok(local)
     }
 
@@ -564,6 +595,14 @@ impl<S: Sink> Server<S> {
         server
             .serve_lmtp(&config.listen_lmtp, config.backlog)
             .map_err(|e| e.to_string())?;
+        server
+            .serve_proxied(
+                &config.listen_proxy,
+                config.backlog,
+                config.trusted.clone(),
+                config.proxy_timeout,
+            )
+            .map_err(|e| e.to_string())?;
         // UNIX listeners last: `local_addrs` lists the TCP ones, in order.
         server
             .serve_unix(&config.unix_listen(), config.backlog, config.unix_mode)
@@ -580,10 +619,43 @@ impl<S: Sink> Server<S> {
         Ok(server)
     }
 
-    /// Every connection must start with a PROXY protocol header, within
-    /// `timeout`, from an address in `trusted`; others are closed unanswered.
+    /// Every connection (on every listener bound so far) must start with a
+    /// PROXY protocol header, within `timeout`, from an address in
+    /// `trusted`; others are closed unanswered.
     pub fn expect_proxy(&mut self, trusted: Vec<IpNet>, timeout: Duration) {
         self.proxy = Some(ProxyWait { trusted, timeout });
+        self.proxied.iter_mut().for_each(|p| *p = true);
+    }
+
+    /// Also listens on `addrs` for connections that start with a PROXY
+    /// header, as [`Server::expect_proxy`] says for those listeners only
+    /// (`--listen-proxy`); returns them as bound.
+    pub fn serve_proxied(
+        &mut self,
+        addrs: &[SocketAddr],
+        backlog: i32,
+        trusted: Vec<IpNet>,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, ListenError> {
+        if addrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.proxy = Some(ProxyWait { trusted, timeout });
+        addrs
+            .iter()
+            .map(|addr| self.add_listener(*addr, backlog, Role::PROXIED))
+            .collect()
+    }
+
+    /// The bound addresses of the `--listen-proxy` listeners (with
+    /// `--proxy-protocol` every listener expects the header).
+    pub fn proxied_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs
+            .iter()
+            .zip(&self.proxied)
+            .filter(|(_, &p)| p)
+            .map(|(a, _)| *a)
+            .collect()
     }
 
     /// Calls `hook` every `every` from the loop's thread.
@@ -864,7 +936,8 @@ impl<S: Sink> Server<S> {
                     return;
                 }
             };
-            if let Some(p) = &self.proxy {
+            let proxied = self.proxied.get(index).copied().unwrap_or(false);
+            if let Some(p) = self.proxy.as_ref().filter(|_| proxied) {
                 if !p.trusted.iter().any(|net| net.contains(&peer.ip())) {
                     // Not a proxy of ours: closed unanswered.
                     self.stats.counters.proxy_refused += 1;
@@ -882,7 +955,7 @@ impl<S: Sink> Server<S> {
             if self.forwarders.iter().any(|n| n.contains(&peer.ip())) {
                 session.trust();
             }
-            if let Some(p) = &self.proxy {
+            if let Some(p) = self.proxy.as_ref().filter(|_| proxied) {
                 // The header first, in plaintext whatever the listener.
                 let until = now + p.timeout;
                 let mut conn = Conn::new(Transport::plain(sock), session);
