@@ -584,6 +584,33 @@ mta_restart() {
     mta_start "$1" "$2"
 }
 
+# postfix_settle FILES DEFERRED: the check scripts' wait (mta-rules.sh,
+# mta-forward-check.sh): until the sink's Maildir has FILES files, nothing is
+# in flight at the private Postfix and DEFERRED messages sit in its deferred
+# queue, unchanged for SETTLE s, or DRAIN_TIMEOUT s passed. Reads PF_SPOOL,
+# SINK_PID and D; sets END (settled or cut), FILES_NOW, BUSY, DEFERRED_NOW.
+# shellcheck disable=SC2034 # END, BUSY, ...: read by the caller
+postfix_settle() {
+    local want_files=$1 want_deferred=$2 deadline=$((SECONDS + DRAIN_TIMEOUT)) stable=0 prev='' now
+    END='cut'
+    while ((SECONDS < deadline)); do
+        kill -0 "$SINK_PID" 2>/dev/null || die "smtpsink exited: $(tail -n 3 "$D/sink.err" | tr '\n' ' ')"
+        FILES_NOW=$(find "$D/maildir/new" -type f 2>/dev/null | wc -l)
+        BUSY=$(($(spool_files maildrop) + $(spool_files incoming) + $(spool_files active)))
+        DEFERRED_NOW=$(spool_files deferred)
+        now="$FILES_NOW $BUSY $DEFERRED_NOW"
+        if ((FILES_NOW >= want_files && BUSY == 0 && DEFERRED_NOW >= want_deferred)) && [[ $now == "$prev" ]]; then
+            stable=$((stable + 1))
+            if ((stable >= ${SETTLE:-2} * 10)); then END='settled'; return; fi
+        else
+            stable=0
+        fi
+        prev=$now
+        sleep 0.1
+    done
+}
+spool_files() { find "$PF_SPOOL/$1" -type f 2>/dev/null | wc -l; }
+
 # scripts/mta-maildir.sh sources this file with MTA_BENCH_SOURCED=1 for the
 # setup above (binaries, namespaces, private /etc, the MTA functions) and
 # runs steps of its own.

@@ -177,24 +177,8 @@ T_INJECTED=$EPOCHREALTIME
 # The wait: the expected files in new/, nothing in flight at Postfix, the
 # LMTP messages in its deferred queue; unchanged for SETTLE s.
 EXP_FILES=$((2 * LMTP_MSGS + SMTP_MSGS))
-queue_files() { find "$PF_SPOOL/$1" -type f 2>/dev/null | wc -l; }
-deadline=$((SECONDS + DRAIN_TIMEOUT))
-end=cut stable=0 prev=
-while ((SECONDS < deadline)); do
-    kill -0 "$SINK_PID" 2>/dev/null || die "smtpsink exited: $(tail -n 3 "$D/sink.err" | tr '\n' ' ')"
-    files=$(find "$D/maildir/new" -type f 2>/dev/null | wc -l)
-    busy=$(($(queue_files maildrop) + $(queue_files incoming) + $(queue_files active)))
-    deferred=$(queue_files deferred)
-    now="$files $busy $deferred"
-    if ((files >= EXP_FILES && busy == 0 && deferred >= LMTP_MSGS)) && [[ $now == "$prev" ]]; then
-        stable=$((stable + 1))
-        if ((stable >= SETTLE * 10)); then end=settled; break; fi
-    else
-        stable=0
-    fi
-    prev=$now
-    sleep 0.1
-done
+postfix_settle "$EXP_FILES" "$LMTP_MSGS"
+files=$FILES_NOW busy=$BUSY deferred=$DEFERRED_NOW end=$END
 WAIT_S=$(awk -v a="$T_INJECTED" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
 log "wait ended ($end) after ${WAIT_S}s: $files files in new/ (expected $EXP_FILES), postfix in flight $busy, deferred $deferred (expected $LMTP_MSGS)"
 

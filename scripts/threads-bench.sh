@@ -20,6 +20,7 @@
 #   PER=N             messages per connection (default 1000)
 #   SIZE=BYTES        message size (default 1024)
 #   ROUNDS=N          rounds (default 3)
+#   LOAD_THREADS=N    smtpload --threads N (default: one loop)
 #   SMTPSINK_BIN/SMTPLOAD_BIN   use these instead of building
 #
 # smtpload runs on the same machine: with few cores it competes with the
@@ -46,7 +47,7 @@ use_binaries "$ENV_SMTPSINK_BIN" "$ENV_SMTPLOAD_BIN"
 FAILED_RUNS=0
 make_work threads-bench
 results_files threads-bench
-ARGS="-c $CONNS -m $MESSAGES -s $SIZE --per-connection $PER"
+ARGS="-c $CONNS -m $MESSAGES -s $SIZE --per-connection $PER${LOAD_THREADS:+ --threads $LOAD_THREADS}"
 
 for ((round = 1; round <= ROUNDS; round++)); do
     for n in "${NS[@]}"; do

@@ -621,13 +621,24 @@ impl ClientSession {
         events: &mut Vec<Event>,
     ) {
         events.push(Event::Latency(Phase::Greeting, now - self.connected));
+        self.hello_after(s, Stage::Greeting, code, now, out, events);
+    }
+
+    /// A 220 (the greeting, XCLIENT's) lets EHLO go out; anything else is
+    /// an error at `stage` and ends the session.
+    fn hello_after(
+        &mut self,
+        s: &ClientSettings,
+        stage: Stage,
+        code: u16,
+        now: Instant,
+        out: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) {
         if code == 220 {
             self.hello(s, now, out);
         } else {
-            events.push(Event::Error {
-                stage: Stage::Greeting,
-                code,
-            });
+            events.push(Event::Error { stage, code });
             self.closed(None, now, events);
         }
     }
@@ -759,15 +770,7 @@ impl ClientSession {
         events: &mut Vec<Event>,
     ) {
         self.expects.pop_front();
-        if code == 220 {
-            self.hello(s, now, out);
-        } else {
-            events.push(Event::Error {
-                stage: Stage::Xclient,
-                code,
-            });
-            self.closed(None, now, events);
-        }
+        self.hello_after(s, Stage::Xclient, code, now, out, events);
     }
 
     /// The reply to STARTTLS: 220, and the driver secures the transport.

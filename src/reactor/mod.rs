@@ -650,12 +650,7 @@ impl<S: Sink> Server<S> {
     /// The bound addresses of the `--listen-proxy` listeners (with
     /// `--proxy-protocol` every listener expects the header).
     pub fn proxied_addrs(&self) -> Vec<SocketAddr> {
-        self.local_addrs
-            .iter()
-            .zip(&self.proxied)
-            .filter(|(_, &p)| p)
-            .map(|(a, _)| *a)
-            .collect()
+        self.addrs_where(&self.proxied)
     }
 
     /// Calls `hook` every `every` from the loop's thread.
@@ -684,21 +679,22 @@ impl<S: Sink> Server<S> {
 
     /// The bound implicit-TLS addresses (a subset of `local_addrs`).
     pub fn tls_addrs(&self) -> Vec<SocketAddr> {
-        self.local_addrs
-            .iter()
-            .zip(&self.implicit_tls)
-            .filter(|(_, &tls)| tls)
-            .map(|(a, _)| *a)
-            .collect()
+        self.addrs_where(&self.implicit_tls)
     }
 
     /// The bound addresses of the `--listen-lmtp` listeners (a subset of
     /// `local_addrs`; with `--lmtp` every listener speaks LMTP).
     pub fn lmtp_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_where(&self.lmtp)
+    }
+
+    /// The bound TCP addresses of the listeners whose flag in `flags` (one
+    /// per listener, as `listeners`; UNIX ones come last) is set.
+    fn addrs_where(&self, flags: &[bool]) -> Vec<SocketAddr> {
         self.local_addrs
             .iter()
-            .zip(&self.lmtp)
-            .filter(|(_, &lmtp)| lmtp)
+            .zip(flags)
+            .filter(|(_, &on)| on)
             .map(|(a, _)| *a)
             .collect()
     }
