@@ -151,3 +151,28 @@ fn connections_per_client_address_are_limited_with_421() {
     let c = report.stats.counters;
     assert_eq!((c.connections, c.connections_refused), (5, 1));
 }
+
+/// A connection counts under the address it came from, whoever XCLIENT
+/// names later: when it closes that count is given back, so the proxy's
+/// address is not left full (nor the named one emptied).
+#[test]
+fn xclient_does_not_move_a_connections_count_to_the_named_client() {
+    let server = start_with(|c| {
+        c.max_connections_per_client = 2;
+        c.xclient = true;
+    });
+    for _ in 0..2 {
+        let mut p = Client::greeted(server.addr);
+        p.send_expect(
+            "XCLIENT ADDR=10.0.0.9\r\n",
+            "220 sink.test ESMTP smtpsink\r\n",
+        );
+        p.send_expect("QUIT\r\n", "221 2.0.0 Bye\r\n");
+        p.expect_closed();
+    }
+    let a1 = Client::greeted(server.addr);
+    let a2 = Client::greeted(server.addr);
+    drop((a1, a2));
+    let report = server.stop();
+    assert_eq!(report.stats.counters.connections_refused, 0);
+}

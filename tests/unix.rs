@@ -184,3 +184,41 @@ fn a_unix_peer_is_0_0_0_0_in_trace_headers() {
     assert!(!path.exists());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// LMTP over a UNIX socket with XFORWARD, as Postfix's `lmtp` client to a
+/// local delivery agent: the socket's client is trusted (its file mode
+/// decides who connects), so XFORWARD is offered and obeyed.
+#[test]
+fn lmtp_with_xforward_over_a_unix_socket() {
+    let d = dir("lmtp");
+    let path = d.join("lmtp.sock");
+    let sink = Proc::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "-l",
+        &unix(&path),
+        "--lmtp",
+        "--xforward",
+    ]);
+    let mut c = connect(&path);
+    c.write_all(
+        b"LHLO c\r\nXFORWARD ADDR=192.0.2.1 NAME=mx.example\r\nMAIL FROM:<a@b>\r\n\
+RCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
+    )
+    .unwrap();
+    let mut replies = String::new();
+    c.read_to_string(&mut replies).unwrap();
+    let block = EHLO.replace("250 STARTTLS", "250-STARTTLS");
+    assert_eq!(
+        replies,
+        format!(
+            "220 sink.test LMTP smtpsink\r\n{block}250 XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n\
+250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n\
+354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued\r\n250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n"
+        )
+    );
+    let (code, out, err) = sink.terminate();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report_field(&out, "messages"), 1);
+    let _ = std::fs::remove_dir_all(&d);
+}

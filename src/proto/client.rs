@@ -915,6 +915,11 @@ impl ClientSession {
         let Some(m) = self.inflight.get_mut(idx) else {
             return false;
         };
+        if m.failed {
+            // A refused chunk or command ended the transaction: the server
+            // answers what follows once, not per recipient.
+            return false;
+        }
         m.finals += 1;
         if m.finals >= m.rcpt_ok.max(1) {
             return false;

@@ -81,7 +81,17 @@ pub struct Client {
     pub proto: Option<Box<[u8]>>,
     /// LOGIN (XCLIENT): the name it authenticated as.
     pub login: Option<Box<[u8]>>,
+    /// Which attributes were given (known or `[UNAVAILABLE]`): one bit
+    /// each, as `SAID_ADDR`...
+    said: u8,
 }
+
+const SAID_ADDR: u8 = 1;
+const SAID_PORT: u8 = 2;
+const SAID_NAME: u8 = 4;
+const SAID_HELO: u8 = 8;
+const SAID_PROTO: u8 = 16;
+const SAID_LOGIN: u8 = 32;
 
 impl Client {
     /// ADDR and PORT as one address (port 0 when only ADDR was said).
@@ -90,8 +100,14 @@ impl Client {
             .map(|ip| SocketAddr::new(ip, self.port.unwrap_or(0)))
     }
 
+    /// Whether ADDR was given, if only as unknown (then `addr` is `None`:
+    /// the client's address is not known).
+    pub fn said_addr(&self) -> bool {
+        self.said & SAID_ADDR != 0
+    }
+
     /// Takes what `other` says, keeping what it leaves unsaid (XCLIENT
-    /// attributes not given keep their values).
+    /// attributes not given keep their values; `[UNAVAILABLE]` clears one).
     pub fn update(&mut self, other: Client) {
         let Client {
             addr,
@@ -100,13 +116,28 @@ impl Client {
             helo,
             proto,
             login,
+            said,
         } = other;
-        self.addr = addr.or(self.addr);
-        self.port = port.or(self.port);
-        self.name = name.or(self.name.take());
-        self.helo = helo.or(self.helo.take());
-        self.proto = proto.or(self.proto.take());
-        self.login = login.or(self.login.take());
+        let given = |bit: u8| said & bit != 0;
+        if given(SAID_ADDR) {
+            self.addr = addr;
+        }
+        if given(SAID_PORT) {
+            self.port = port;
+        }
+        if given(SAID_NAME) {
+            self.name = name;
+        }
+        if given(SAID_HELO) {
+            self.helo = helo;
+        }
+        if given(SAID_PROTO) {
+            self.proto = proto;
+        }
+        if given(SAID_LOGIN) {
+            self.login = login;
+        }
+        self.said |= said;
     }
 }
 
@@ -134,7 +165,25 @@ pub fn parse(kind: Kind, args: &[u8]) -> Result<Client, ReplyId> {
         }
         let unknown = value.eq_ignore_ascii_case(b"[UNAVAILABLE]")
             || value.eq_ignore_ascii_case(b"[TEMPUNAVAIL]");
-        let text = || (!unknown).then(|| Box::<[u8]>::from(&*value));
+        // Non-printable octets (xtext can carry any) become `?`, as in
+        // Postfix: these values go into trace headers.
+        let text = || {
+            (!unknown).then(|| {
+                value
+                    .iter()
+                    .map(|&b| if (0x21..=0x7e).contains(&b) { b } else { b'?' })
+                    .collect::<Box<[u8]>>()
+            })
+        };
+        c.said |= match *known {
+            "ADDR" => SAID_ADDR,
+            "PORT" => SAID_PORT,
+            "NAME" => SAID_NAME,
+            "HELO" => SAID_HELO,
+            "PROTO" => SAID_PROTO,
+            "LOGIN" => SAID_LOGIN,
+            _ => 0,
+        };
         match *known {
             "ADDR" => {
                 c.addr = if unknown {
@@ -242,7 +291,8 @@ mod tests {
         assert_eq!(c.addr, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(c.name, None);
         let c = parse(Kind::Xforward, b"ADDR=[TEMPUNAVAIL] SOURCE=REMOTE IDENT=x").unwrap();
-        assert_eq!(c, Client::default());
+        assert_eq!((c.addr, c.port, c.socket_addr()), (None, None, None));
+        assert!(c.said_addr(), "an unknown address, not an unsaid one");
     }
 
     #[test]
@@ -266,6 +316,22 @@ mod tests {
             Err(ReplyId::BadXforwardAttribute)
         );
         assert!(parse(Kind::Xforward, b"PROTO=LMTP").is_ok());
+    }
+
+    #[test]
+    fn unavailable_clears_and_control_octets_become_question_marks() {
+        let mut c = parse(Kind::Xclient, b"ADDR=10.0.0.1 LOGIN=alice").unwrap();
+        c.update(parse(Kind::Xclient, b"ADDR=[UNAVAILABLE] LOGIN=[UNAVAILABLE]").unwrap());
+        assert_eq!((c.addr, c.login.as_deref()), (None, None));
+        assert!(c.said_addr());
+        assert!(!parse(Kind::Xclient, b"NAME=x").unwrap().said_addr());
+        let c = parse(
+            Kind::Xforward,
+            b"HELO=evil+0D+0AX-Injected:+20yes NAME=a+00b",
+        )
+        .unwrap();
+        assert_eq!(c.helo.as_deref(), Some(&b"evil??X-Injected:?yes"[..]));
+        assert_eq!(c.name.as_deref(), Some(&b"a?b"[..]));
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Conn {
     /// Counted against its client's connection limit (a proxied one is once
     /// its header named the client).
     counted: bool,
+    /// The address it was counted under (XCLIENT may name another client
+    /// later; the count taken is the count given back).
+    counted_as: std::net::IpAddr,
 }
 
 /// Calls `f` with the session and a context over `env`, limited to what the
@@ -109,6 +112,7 @@ impl Conn {
     pub fn new(transport: Transport, session: Session) -> Self {
         Self {
             link: Link::new(transport, KEEP),
+            counted_as: session.peer().ip(),
             session,
             life: Life::Open,
             replay: false,
@@ -179,9 +183,10 @@ impl Conn {
         }
     }
 
-    /// Whether it counts against its client's connection limit.
-    pub fn counted(&self) -> bool {
-        self.counted
+    /// The address it counts under against its client's connection limit,
+    /// if it counts.
+    pub fn counted(&self) -> Option<std::net::IpAddr> {
+        self.counted.then_some(self.counted_as)
     }
 
     /// Accepted with `--proxy-protocol`: the PROXY header comes first, by
@@ -255,7 +260,8 @@ impl Conn {
                 }
                 self.life = Life::Open;
                 self.counted = true;
-                let admitted = env.clients.arrive(self.session.peer().ip());
+                self.counted_as = self.session.peer().ip();
+                let admitted = env.clients.arrive(self.counted_as);
                 // Anything sent after the header waits in the carry.
                 self.replay = self.link.carried() > 0;
                 self.start_reading(token, admitted, drain, env)

@@ -502,7 +502,8 @@ impl<S: Sink> Server<S> {
     }
 
     /// Obeys XCLIENT and XFORWARD (where the settings offer them) from
-    /// clients in `nets`.
+    /// clients in `nets`, and from every client of a UNIX listener (its
+    /// file mode says who may connect; the peer has no address to check).
     pub fn trust(&mut self, nets: Vec<IpNet>) {
         self.forwarders = nets;
     }
@@ -920,6 +921,8 @@ impl<S: Sink> Server<S> {
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
+            // Who may connect to a UNIX socket its file mode decides.
+            let local = matches!(listener, Listener::Unix(_));
             let (sock, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -948,7 +951,8 @@ impl<S: Sink> Server<S> {
             if self.lmtp.get(index).copied().unwrap_or(false) {
                 session.speak_lmtp();
             }
-            if self.forwarders.iter().any(|n| n.contains(&peer.ip())) {
+            let forwarding = !self.forwarders.is_empty();
+            if forwarding && (local || self.forwarders.iter().any(|n| n.contains(&peer.ip()))) {
                 session.trust();
             }
             if let Some(p) = self.proxy.as_ref().filter(|_| proxied) {
@@ -1007,8 +1011,8 @@ impl<S: Sink> Server<S> {
         let mut conn = self.conns.remove(key);
         let mut env = env!(self, now);
         conn.finish(&mut env);
-        if conn.counted() {
-            self.clients.leave(conn.session().peer().ip());
+        if let Some(ip) = conn.counted() {
+            self.clients.leave(ip);
         }
         self.timers.disarm(key);
         self.stats.counters.connections_open -= 1;

@@ -585,7 +585,12 @@ impl Engine {
             self.refit(q.handle);
         }
         let state = self.sessions.get_mut(q.handle as usize);
-        let skip = state.as_ref().map_or(0, |s| s.skip);
+        // Rules are narrowed to the address the session connected from; a
+        // query for another (XFORWARD's) is matched against all of them.
+        let skip = state
+            .as_ref()
+            .filter(|s| s.peer == q.peer.ip())
+            .map_or(0, |s| s.skip);
         let candidates =
             self.interest.rules.get(si).copied().unwrap_or(0) & self.interest.shape(q.arg) & !skip;
         // Rules past the 64th are walked.

@@ -341,12 +341,17 @@ impl Maildir {
             .unwrap_or(b"unknown");
         h.extend_from_slice(b"Received: from ");
         h.extend_from_slice(helo);
-        let addr = [&tx.forward, &tx.xclient]
+        // The latest ADDR given; `[UNAVAILABLE]` says it is not known.
+        let told = [&tx.forward, &tx.xclient]
             .into_iter()
-            .find_map(|c| c.as_ref().and_then(|c| c.addr))
-            .or(tx.peer.map(|p| p.ip()));
+            .flatten()
+            .find(|c| c.said_addr());
+        let addr = match told {
+            Some(c) => c.addr,
+            None => tx.peer.map(|p| p.ip()),
+        };
         let verified = said(|c| c.name.as_deref());
-        if addr.is_some() || verified.is_some() {
+        if addr.is_some() || verified.is_some() || told.is_some() {
             h.extend_from_slice(b" (");
             if let Some(n) = verified {
                 h.extend_from_slice(n);

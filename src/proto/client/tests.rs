@@ -715,3 +715,27 @@ fn xclient_names_the_client_then_greets_again() {
     let r = run_on(&cs, &src, 0, &ss, server, client);
     assert_eq!(errors(&r.events), [(Stage::Xclient, 550)]);
 }
+
+#[test]
+fn lmtp_after_a_refused_chunk_the_last_one_gets_one_reply() {
+    let src = Fixed::new(2, 30);
+    assert_eq!(src.chunks(), 2);
+    let cs = lmtp(settings(true, true, true, 1));
+    let (_, ev) = scripted(
+        &cs,
+        &src,
+        &[
+            "220 hi\r\n",
+            "250-hi\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
+            "250 ok\r\n250 ok\r\n250 ok\r\n",
+            "552 5.3.4 too big\r\n",
+            "503 5.5.1 no transaction\r\n",
+        ],
+    );
+    assert_eq!(errors(&ev), [(Stage::Bdat, 552), (Stage::Bdat, 503)]);
+    assert_eq!(
+        done(&ev),
+        (0, 1),
+        "finished, not waiting for a second reply"
+    );
+}

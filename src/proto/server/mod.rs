@@ -401,6 +401,9 @@ struct Tx {
     cut: u64,
     /// A rule: answer 250 at the end but keep nothing.
     drop: bool,
+    /// The transaction ends at a chunk that is not the last (refused, or
+    /// too big): one reply, even in LMTP (RFC 2033 4.3).
+    cut_short: bool,
 }
 
 impl Default for Tx {
@@ -417,6 +420,7 @@ impl Default for Tx {
             refusal: None,
             cut: u64::MAX,
             drop: false,
+            cut_short: false,
         }
     }
 }
@@ -570,6 +574,27 @@ struct Lmtp {
 }
 
 impl Lmtp {
+    /// The transaction is over: forget it, and give back what a large one
+    /// grew (an idle connection keeps at most ~1 KiB of it).
+    fn release(&mut self) {
+        const KEEP: usize = 1024;
+        self.paths.clear();
+        self.ends.clear();
+        self.replies.clear();
+        if self.paths.capacity() > KEEP {
+            self.paths = Vec::new();
+        }
+        if self.ends.capacity() * std::mem::size_of::<usize>() > KEEP {
+            self.ends = Vec::new();
+        }
+        if self.replies.capacity() * std::mem::size_of::<Option<RuleReply>>() > KEEP {
+            self.replies = Vec::new();
+        }
+        self.decided = false;
+        self.delay = None;
+        self.close = false;
+    }
+
     fn path(&self, i: usize) -> &[u8] {
         let start = i.checked_sub(1).and_then(|p| self.ends.get(p)).copied();
         match self.ends.get(i) {
@@ -587,6 +612,10 @@ struct Told {
     /// XFORWARD: for the next transaction, until it ends.
     forward: Option<Client>,
 }
+
+/// The client's address where it is not known (`ADDR=[UNAVAILABLE]`).
+pub const UNKNOWN_PEER: SocketAddr =
+    SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// `t + d`, or `None` when that is past what the clock can represent.
 fn after(t: Instant, d: Duration) -> Option<Instant> {
@@ -654,11 +683,10 @@ impl Session {
     /// The address rules and limits see: XFORWARD's for the transaction it
     /// applies to, else the client's (XCLIENT's once it named one).
     fn query_peer(&self) -> SocketAddr {
-        self.told
-            .as_deref()
-            .and_then(|t| t.forward.as_ref())
-            .and_then(Client::socket_addr)
-            .unwrap_or(self.peer)
+        match self.told.as_deref().and_then(|t| t.forward.as_ref()) {
+            Some(f) if f.said_addr() => f.socket_addr().unwrap_or(UNKNOWN_PEER),
+            _ => self.peer,
+        }
     }
 
     /// The connection is TLS from its first byte (implicit TLS, RFC 8314):
@@ -859,6 +887,12 @@ impl Session {
             self.asks = p.session_stages(self.handle);
             self.live = p.session_rules(self.handle);
             self.asks_gen = cx.generation;
+        }
+        let forwarded = self.told.as_deref().and_then(|t| t.forward.as_ref());
+        if forwarded.is_some_and(Client::said_addr) {
+            // As `proceed_xforward` says.
+            self.asks = u16::MAX;
+            self.live = u64::MAX;
         }
     }
 
@@ -1345,7 +1379,12 @@ impl Session {
             bytes: self.tx.size,
             started: self.tx.started,
             dropped: self.tx.drop,
-            recipients: self.tx.recipients,
+            // A chunk that was not the last gets one reply.
+            recipients: if self.tx.cut_short {
+                1
+            } else {
+                self.tx.recipients
+            },
         };
         self.tx = Tx::default();
         self.forget_forward();
@@ -1578,6 +1617,7 @@ impl Session {
                 self.answer_ruled(s, Verb::Bdat, Out::Reply(r), cx);
             }
             None if self.tx.refusal.is_some() => {
+                self.tx.cut_short = !last;
                 // A rule refused this chunk: the message ends refused,
                 // whatever rules are in force by now (a PUT may have
                 // replaced them while the chunk was read).
@@ -1586,6 +1626,7 @@ impl Session {
                 }
             }
             None if last || self.tx.too_big => {
+                self.tx.cut_short = !last;
                 self.dispatch::<P>(s, &Command::EndOfContent { bdat: true }, cx);
             }
             None => {
@@ -1602,6 +1643,9 @@ impl Session {
         }
         self.tx = Tx::default();
         self.forget_forward();
+        if let Some(l) = self.lmtp.as_deref_mut() {
+            l.release();
+        }
     }
 
     /// XFORWARD's attributes last until the transaction ends (or RSET).
@@ -1616,7 +1660,10 @@ impl Session {
     #[inline(never)]
     fn forget_told_forward(&mut self) {
         if let Some(t) = self.told.as_deref_mut() {
-            t.forward = None;
+            if t.forward.take().is_some_and(|f| f.said_addr()) {
+                // Narrow the rules to the session's own address again.
+                self.asks_gen = u32::MAX;
+            }
         }
     }
 
@@ -1668,9 +1715,8 @@ impl Session {
         };
         cx.observer.message(outcome, bytes, latency);
         if let Some(l) = self.lmtp.as_deref_mut() {
-            // Kept for its capacity.
             l.replies = replies;
-            l.replies.clear();
+            l.release();
         }
     }
 }

@@ -526,6 +526,13 @@ impl Session {
                 _ => None,
             };
             lmtp.replies.push(reply);
+            if reply.is_some_and(|r| r.code == 421) {
+                // The session ends at this reply: the recipients after it
+                // get none, so they are not delivered either.
+                let later = (self.tx.recipients as usize).saturating_sub(i + 1);
+                lmtp.replies.extend(std::iter::repeat_n(reply, later));
+                break;
+            }
         }
         lmtp.decided = true;
         // Last first, so each index still names the recipient it did.
@@ -624,8 +631,11 @@ impl Session {
         let client = told.xclient.get_or_insert_with(Client::default);
         client.update(said);
         let (peer, login) = (client.socket_addr(), client.login.is_some());
-        if let Some(peer) = peer {
-            self.peer = peer;
+        match peer {
+            Some(peer) => self.peer = peer,
+            // `ADDR=[UNAVAILABLE]`: no address, as for a UNIX peer.
+            None if client.said_addr() => self.peer = super::UNKNOWN_PEER,
+            None => {}
         }
         self.greeted = super::Greeted::No;
         self.authenticated = login;
@@ -662,9 +672,15 @@ impl Session {
             Err(r) => return Some(Out::Reply(r)),
         };
         let told = self.told.get_or_insert_with(Box::default);
-        told.forward
-            .get_or_insert_with(Client::default)
-            .update(said);
+        let forward = told.forward.get_or_insert_with(Client::default);
+        forward.update(said);
+        if forward.said_addr() {
+            // Rules narrowed to the connection's address (`live`, `asks`)
+            // may match the forwarded one: ask about everything until the
+            // transaction ends.
+            self.asks = u16::MAX;
+            self.live = u64::MAX;
+        }
         Some(Out::Reply(ReplyId::Ok))
     }
 
@@ -942,12 +958,7 @@ impl Session {
             cx.sink.client(self.id, c, true);
         }
         if let Some(l) = self.lmtp.as_deref_mut() {
-            l.paths.clear();
-            l.ends.clear();
-            l.replies.clear();
-            l.decided = false;
-            l.delay = None;
-            l.close = false;
+            l.release();
         }
     }
 

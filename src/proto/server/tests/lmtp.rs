@@ -349,3 +349,110 @@ XFORWARD HELO=orig PROTO=ESMTP\r\n{msg}{msg}"
         ]
     );
 }
+
+#[test]
+fn a_chunk_that_is_not_the_last_gets_one_reply_even_in_lmtp() {
+    // Refused by a rule: one reply, and the next command is in step.
+    transcript_in(
+        &|| {
+            let mut h = ruled(
+                "[[rule]]\nstage = \"bdat\"\nreply = \"552 5.3.4 no chunks\"\n",
+                Recorder::default(),
+            );
+            h.session.speak_lmtp();
+            h
+        },
+        &settings(),
+        b"LHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@d>\r\nRCPT TO:<y@d>\r\nBDAT 5\r\nhelloNOOP\r\n",
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n552 5.3.4 no chunks\r\n\
+250 2.0.0 Ok\r\n"
+        ),
+    );
+    // Too big: the same.
+    let big = "x".repeat(1100);
+    lmtp(
+        &format!("LHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@d>\r\nRCPT TO:<y@d>\r\nBDAT 1100\r\n{big}NOOP\r\n"),
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n\
+552 5.3.4 Error: message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n"
+        ),
+    );
+}
+
+#[test]
+fn a_421_for_one_recipient_refuses_the_ones_after_it() {
+    let o = transcript_in(
+        &|| {
+            let mut h = ruled(
+                "[[rule]]\nstage = \"end\"\naddress = \"b@*\"\nreply = \"421 4.3.0 go away\"\n",
+                Recorder::default(),
+            );
+            h.session.speak_lmtp();
+            h
+        },
+        &settings(),
+        b"LHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\nDATA\r\nhi\r\n.\r\nNOOP\r\n",
+        &format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n\
+354 End data with <CR><LF>.<CR><LF>\r\n{QUEUED}421 4.3.0 go away\r\n"
+        ),
+    );
+    // Kept for a@x alone: b@x and c@x were never answered 250.
+    assert_eq!(
+        o.sink.events,
+        [
+            "mail <s@x>",
+            "rcpt <a@x>",
+            "rcpt <b@x>",
+            "rcpt <c@x>",
+            "refused rcpt 2",
+            "refused rcpt 1",
+            "begin",
+            "end"
+        ]
+    );
+    assert_eq!(o.state, State::Closed);
+}
+
+#[test]
+fn rules_for_a_network_see_xforwards_address_at_every_stage() {
+    transcript_in(
+        &|| {
+            let mut h = ruled(
+                "[[rule]]\nstage = \"rcpt\"\nclient = \"10.0.0.0/8\"\nreply = \"550 5.7.1 not from there\"\n",
+                Recorder::default(),
+            );
+            h.session.trust();
+            h
+        },
+        &forwarding(),
+        b"HELO f\r\nXFORWARD ADDR=10.0.0.5\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRSET\r\n\
+MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n",
+        "250 sink.test\r\n250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n550 5.7.1 not from there\r\n\
+250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n",
+    );
+}
+
+#[test]
+fn xclient_unavailable_forgets_the_address_and_the_login() {
+    let o = transcript_in(
+        &|| trusted(identity()),
+        &forwarding(),
+        b"XCLIENT ADDR=10.0.0.1 LOGIN=alice\r\nXCLIENT ADDR=[UNAVAILABLE] LOGIN=[UNAVAILABLE]\r\nEHLO y\r\n",
+        &format!(
+            "220 sink.test ESMTP smtpsink\r\n220 sink.test ESMTP smtpsink\r\n{}{XCLIENT_LINE}{XFORWARD_LINE}",
+            EHLO.replace("250 HELP", "250-HELP")
+        ),
+    );
+    assert_eq!(
+        o.sink.events,
+        [
+            "connected 10.0.0.1:0",
+            "client session 10.0.0.1 - -",
+            "connected 0.0.0.0:0",
+            "client session - - -",
+            "hello y ESMTP"
+        ]
+    );
+}
