@@ -36,6 +36,8 @@
 pub mod completion;
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
 pub mod histlog;
 pub mod metrics;
