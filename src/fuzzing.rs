@@ -116,6 +116,10 @@ impl crate::proto::server::Sink for Keeper {
     }
 }
 
+/// `RULES`, parsed once: each run gets a fresh engine (its state is the
+/// run's) from the same set.
+static RULE_SET: std::sync::OnceLock<Option<crate::rules::RuleSet>> = std::sync::OnceLock::new();
+
 /// What one run of a session gave.
 #[derive(Debug, PartialEq, Eq)]
 struct SessionRun {
@@ -148,9 +152,10 @@ fn run_session(input: &[u8], cuts: &[usize], mode: u8) -> SessionRun {
     if mode & 4 != 0 {
         session.trust();
     }
-    let mut engine = (mode & 8 != 0)
-        .then(|| spec::parse_file(RULES).ok())
-        .flatten()
+    let set = RULE_SET.get_or_init(|| spec::parse_file(RULES).ok());
+    let mut engine = set
+        .clone()
+        .filter(|_| mode & 8 != 0)
         .and_then(|set| Engine::new(set, u64::from(mode), "fuzz.test").ok());
     let interest = engine.as_ref().and_then(Policy::interest);
     let (mut out, mut sink, mut stats) = (Vec::new(), Keeper::default(), Stats::new());
