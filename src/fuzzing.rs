@@ -167,6 +167,7 @@ fn run_session(input: &[u8], cuts: &[usize], mode: u8) -> SessionRun {
     );
     cx.tally = Some(&mut tally);
     session.start(&s, &mut cx);
+    let greeted = cx.out.len();
     let mut pending = Vec::new();
     let (mut fed, mut consumed) = (0, 0);
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
@@ -179,6 +180,11 @@ fn run_session(input: &[u8], cuts: &[usize], mode: u8) -> SessionRun {
         assert!(n <= pending.len(), "consumed more than offered");
         consumed += n;
         pending.drain(..n);
+    }
+    if !input.contains(&b'\n') {
+        // No reply without a complete command (nor a BDAT chunk, which
+        // needs its command line first).
+        assert_eq!(cx.out.len(), greeted, "a reply to no command line");
     }
     // Every clock runs out: held replies go, idle sessions time out.
     cx.now = now + Duration::from_secs(3600);
