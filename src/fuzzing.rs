@@ -234,7 +234,29 @@ pub fn session(data: &[u8]) {
     cuts.sort_unstable();
     let whole = run_session(&input, &[], mode);
     let split = run_session(&input, &cuts, mode);
-    assert_eq!(whole, split, "cut at {cuts:?}");
+    if whole != split {
+        // Where the replies part, as text: a byte dump of two long
+        // sessions says nothing.
+        let at = whole
+            .out
+            .iter()
+            .zip(&split.out)
+            .position(|(a, b)| a != b)
+            .unwrap_or(whole.out.len().min(split.out.len()));
+        let around = |o: &[u8]| {
+            String::from_utf8_lossy(&o[at.saturating_sub(400)..(at + 200).min(o.len())])
+                .into_owned()
+        };
+        panic!(
+            "mode {mode:#x}, cut at {cuts:?}: replies part at byte {at}\n--- whole:\n{}\n--- cut:\n{}\n(consumed {} / {}, ended {:?} / {:?})",
+            around(&whole.out),
+            around(&split.out),
+            whole.consumed,
+            split.consumed,
+            whole.ended,
+            split.ended
+        );
+    }
     assert_well_formed(&whole.out);
     assert!(
         whole.ended.iter().all(|&n| n <= 64),

@@ -1,6 +1,8 @@
 //! The fuzz targets' kept corpora (fuzz/corpus/NAME: seeds from the test
-//! transcripts, what the fuzzer found worth keeping, and every input that
-//! once was a finding) replayed through the same bodies the fuzzer runs
+//! transcripts and what the fuzzer found worth keeping, minimised) and
+//! every input that once was a finding (fuzz/regressions/NAME, kept
+//! whatever a minimisation says) replayed through the same bodies the
+//! fuzzer runs
 //! (`smtpsink::fuzzing`), so the normal suite keeps them passing without a
 //! nightly toolchain. `scripts/fuzz.sh` runs the fuzzer itself.
 
@@ -26,6 +28,25 @@ fn every_kept_fuzz_input_passes_its_target() {
         total += files.len();
     }
     assert!(total >= smtpsink::fuzzing::TARGETS.len());
+}
+
+#[test]
+fn every_past_finding_passes_its_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut total = 0;
+    for (name, target) in smtpsink::fuzzing::TARGETS {
+        let Ok(dir) = std::fs::read_dir(root.join(name)) else {
+            continue;
+        };
+        for f in dir {
+            let f = f.unwrap().path();
+            let data = std::fs::read(&f).unwrap();
+            let run = std::panic::catch_unwind(|| target(&data));
+            assert!(run.is_ok(), "{name}: {} fails again", f.display());
+            total += 1;
+        }
+    }
+    assert!(total >= 1, "the findings are kept");
 }
 
 #[test]

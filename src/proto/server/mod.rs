@@ -1466,7 +1466,17 @@ impl Session {
                 self.enter(State::SkipLine, cx);
                 Some(consumed)
             }
-            Frame::TooLong { consumed } | Frame::BareLf { consumed } => {
+            // Too long is too long however it arrived: whole (here) or
+            // across reads (`Overflow`, then `SkipLine`), the same 500 (a
+            // fuzzer found the two answering apart).
+            Frame::TooLong { consumed } => {
+                self.line_since = None;
+                self.login_user = None;
+                self.enter(State::Command, cx);
+                self.say(s, ReplyId::LineTooLong, cx);
+                Some(consumed)
+            }
+            Frame::BareLf { consumed } => {
                 self.line_since = None;
                 self.login_user = None;
                 self.enter(State::Command, cx);

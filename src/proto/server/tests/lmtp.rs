@@ -456,3 +456,34 @@ fn xclient_unavailable_forgets_the_address_and_the_login() {
         ]
     );
 }
+
+/// An AUTH response too long to keep gets the same 500 whether it came in
+/// one read or across several (found by the fuzzer: whole, it got 501).
+#[test]
+fn an_over_long_auth_response_gets_one_answer_however_it_arrives() {
+    let mut s = settings();
+    s.set_security(Security {
+        starttls: false,
+        require_tls: false,
+        auth: Some(AuthOffer {
+            plaintext: true,
+            users: std::sync::Arc::new(auth::Users::anyone()),
+        }),
+    });
+    let long = "x".repeat(auth::MAX_LINE + 10);
+    let o = transcript_with(
+        &s,
+        format!("AUTH LOGIN\r\n{long}\r\nNOOP\r\n").as_bytes(),
+        "503 5.5.1 Error: send HELO/EHLO first\r\n500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n",
+    );
+    assert_eq!(o.state, State::Command);
+    let o = transcript_with(
+        &s,
+        format!("EHLO c\r\nAUTH LOGIN\r\n{long}\r\nNOOP\r\n").as_bytes(),
+        &format!(
+            "{}334 VXNlcm5hbWU6\r\n500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n",
+            String::from_utf8_lossy(s.replies.text(ReplyId::Ehlo))
+        ),
+    );
+    assert_eq!(o.state, State::Command);
+}
