@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rules", rules_file),
     ("control", control_request),
     ("reply", reply_parser),
+    ("trace", trace_round_trip),
 ];
 
 /// SMTP's alphabet: what a byte of mapped input stands for, so a fuzzer
@@ -533,4 +534,84 @@ pub fn reply_parser(data: &[u8]) {
         assert!(len <= data.len());
     }
     let _ = reply::ehlo_lines(data).count();
+}
+
+/// Stored messages' trace fields, round trip: an envelope the parsers
+/// accepted (the input's lines: HELO/EHLO, MAIL, RCPT, XCLIENT, XFORWARD)
+/// is written as Return-Path, X-Original-To and Received, and read back
+/// the same; every field line ends in CRLF, with no CR or LF inside it,
+/// and a folded line starts with a TAB.
+pub fn trace_round_trip(data: &[u8]) {
+    use crate::proto::command::Command;
+    use crate::sink::maildir::{trace_fields, Trace};
+    let ctx = ParseCtx { smtputf8: true };
+    let (mut helo, mut from, mut rcpts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut xclient, mut forward) = (None, None);
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            // The session refuses these before parsing.
+            continue;
+        }
+        match command::parse(line, ctx) {
+            Ok(Command::Helo(n) | Command::Ehlo(n) | Command::Lhlo(n)) => helo = n.to_vec(),
+            Ok(Command::Mail(m)) => from = m.path.to_vec(),
+            Ok(Command::Rcpt(r)) => rcpts.push(r.path.to_vec()),
+            Ok(Command::Xclient(a)) => xclient = forward::parse(Kind::Xclient, a).ok(),
+            Ok(Command::Xforward(a)) => forward = forward::parse(Kind::Xforward, a).ok(),
+            _ => {}
+        }
+    }
+    let trace = Trace {
+        hostname: "fuzz.test",
+        peer: Some(
+            "192.0.2.7:25"
+                .parse()
+                .unwrap_or(crate::proto::server::UNKNOWN_PEER),
+        ),
+        helo: &helo,
+        with: crate::proto::server::With::Esmtp,
+        from: &from,
+        rcpts: &rcpts,
+        xclient: xclient.as_ref(),
+        forward: forward.as_ref(),
+    };
+    let head = trace_fields(&trace, "1.M2P3Q4.fuzz.test", std::time::UNIX_EPOCH);
+    assert!(head.ends_with(b"\r\n"));
+    let lines: Vec<&[u8]> = head
+        .strip_suffix(b"\r\n")
+        .unwrap_or(&head)
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect();
+    for l in &lines {
+        assert!(!l.contains(&b'\r') && !l.contains(&b'\n'), "{l:?}");
+    }
+    let mut it = lines.iter();
+    let mut want = b"Return-Path: <".to_vec();
+    want.extend_from_slice(&from);
+    want.push(b'>');
+    assert_eq!(it.next().copied(), Some(&want[..]));
+    for r in &rcpts {
+        let mut want = b"X-Original-To: <".to_vec();
+        want.extend_from_slice(r);
+        want.push(b'>');
+        assert_eq!(it.next().copied(), Some(&want[..]));
+    }
+    let received = it.next().copied().unwrap_or_default();
+    let name = [forward.as_ref(), xclient.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.helo.as_deref())
+        .or((!helo.is_empty()).then_some(&helo[..]))
+        .unwrap_or(b"unknown");
+    let mut want = b"Received: from ".to_vec();
+    want.extend_from_slice(name);
+    assert!(received.starts_with(&want), "{received:?}");
+    for l in it {
+        assert!(
+            l.starts_with(b"\t"),
+            "a folded line starts with a TAB: {l:?}"
+        );
+    }
 }

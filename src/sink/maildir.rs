@@ -321,73 +321,111 @@ impl Maildir {
 
     /// The trace fields prepended to the message.
     fn head(&self, tx: &Tx, name: &str, now: SystemTime) -> Vec<u8> {
-        let mut h = Vec::with_capacity(256);
-        h.extend_from_slice(b"Return-Path: <");
-        h.extend_from_slice(&tx.from);
-        h.extend_from_slice(b">\r\n");
-        for r in &tx.rcpts {
-            h.extend_from_slice(b"X-Original-To: <");
-            h.extend_from_slice(r);
-            h.extend_from_slice(b">\r\n");
-        }
-        // XFORWARD's attributes, then XCLIENT's, then the connection's.
-        let said = |f: fn(&Client) -> Option<&[u8]>| {
-            [&tx.forward, &tx.xclient]
-                .into_iter()
-                .find_map(|c| c.as_ref().and_then(f))
-        };
-        let helo = said(|c| c.helo.as_deref())
-            .or((!tx.helo.is_empty()).then_some(&tx.helo[..]))
-            .unwrap_or(b"unknown");
-        h.extend_from_slice(b"Received: from ");
-        h.extend_from_slice(helo);
-        // The latest ADDR given; `[UNAVAILABLE]` says it is not known.
-        let told = [&tx.forward, &tx.xclient]
-            .into_iter()
-            .flatten()
-            .find(|c| c.said_addr());
-        let addr = match told {
-            Some(c) => c.addr,
-            None => tx.peer.map(|p| p.ip()),
-        };
-        let verified = said(|c| c.name.as_deref());
-        if addr.is_some() || verified.is_some() || told.is_some() {
-            h.extend_from_slice(b" (");
-            if let Some(n) = verified {
-                h.extend_from_slice(n);
-                h.push(b' ');
-            }
-            match addr {
-                Some(IpAddr::V4(a)) => {
-                    let _ = write!(h, "[{a}]");
-                }
-                Some(IpAddr::V6(a)) => {
-                    let _ = write!(h, "[IPv6:{a}]");
-                }
-                None => h.extend_from_slice(b"[UNAVAILABLE]"),
-            }
-            h.push(b')');
-        }
-        let _ = write!(
-            h,
-            "\r\n\tby {} (smtpsink) with {} id {}",
-            self.opts.hostname,
-            tx.with.as_str(),
-            // "<secs>.M<usecs>P<pid>Q<seq>": the name without its host part.
-            &name[..name
-                .match_indices('.')
-                .nth(1)
-                .map_or(name.len(), |(i, _)| i)]
-        );
-        if let [only] = tx.rcpts.as_slice() {
-            h.extend_from_slice(b"\r\n\tfor <");
-            h.extend_from_slice(only);
-            h.push(b'>');
-        }
-        let date = httpdate::fmt_http_date(now).replace(" GMT", " +0000");
-        let _ = write!(h, "; {date}\r\n");
-        h
+        trace_fields(
+            &Trace {
+                hostname: &self.opts.hostname,
+                peer: tx.peer,
+                helo: &tx.helo,
+                with: tx.with,
+                from: &tx.from,
+                rcpts: &tx.rcpts,
+                xclient: tx.xclient.as_ref(),
+                forward: tx.forward.as_ref(),
+            },
+            name,
+            now,
+        )
     }
+}
+
+/// What the trace fields of one message say.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace<'a> {
+    /// This server's name (`by`).
+    pub hostname: &'a str,
+    /// The connection's client.
+    pub peer: Option<SocketAddr>,
+    /// Its HELO/EHLO name.
+    pub helo: &'a [u8],
+    /// The protocol (RFC 3848).
+    pub with: With,
+    /// The reverse-path.
+    pub from: &'a [u8],
+    /// The forward-paths.
+    pub rcpts: &'a [Vec<u8>],
+    /// What XCLIENT said of the client.
+    pub xclient: Option<&'a Client>,
+    /// What XFORWARD said of it, for this message.
+    pub forward: Option<&'a Client>,
+}
+
+/// The trace fields prepended to a stored message (Return-Path,
+/// X-Original-To, Received), for the file `name` stored at `now`.
+pub fn trace_fields(tx: &Trace<'_>, name: &str, now: SystemTime) -> Vec<u8> {
+    let mut h = Vec::with_capacity(256);
+    h.extend_from_slice(b"Return-Path: <");
+    h.extend_from_slice(tx.from);
+    h.extend_from_slice(b">\r\n");
+    for r in tx.rcpts {
+        h.extend_from_slice(b"X-Original-To: <");
+        h.extend_from_slice(r);
+        h.extend_from_slice(b">\r\n");
+    }
+    // XFORWARD's attributes, then XCLIENT's, then the connection's.
+    let said = |f: fn(&Client) -> Option<&[u8]>| {
+        [tx.forward, tx.xclient].into_iter().flatten().find_map(f)
+    };
+    let helo = said(|c| c.helo.as_deref())
+        .or((!tx.helo.is_empty()).then_some(tx.helo))
+        .unwrap_or(b"unknown");
+    h.extend_from_slice(b"Received: from ");
+    h.extend_from_slice(helo);
+    // The latest ADDR given; `[UNAVAILABLE]` says it is not known.
+    let told = [tx.forward, tx.xclient]
+        .into_iter()
+        .flatten()
+        .find(|c| c.said_addr());
+    let addr = match told {
+        Some(c) => c.addr,
+        None => tx.peer.map(|p| p.ip()),
+    };
+    let verified = said(|c| c.name.as_deref());
+    if addr.is_some() || verified.is_some() || told.is_some() {
+        h.extend_from_slice(b" (");
+        if let Some(n) = verified {
+            h.extend_from_slice(n);
+            h.push(b' ');
+        }
+        match addr {
+            Some(IpAddr::V4(a)) => {
+                let _ = write!(h, "[{a}]");
+            }
+            Some(IpAddr::V6(a)) => {
+                let _ = write!(h, "[IPv6:{a}]");
+            }
+            None => h.extend_from_slice(b"[UNAVAILABLE]"),
+        }
+        h.push(b')');
+    }
+    let _ = write!(
+        h,
+        "\r\n\tby {} (smtpsink) with {} id {}",
+        tx.hostname,
+        tx.with.as_str(),
+        // "<secs>.M<usecs>P<pid>Q<seq>": the name without its host part.
+        &name[..name
+            .match_indices('.')
+            .nth(1)
+            .map_or(name.len(), |(i, _)| i)]
+    );
+    if let [only] = tx.rcpts {
+        h.extend_from_slice(b"\r\n\tfor <");
+        h.extend_from_slice(only);
+        h.push(b'>');
+    }
+    let date = httpdate::fmt_http_date(now).replace(" GMT", " +0000");
+    let _ = write!(h, "; {date}\r\n");
+    h
 }
 
 /// Removes `tmp/` files not modified for [`STALE`].
