@@ -584,6 +584,18 @@ mta_restart() {
     mta_start "$1" "$2"
 }
 
+# postfix_instance PORT: the check scripts' private Postfix (mta-rules.sh,
+# mta-forward-check.sh) under $WORK/postfix, listening on PORT; sets PF_CONF
+# and PF_SPOOL.
+# shellcheck disable=SC2034 # MTA_PORT is read by mta_start, PF_CONF by the caller
+postfix_instance() {
+    MTA_DIR[postfix]=$WORK/postfix
+    MTA_PORT[postfix]=$1
+    mkdir -p -- "${MTA_DIR[postfix]}"
+    PF_CONF=${MTA_DIR[postfix]}/conf
+    PF_SPOOL=${MTA_DIR[postfix]}/spool
+}
+
 # postfix_settle FILES DEFERRED: the check scripts' wait (mta-rules.sh,
 # mta-forward-check.sh): until the sink's Maildir has FILES files, nothing is
 # in flight at the private Postfix and DEFERRED messages sit in its deferred

@@ -121,12 +121,7 @@ reply = "550 5.1.1 No such user"
 EOF
 
 read -r SMTP_PORT LMTP_PORT PF_PORT < <(free_ports 3)
-MTA_DIR[postfix]=$WORK/postfix
-# shellcheck disable=SC2034 # read by mta_start
-MTA_PORT[postfix]=$PF_PORT
-mkdir -p -- "${MTA_DIR[postfix]}"
-PF_CONF=${MTA_DIR[postfix]}/conf
-PF_SPOOL=${MTA_DIR[postfix]}/spool
+postfix_instance "$PF_PORT"
 
 log "starting smtpsink: SMTP+XFORWARD on 127.0.0.1:$SMTP_PORT, LMTP on 127.0.0.1:$LMTP_PORT"
 start_bg "$D/sink.out" "$D/sink.err" "${WRAP[@]}" "$SMTPSINK_BIN" --listen "127.0.0.1:$SMTP_PORT" \

@@ -107,12 +107,7 @@ START_S=$SECONDS
 } >"$D/rules.toml"
 
 read -r SINK_PORT PF_PORT CTL_PORT < <(free_ports 3)
-MTA_DIR[postfix]=$WORK/postfix
-# shellcheck disable=SC2034 # read by mta_start
-MTA_PORT[postfix]=$PF_PORT
-mkdir -p -- "${MTA_DIR[postfix]}"
-PF_CONF=${MTA_DIR[postfix]}/conf
-PF_SPOOL=${MTA_DIR[postfix]}/spool
+postfix_instance "$PF_PORT"
 
 log "starting smtpsink on 127.0.0.1:$SINK_PORT (rules: $D/rules.toml, control on 127.0.0.1:$CTL_PORT)"
 start_bg "$D/sink.out" "$D/sink.err" "${WRAP[@]}" "$SMTPSINK_BIN" --listen "127.0.0.1:$SINK_PORT" \

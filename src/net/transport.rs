@@ -1116,16 +1116,24 @@ mod tests {
         (TcpStream::from_std(s), TcpStream::from_std(c))
     }
 
+    /// A TLS server link over `s` (a self-signed certificate), handshake
+    /// not started.
+    fn tls_server_link(s: TcpStream) -> Link {
+        let sc = server_config(&Identity::SelfSigned("localhost")).unwrap();
+        Link::new(
+            Transport::tls_server(s, UnbufferedServerConnection::new(sc).unwrap()),
+            KEEP,
+        )
+    }
+
     /// A server link and a client link over TLS, handshake not started.
     fn tls_pair() -> (Link, Link) {
         let (s, c) = tcp_pair();
-        let sc = server_config(&Identity::SelfSigned("localhost")).unwrap();
         let cc = client_config(&Trust::Anyone, true).unwrap();
-        let server = UnbufferedServerConnection::new(sc).unwrap();
         let client =
             UnbufferedClientConnection::new(cc, server_name("localhost").unwrap()).unwrap();
         (
-            Link::new(Transport::tls_server(s, server), KEEP),
+            tls_server_link(s),
             Link::new(Transport::tls_client(c, client), KEEP),
         )
     }
@@ -1330,11 +1338,7 @@ mod tests {
     #[test]
     fn garbage_fails_as_not_tls_and_every_later_call_is_an_error_not_a_panic() {
         let (s, mut c) = tcp_pair();
-        let sc = server_config(&Identity::SelfSigned("localhost")).unwrap();
-        let mut server = Link::new(
-            Transport::tls_server(s, UnbufferedServerConnection::new(sc).unwrap()),
-            KEEP,
-        );
+        let mut server = tls_server_link(s);
         // A plaintext client on a TLS port, then half a record header.
         c.write_all(b"EHLO client.example\r\n\x16\x03").unwrap();
         let mut io = IoCounts::default();
@@ -1392,11 +1396,7 @@ mod tests {
         // everywhere, so the ciphertext kept between reads is always a
         // piece of something.
         let (s, mut c) = tcp_pair();
-        let sc = server_config(&Identity::SelfSigned("localhost")).unwrap();
-        let mut server = Link::new(
-            Transport::tls_server(s, UnbufferedServerConnection::new(sc).unwrap()),
-            KEEP,
-        );
+        let mut server = tls_server_link(s);
         let cc = client_config(&Trust::Anyone, false).unwrap();
         let mut client =
             rustls::ClientConnection::new(cc, server_name("localhost").unwrap()).unwrap();
