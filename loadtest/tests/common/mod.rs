@@ -13,6 +13,15 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+/// An open loop's `N due, M never started` from a report's schedule line.
+pub fn schedule_counts(report: &str) -> Option<(u64, u64)> {
+    let line = report.lines().find(|l| l.contains(" due, "))?;
+    let (head, tail) = line.split_once(" due, ")?;
+    let due = head.rsplit(' ').next()?.parse().ok()?;
+    let never = tail.split(' ').next()?.parse().ok()?;
+    Some((due, never))
+}
+
 /// smtpsink with the verify sink, on an ephemeral loopback port.
 pub struct Sink {
     pub addr: SocketAddr,
