@@ -73,18 +73,8 @@ fn threads_split_connections_messages_and_rate_exactly() {
     let merged = ok(&smtpload(&["merge", log.to_str().unwrap()]));
     assert_eq!(message_row_count(&merged), Some(1000), "{merged}");
     // Open loop: 400/s for 1 s over three lanes is the one schedule.
-    let out = ok(&smtpload(&[
-        "-q",
-        "--threads",
-        "3",
-        "-c",
-        "6",
-        "-d",
-        "1",
-        "--rate",
-        "400",
-        &target,
-    ]));
+    let open = ["-q", "--threads", "3", "-c", "6", "--rate", "400"];
+    let out = ok(&smtpload(&[&open[..], &["-d", "1", &target]].concat()));
     assert!(out.contains("requested 400.0 msg/s"), "{out}");
     // The three lanes' schedules add up to exactly the one schedule. What
     // was started of it depends on the lanes getting the CPU on time (a
@@ -99,18 +89,7 @@ fn threads_split_connections_messages_and_rate_exactly() {
     );
     // Open loop bounded by a count rather than a time: nothing can be left
     // unstarted, so every message is there however the lanes were run.
-    let out = ok(&smtpload(&[
-        "-q",
-        "--threads",
-        "3",
-        "-c",
-        "6",
-        "-m",
-        "200",
-        "--rate",
-        "400",
-        &target,
-    ]));
+    let out = ok(&smtpload(&[&open[..], &["-m", "200", &target]].concat()));
     assert!(out.contains("200 due, 0 never started"), "{out}");
     assert!(out.contains("200 accepted, 0 failed, 200 started"), "{out}");
     let report = sink.stop();
