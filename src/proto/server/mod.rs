@@ -1470,17 +1470,11 @@ impl Session {
             // across reads (`Overflow`, then `SkipLine`), the same 500 (a
             // fuzzer found the two answering apart).
             Frame::TooLong { consumed } => {
-                self.line_since = None;
-                self.login_user = None;
-                self.enter(State::Command, cx);
-                self.say(s, ReplyId::LineTooLong, cx);
+                self.abandon_auth(s, ReplyId::LineTooLong, cx);
                 Some(consumed)
             }
             Frame::BareLf { consumed } => {
-                self.line_since = None;
-                self.login_user = None;
-                self.enter(State::Command, cx);
-                self.say(s, ReplyId::AuthBadResponse, cx);
+                self.abandon_auth(s, ReplyId::AuthBadResponse, cx);
                 Some(consumed)
             }
             Frame::Line { line, consumed } => {
@@ -1490,6 +1484,14 @@ impl Session {
                 Some(consumed)
             }
         }
+    }
+
+    /// An AUTH response line that cannot be used ends the exchange with `id`.
+    fn abandon_auth(&mut self, s: &Settings, id: ReplyId, cx: &mut Ctx<'_>) {
+        self.line_since = None;
+        self.login_user = None;
+        self.enter(State::Command, cx);
+        self.say(s, id, cx);
     }
 
     fn skip_line(&mut self, s: &Settings, rest: &[u8], cx: &mut Ctx<'_>) -> Option<usize> {
